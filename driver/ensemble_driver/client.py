@@ -1,0 +1,157 @@
+"""The client side of an i-PI connection: a state machine that answers whatever comes next.
+
+Real servers use three message orders, and the session accepts all of them because it
+reacts to each header as it arrives and never assumes what comes next:
+
+- i-PI >= 3.2 (``consolidate_messages`` true, the default): ``POSDATA`` and ``GETFORCE``
+  back to back; right after ``FORCEREADY`` a ``STATUS`` that i-PI blocks on;
+- i-PI 3.1, or ``consolidate_messages=false``: ``POSDATA``, ``STATUS`` (HAVEDATA), ``GETFORCE``;
+- ASE's ``SocketIOCalculator``: like 3.1, and it closes the socket instead of sending EXIT.
+
+The structure is evaluated as soon as POSDATA arrives; FORCEREADY goes out in one send.
+
+Beads and steps: no step number travels on the wire. By answering ``NEEDINIT`` after every
+evaluation (the default), each POSDATA is preceded by an INIT carrying the request id,
+which is the bead index in an i-PI run. The k-th evaluation (from 0) of request id r is
+step k of bead r, which is i-PI's own ``Step: k`` label. Without INIT every evaluation is
+counted in one series (request id 0).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import units
+from .errors import ProtocolError
+from .protocol import Wire, check_transport, parse_init_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One structure to evaluate, in Angstrom with the lattice vectors as rows."""
+
+    rid: int
+    step: int
+    cell: np.ndarray  # (3, 3), rows are lattice vectors; all zeros if the server has no cell
+    positions: np.ndarray  # (nat, 3)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What goes back to the server, in eV, eV/Angstrom and eV (DeePMD's virial layout)."""
+
+    energy: float
+    forces: np.ndarray  # (nat, 3)
+    virial: np.ndarray  # (3, 3)
+    extras: bytes = b""
+
+
+Handler = Callable[[Request], Reply]
+
+
+class EndReason(enum.Enum):
+    EXIT = "the server sent EXIT"
+    EOF = "the server closed the connection"
+
+
+@dataclass
+class SessionStats:
+    """Counters a caller can read after (or during) a run."""
+
+    evaluations: int = 0
+    steps_by_rid: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    init_text: str | None = None
+
+
+class Session:
+    """Serve one connection until the server ends it.
+
+    ``handler`` is called once per POSDATA with a :class:`Request` and returns a
+    :class:`Reply`. ``init_every_step`` makes the client answer NEEDINIT after every
+    evaluation so that every structure is labelled with its request id.
+    """
+
+    def __init__(self, wire: Wire, handler: Handler, *, init_every_step: bool = True):
+        self.wire = wire
+        self.handler = handler
+        self.init_every_step = init_every_step
+        self.stats = SessionStats()
+        # NEEDINIT at first, whatever the option: the INIT text announces the transport.
+        self._status = "NEEDINIT"
+        self._rid = 0
+        self._reply: Reply | None = None
+
+    def run(self) -> EndReason:
+        wire = self.wire
+        while True:
+            header = wire.read_header()
+            if header is None:
+                log.info("server closed the connection after %d evaluations", self.stats.evaluations)
+                return EndReason.EOF
+            if header == "STATUS":
+                wire.send_status(self._status)
+            elif header == "POSDATA":
+                self._on_posdata()
+            elif header == "GETFORCE":
+                self._on_getforce()
+            elif header == "INIT":
+                self._on_init()
+            elif header == "EXIT":
+                log.info("server sent EXIT after %d evaluations", self.stats.evaluations)
+                return EndReason.EXIT
+
+    def _on_init(self) -> None:
+        msg = self.wire.read_init()
+        if self.stats.init_text is None:
+            self.stats.init_text = msg.text
+            log.debug("INIT text: %r", msg.text)
+        check_transport(parse_init_text(msg.text))
+        if msg.rid < 0:
+            raise ProtocolError(f"INIT carries a negative request id ({msg.rid})")
+        if self.init_every_step:
+            self._rid = msg.rid
+        if self._status == "NEEDINIT":
+            self._status = "READY"
+
+    def _on_posdata(self) -> None:
+        if self._status == "HAVEDATA":
+            raise ProtocolError("the server sent POSDATA again before asking for the forces (GETFORCE)")
+        h, positions = self.wire.read_posdata()
+        if not (np.isfinite(h).all() and np.isfinite(positions).all()):
+            raise ProtocolError(
+                f"the server sent a non-finite cell or positions (request id {self._rid}, "
+                f"step {self.stats.steps_by_rid[self._rid]})"
+            )
+        rid = self._rid
+        step = self.stats.steps_by_rid[rid]
+        request = Request(
+            rid=rid,
+            step=step,
+            cell=units.cell_from_wire(h),
+            positions=units.positions_from_wire(positions),
+        )
+        self._reply = self.handler(request)
+        self.stats.steps_by_rid[rid] = step + 1
+        self.stats.evaluations += 1
+        self._status = "HAVEDATA"
+
+    def _on_getforce(self) -> None:
+        reply = self._reply
+        if self._status != "HAVEDATA" or reply is None:
+            raise ProtocolError("the server asked for forces (GETFORCE) before sending a structure (POSDATA)")
+        self.wire.send_forceready(
+            units.energy_to_wire(reply.energy),
+            units.forces_to_wire(reply.forces),
+            units.virial_to_wire(reply.virial),
+            reply.extras,
+        )
+        self._reply = None
+        self._status = "NEEDINIT" if self.init_every_step else "READY"

@@ -1,0 +1,45 @@
+"""The driver's error classes.
+
+Every error a user can cause (a bad option, a bad file, a server that misbehaves, a
+model that fails) is a :class:`DriverError`: the command line prints its message as one
+line and exits with its ``exit_status``. Anything else is a bug in the driver.
+"""
+
+from __future__ import annotations
+
+
+class DriverError(Exception):
+    """Base class: an error whose message is meant for the user, printed as one line."""
+
+    exit_status = 1
+
+
+class ConfigError(DriverError):
+    """Raised for bad options, configuration files, templates or output paths,
+    before any connection is made."""
+
+    exit_status = 2
+
+
+class ConnectError(DriverError):
+    """Raised when the server's socket cannot be reached within ``--connect-timeout``."""
+
+    exit_status = 3
+
+
+class ProtocolError(DriverError):
+    """Raised when the server sends bytes the i-PI protocol does not allow, or a
+    structure that does not match the template (atom count, non-finite numbers)."""
+
+    exit_status = 4
+
+
+class UnsupportedTransport(ProtocolError):
+    """Raised when the server announces a transport this driver does not implement."""
+
+
+class ModelError(DriverError):
+    """Raised when a model cannot be loaded, does not know an element of the template,
+    or returns non-finite numbers."""
+
+    exit_status = 5

@@ -1,0 +1,221 @@
+"""The i-PI wire format: bytes <-> arrays, with exact-length reads and no physics.
+
+Every message starts with a 12-byte ASCII header (upper case, right-padded with spaces).
+Integers are int32 and reals float64 in native byte order. What the server sends:
+
+============  =====================================================================
+``STATUS``    nothing; the client answers ``READY``, ``NEEDINIT`` or ``HAVEDATA``
+``INIT``      int32 request id, int32 length, that many bytes of text
+``POSDATA``   float64[9] cell h (vectors as columns), float64[9] inverse, int32 nat,
+              float64[3*nat] positions (Bohr)
+``GETFORCE``  nothing; the client answers ``FORCEREADY`` + float64 energy, int32 nat,
+              float64[3*nat] forces, float64[9] virial, int32 length, extras bytes
+``EXIT``      nothing; the run is over
+============  =====================================================================
+
+(i-PI 3.3.1 ``ipi/interfaces/sockets.py``, ASE 3.29 ``ase/calculators/socketio.py``.)
+
+The server is not trusted: a count read from the wire is checked before anything is
+allocated from it, so no message can make the driver allocate more than the template
+implies (atoms) or than :data:`MAX_INIT_BYTES` (INIT text).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ProtocolError, UnsupportedTransport
+
+HEADER_LEN = 12
+#: Longest INIT text accepted. i-PI sends " key : value , " per <parameters> entry.
+MAX_INIT_BYTES = 1 << 20
+SERVER_HEADERS = frozenset({"STATUS", "INIT", "POSDATA", "GETFORCE", "EXIT"})
+CLIENT_STATUS = frozenset({"READY", "NEEDINIT", "HAVEDATA"})
+
+_CELL_BYTES = 2 * 9 * 8  # h and its inverse
+_BATCH_RE = re.compile(r"batch_size\s*:\s*(-?\d+)")
+
+
+def encode_header(word: str) -> bytes:
+    """The 12-byte header for ``word``."""
+    if len(word) > HEADER_LEN:
+        raise ValueError(f"header {word!r} is longer than {HEADER_LEN} bytes")
+    return word.upper().ljust(HEADER_LEN).encode("ascii")
+
+
+_STATUS_BYTES = {w: encode_header(w) for w in CLIENT_STATUS}
+_FORCEREADY = encode_header("FORCEREADY")
+
+
+@dataclass(frozen=True)
+class InitMessage:
+    """An INIT message: the request id (the bead index in a plain i-PI run) and the text."""
+
+    rid: int
+    text: str
+
+
+@dataclass(frozen=True)
+class InitParameters:
+    """What the driver reads out of the INIT text."""
+
+    batch_size: int
+
+
+def parse_init_text(text: str) -> InitParameters:
+    """Read the INIT text. i-PI (3.3) sends ``" "`` followed by ``"key : value , "`` for
+    each ``<parameters>`` entry and, when it batches requests, ``"batch_size:N"``."""
+    match = _BATCH_RE.search(text)
+    return InitParameters(batch_size=int(match.group(1)) if match else 1)
+
+
+def check_transport(init: InitParameters) -> None:
+    """Refuse transports that this driver does not implement yet."""
+    if init.batch_size > 1:
+        raise UnsupportedTransport(
+            f"the server announced batch_size:{init.batch_size} in its INIT message: "
+            "batched transport not supported yet; remove <batch_size> from the "
+            "<ffsocket> of the i-PI input"
+        )
+
+
+class _EndOfStream(Exception):
+    def __init__(self, received: int):
+        super().__init__(received)
+        self.received = received
+
+
+class Wire:
+    """Reads and writes i-PI messages on one connected stream socket.
+
+    ``natoms`` is the atom count the template implies: a POSDATA with any other count is
+    refused before its positions are read.
+    """
+
+    def __init__(self, sock: socket.socket, natoms: int):
+        if natoms <= 0:
+            raise ValueError("natoms must be positive")
+        self.sock = sock
+        self.natoms = natoms
+        self._header = bytearray(HEADER_LEN)
+        self._cell_buf = bytearray(_CELL_BYTES + 4)
+
+    # -- reading -------------------------------------------------------------------
+    def _recv_exact(self, view: memoryview) -> None:
+        """Fill ``view`` completely; raise _EndOfStream if the peer closes first."""
+        size = len(view)
+        got = 0
+        while got < size:
+            try:
+                n = self.sock.recv_into(view[got:], size - got)
+            except ConnectionResetError:
+                n = 0
+            if n == 0:
+                raise _EndOfStream(got)
+            got += n
+
+    def _recv_part(self, view: memoryview, what: str) -> None:
+        try:
+            self._recv_exact(view)
+        except _EndOfStream as eos:
+            raise ProtocolError(
+                f"the server closed the connection in the middle of {what} "
+                f"(received {eos.received} of {len(view)} bytes)"
+            ) from None
+
+    def read_header(self) -> str | None:
+        """The next header word, or None when the server closed the connection cleanly
+        (between messages)."""
+        view = memoryview(self._header)
+        try:
+            self._recv_exact(view)
+        except _EndOfStream as eos:
+            if eos.received == 0:
+                return None
+            raise ProtocolError(
+                f"the server closed the connection in the middle of a message header "
+                f"(received {eos.received} of {HEADER_LEN} bytes: {bytes(view[: eos.received])!r})"
+            ) from None
+        raw = bytes(self._header)
+        try:
+            word = raw.decode("ascii").rstrip(" \0")
+        except UnicodeDecodeError:
+            word = ""
+        if word not in SERVER_HEADERS:
+            raise ProtocolError(
+                f"unknown message header {raw!r} from the server (expected one of "
+                f"{', '.join(sorted(SERVER_HEADERS))}); is it an i-PI protocol server?"
+            )
+        return word
+
+    def _read_int32(self, what: str) -> int:
+        buf = bytearray(4)
+        self._recv_part(memoryview(buf), what)
+        return int(np.frombuffer(buf, dtype=np.int32)[0])
+
+    def read_init(self) -> InitMessage:
+        """The body of an INIT message (after its header)."""
+        rid = self._read_int32("an INIT message")
+        length = self._read_int32("an INIT message")
+        if length < 0 or length > MAX_INIT_BYTES:
+            raise ProtocolError(
+                f"INIT message announces {length} bytes of text "
+                f"(accepted: 0 to {MAX_INIT_BYTES})"
+            )
+        text = bytearray(length)
+        self._recv_part(memoryview(text), "an INIT message")
+        return InitMessage(rid=rid, text=text.decode("utf-8", errors="replace"))
+
+    def read_posdata(self) -> tuple[np.ndarray, np.ndarray]:
+        """The body of a POSDATA message: (h as a 3x3 array exactly as sent, i.e. vectors
+        as columns, in Bohr; positions as a (nat, 3) array in Bohr).
+
+        The inverse cell is read and ignored (i-PI sends inv(h), ASE inv(h).T).
+        """
+        view = memoryview(self._cell_buf)
+        self._recv_part(view, "a POSDATA message")
+        nat = int(np.frombuffer(self._cell_buf, dtype=np.int32, count=1, offset=_CELL_BYTES)[0])
+        if nat != self.natoms:
+            raise ProtocolError(
+                f"the server sent {nat} atoms in POSDATA but the template has "
+                f"{self.natoms}; check --template (and that the server uses neither "
+                "an <activelist> nor the 'shm' or batched transports)"
+            )
+        h = np.frombuffer(self._cell_buf, dtype=np.float64, count=9).reshape(3, 3).copy()
+        positions = np.empty((nat, 3), dtype=np.float64)
+        self._recv_part(memoryview(positions).cast("B"), "a POSDATA message")
+        return h, positions
+
+    # -- writing -------------------------------------------------------------------
+    def send_status(self, word: str) -> None:
+        """Answer STATUS with READY, NEEDINIT or HAVEDATA."""
+        self.sock.sendall(_STATUS_BYTES[word])
+
+    def send_forceready(
+        self, energy: float, forces: np.ndarray, virial: np.ndarray, extras: bytes = b""
+    ) -> None:
+        """Send FORCEREADY and its payload in ONE ``sendall`` (energy in Hartree, forces
+        (nat, 3) in Hartree/Bohr, virial 3x3 in Hartree, already in i-PI's layout)."""
+        forces = np.ascontiguousarray(forces, dtype=np.float64)
+        virial = np.ascontiguousarray(virial, dtype=np.float64)
+        if forces.shape != (self.natoms, 3) or virial.shape != (3, 3):
+            raise ValueError(
+                f"forces {forces.shape} / virial {virial.shape} do not fit {self.natoms} atoms"
+            )
+        self.sock.sendall(
+            b"".join(
+                (
+                    _FORCEREADY,
+                    np.float64(energy).tobytes(),
+                    np.int32(self.natoms).tobytes(),
+                    forces.tobytes(),
+                    virial.tobytes(),
+                    np.int32(len(extras)).tobytes(),
+                    extras,
+                )
+            )
+        )

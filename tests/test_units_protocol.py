@@ -1,0 +1,257 @@
+"""Units, the wire format and the session state machine, against socketpairs.
+
+The message orders of the real servers are replayed byte for byte here (the real
+servers themselves are exercised in test_ipi.py and test_ase.py); a socketpair with a
+recv timeout turns any deadlock into a failure.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from ensemble_driver import units
+from ensemble_driver.client import EndReason, Reply, Request, Session
+from ensemble_driver.errors import ProtocolError, UnsupportedTransport
+from ensemble_driver.protocol import HEADER_LEN, Wire, encode_header, parse_init_text
+
+NAT = 3
+
+
+def test_constants_are_ase_codata2014():
+    import ase.units
+
+    assert units.BOHR_ANGSTROM == ase.units.Bohr
+    assert units.HARTREE_EV == ase.units.Hartree
+
+
+def test_cell_transpose_and_units():
+    # i-PI sends h with lattice vectors as columns; a triclinic cell tells a transpose apart.
+    rows = np.array([[4.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.5, 0.7, 6.0]])
+    h_columns_bohr = rows.T / units.BOHR_ANGSTROM
+    np.testing.assert_allclose(units.cell_from_wire(h_columns_bohr.ravel()), rows, rtol=1e-15)
+
+
+def test_virial_goes_back_transposed_in_hartree():
+    virial = np.arange(9.0).reshape(3, 3)
+    wire = units.virial_to_wire(virial)
+    np.testing.assert_allclose(wire * units.HARTREE_EV, virial.T, rtol=1e-15)
+
+
+def test_forces_energy_to_wire():
+    f = np.array([[1.0, -2.0, 3.0]])
+    np.testing.assert_allclose(units.forces_to_wire(f) * units.HARTREE_EV / units.BOHR_ANGSTROM, f)
+    assert units.energy_to_wire(units.HARTREE_EV) == pytest.approx(1.0, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "text, batch",
+    [
+        (" ", 1),
+        ("\0", 1),
+        ("  batch_size:4", 4),  # i-PI 3.3 without <parameters>
+        (" a : 1 , , batch_size:8", 8),  # with <parameters>
+        (" batch_size : 2 ", 2),
+    ],
+)
+def test_parse_init_text(text, batch):
+    assert parse_init_text(text).batch_size == batch
+
+
+# -- a scripted server over a socketpair ------------------------------------------------
+
+def posdata(h_columns: np.ndarray, positions_bohr: np.ndarray, nat: int | None = None) -> bytes:
+    nat = len(positions_bohr) if nat is None else nat
+    return (
+        encode_header("POSDATA")
+        + np.asarray(h_columns, np.float64).tobytes()
+        + np.linalg.inv(h_columns).tobytes()
+        + np.int32(nat).tobytes()
+        + np.asarray(positions_bohr, np.float64).tobytes()
+    )
+
+
+def init(rid: int, text: bytes = b" ") -> bytes:
+    return encode_header("INIT") + np.int32(rid).tobytes() + np.int32(len(text)).tobytes() + text
+
+
+class Peer:
+    """The server end of a socketpair: send bytes, read exact replies, with a deadline."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.sock.settimeout(10)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise EOFError(f"client closed after {len(out)} of {n} bytes")
+            out += chunk
+        return out
+
+    def status(self) -> str:
+        self.send(encode_header("STATUS"))
+        return self.recv(HEADER_LEN).decode().strip()
+
+    def forceready(self, nat: int) -> tuple[float, np.ndarray, np.ndarray, bytes]:
+        assert self.recv(HEADER_LEN) == encode_header("FORCEREADY")
+        energy = np.frombuffer(self.recv(8), np.float64)[0]
+        assert np.frombuffer(self.recv(4), np.int32)[0] == nat
+        forces = np.frombuffer(self.recv(24 * nat), np.float64).reshape(nat, 3)
+        virial = np.frombuffer(self.recv(72), np.float64).reshape(3, 3)
+        extras = self.recv(int(np.frombuffer(self.recv(4), np.int32)[0]))
+        return float(energy), forces, virial, extras
+
+
+class Recorder:
+    """A handler that records requests and answers with numbers derived from them."""
+
+    def __init__(self):
+        self.requests: list[Request] = []
+
+    def __call__(self, request: Request) -> Reply:
+        self.requests.append(request)
+        energy = float(request.positions.sum())
+        return Reply(energy, -request.positions, np.arange(9.0).reshape(3, 3) + request.step)
+
+
+@pytest.fixture
+def session_pair():
+    """(peer, recorder, run_result) where the session runs in a thread until it ends."""
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(10)  # a blocked session fails the test instead of hanging
+    recorder = Recorder()
+    result: dict = {}
+
+    def target(init_every_step: bool):
+        try:
+            session = Session(Wire(client_sock, NAT), recorder, init_every_step=init_every_step)
+            result["reason"] = session.run()
+            result["stats"] = session.stats
+        except Exception as exc:  # handed to the test thread
+            result["error"] = exc
+        finally:
+            client_sock.close()
+
+    threads: list[threading.Thread] = []
+
+    def start(init_every_step: bool = True) -> Peer:
+        t = threading.Thread(target=target, args=(init_every_step,), daemon=True)
+        t.start()
+        threads.append(t)
+        return Peer(server_sock)
+
+    def finish() -> dict:
+        for t in threads:
+            t.join(timeout=10)
+            assert not t.is_alive(), "session did not end"
+        return result
+
+    yield start, recorder, finish
+    server_sock.close()
+
+
+H = np.diag([10.0, 11.0, 12.0])  # columns = lattice vectors, Bohr
+POS = np.arange(NAT * 3, dtype=np.float64).reshape(NAT, 3)
+
+
+def test_ipi_consolidated_order(session_pair):
+    """i-PI >= 3.2: STATUS/NEEDINIT, INIT, STATUS/READY, POSDATA+GETFORCE in one send,
+    then STATUS right after FORCEREADY."""
+    start, recorder, finish = session_pair
+    peer = start()
+    for step in range(2):
+        for bead in (1, 0):
+            assert peer.status() == "NEEDINIT"
+            peer.send(init(bead))
+            assert peer.status() == "READY"
+            peer.send(posdata(H, POS + bead) + encode_header("GETFORCE"))
+            energy, forces, virial, extras = peer.forceready(NAT)
+            pos_a = (POS + bead) * units.BOHR_ANGSTROM
+            assert energy == pytest.approx(pos_a.sum() / units.HARTREE_EV, rel=1e-14)
+            np.testing.assert_allclose(forces, units.forces_to_wire(-pos_a), rtol=1e-14)
+            np.testing.assert_allclose(virial, (np.arange(9.0).reshape(3, 3) + step).T / units.HARTREE_EV)
+            assert extras == b""
+    assert peer.status() == "NEEDINIT"
+    peer.send(encode_header("EXIT"))
+    result = finish()
+    assert "error" not in result, result.get("error")
+    assert result["reason"] is EndReason.EXIT
+    assert [(r.rid, r.step) for r in recorder.requests] == [(1, 0), (0, 0), (1, 1), (0, 1)]
+    np.testing.assert_allclose(recorder.requests[0].cell, H.T * units.BOHR_ANGSTROM)
+
+
+def test_legacy_order_and_eof_is_clean(session_pair):
+    """i-PI 3.1 / consolidate_messages=false: POSDATA, STATUS (HAVEDATA), GETFORCE; then EOF."""
+    start, recorder, finish = session_pair
+    peer = start()
+    assert peer.status() == "NEEDINIT"
+    peer.send(init(0))
+    assert peer.status() == "READY"
+    peer.send(posdata(H, POS))
+    assert peer.status() == "HAVEDATA"
+    assert peer.status() == "HAVEDATA"  # asked twice: same answer
+    peer.send(encode_header("GETFORCE"))
+    peer.forceready(NAT)
+    peer.sock.close()
+    result = finish()
+    assert result["reason"] is EndReason.EOF
+
+
+def test_no_init_each_answers_ready(session_pair):
+    start, recorder, finish = session_pair
+    peer = start(init_every_step=False)
+    assert peer.status() == "NEEDINIT"  # once, to read the INIT text
+    peer.send(init(3))
+    for _ in range(2):
+        assert peer.status() == "READY"
+        peer.send(posdata(H, POS))
+        assert peer.status() == "HAVEDATA"
+        peer.send(encode_header("GETFORCE"))
+        peer.forceready(NAT)
+    assert peer.status() == "READY"
+    peer.send(encode_header("EXIT"))
+    finish()
+    assert [(r.rid, r.step) for r in recorder.requests] == [(0, 0), (0, 1)]
+
+
+def test_batched_init_is_refused(session_pair):
+    start, recorder, finish = session_pair
+    peer = start()
+    assert peer.status() == "NEEDINIT"
+    peer.send(init(0, b"  batch_size:4"))
+    result = finish()
+    assert isinstance(result["error"], UnsupportedTransport)
+    assert "batched transport not supported yet" in str(result["error"])
+
+
+@pytest.mark.parametrize(
+    "stream, message",
+    [
+        (encode_header("HELLO"), "unknown message header"),
+        (encode_header("POSDATA")[:5], "middle of a message header"),
+        (init(0) + posdata(H, POS, nat=NAT + 1), f"sent {NAT + 1} atoms in POSDATA but the template has {NAT}"),
+        (init(0) + posdata(H, POS, nat=-7), "sent -7 atoms"),
+        (init(0) + posdata(H, POS)[:-5], "middle of a POSDATA message"),
+        (encode_header("INIT") + np.int32(0).tobytes() + np.int32(1 << 30).tobytes(), "INIT message announces"),
+        (init(0) + encode_header("GETFORCE"), "before sending a structure"),
+        (init(0) + posdata(H, POS * np.nan), "non-finite cell or positions"),
+    ],
+)
+def test_bad_streams_fail_clearly(session_pair, stream, message):
+    start, recorder, finish = session_pair
+    peer = start()
+    assert peer.status() == "NEEDINIT"
+    peer.send(stream)
+    peer.sock.shutdown(socket.SHUT_WR)
+    result = finish()
+    assert isinstance(result.get("error"), ProtocolError), result
+    assert message in str(result["error"])
