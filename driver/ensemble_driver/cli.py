@@ -1,0 +1,173 @@
+"""Command line: argument parsing and nothing else (``app`` and ``demo`` do the work)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import DEFAULT_SOCKETS_PREFIX
+from .errors import DriverError
+
+PROG = "ensemble-driver"
+
+RUN_EPILOG = """\
+examples:
+  # i-PI input with <ffsocket mode='unix'><address>cuau</address>:
+  i-pi input.xml &
+  ensemble-driver run --models m0.pth --template init.xyz --unix --address cuau
+
+  # the same over TCP (i-PI <ffsocket mode='inet'> with <port>31415</port>):
+  ensemble-driver run --models m0.pth --template init.xyz --address localhost --port 31415
+
+  # a deepmd-kit dp_ipi input file works as it is:
+  ensemble-driver run --config dp_ipi.json
+
+what it does:
+  Connects to the server (i-PI, ASE's SocketIOCalculator, or any i-PI protocol server),
+  and for every structure it receives answers with the energy, forces and virial of the
+  first model. Atoms are matched to the model's types by the element names of the
+  template (same atom order as the server's), whatever order the model lists them in.
+
+  By default the driver answers NEEDINIT after every evaluation, so that every
+  structure comes with its request id (the bead index in i-PI): "step k of bead r" is
+  then the k-th evaluation of request id r, i-PI's own step label.
+
+exit status:
+  0 the server ended the run (EXIT, or closed the connection between requests)
+  2 bad option, configuration file, template or path    3 could not connect
+  4 the server broke the protocol                         5 a model failed
+"""
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="serve an i-PI protocol server with DeePMD models",
+        description="Serve an i-PI protocol server with DeePMD models.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="FILE",
+        help="DeePMD model files (.pth, .pb, ...); the first drives the dynamics",
+    )
+    p.add_argument(
+        "--template",
+        metavar="FILE",
+        help="structure with the element of every atom, in the server's atom order: any "
+        "file ASE reads, or i-PI's xyz with a '# CELL(abcABC):' comment",
+    )
+    p.add_argument("--config", metavar="FILE.json", help="JSON file with these settings; also "
+                   "accepts deepmd-kit dp_ipi's keys (graph_file, coord_file, use_unix, host, port, "
+                   "atom_type); options given on the command line win")
+    conn = p.add_argument_group("connection")
+    conn.add_argument("--unix", action="store_true", default=None,
+                      help="use a UNIX socket named SOCKETS_PREFIX + ADDRESS (default: INET)")
+    conn.add_argument("--address", help="UNIX socket name, or INET host name (default: localhost)")
+    conn.add_argument("--port", type=int, help="INET port (required for INET; i-PI's default is 65535, ASE's 31415)")
+    conn.add_argument("--sockets-prefix", metavar="PREFIX",
+                      help=f"prefix of UNIX socket paths, as i-PI's sockets_prefix (default: {DEFAULT_SOCKETS_PREFIX})")
+    conn.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                      help="keep retrying to connect for this long (default: 60)")
+    conn.add_argument("--no-init-each", dest="init_every_step", action="store_false", default=None,
+                      help="do not ask for INIT after every evaluation: saves two round trips per "
+                      "step, but the driver can no longer tell beads apart")
+    sysg = p.add_argument_group("system")
+    sysg.add_argument("--type-map", nargs="+", metavar="NAME",
+                      help="element names of the model's types, in type-index order, replacing "
+                      "the type map stored in the model(s)")
+    sysg.add_argument("--pbc", action=argparse.BooleanOptionalAction, default=None,
+                      help="periodic system or not (default: periodic if the template has a cell; "
+                      "i-PI xyz templates are periodic)")
+    p.add_argument("-v", "--verbose", action="count", default=None,
+                   help="more output (-v: every message and evaluation; default: start and end lines)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a short i-PI path-integral simulation on the shipped models",
+        description="Run a short i-PI path-integral (PIMD) simulation of a 32-atom Cu-Au "
+        "alloy with the shipped example models, driven by ensemble-driver, and print "
+        "where the outputs are. Needs a source checkout (ipi_inputs/ and examples/models/).",
+    )
+    p.add_argument("--outdir", default="demo_output", help="output directory (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="i-PI steps (default: %(default)s)")
+    p.add_argument("--beads", type=int, default=4, help="path-integral beads (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An i-PI client for DeePMD-kit models. Start with 'ensemble-driver run --help'.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _run_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .app import run
+    from .config import build_config, load_config_file
+
+    file_settings = load_config_file(args.config) if args.config else {}
+    cli_settings = {
+        "models": tuple(args.models) if args.models else None,
+        "template": args.template,
+        "unix": args.unix,
+        "address": args.address,
+        "port": args.port,
+        "sockets_prefix": args.sockets_prefix,
+        "connect_timeout": args.connect_timeout,
+        "type_map": tuple(args.type_map) if args.type_map else None,
+        "pbc": args.pbc,
+        "init_every_step": args.init_every_step,
+        "verbose": args.verbose,
+    }
+    config = build_config(file_settings, cli_settings)
+    setup_logging(config.verbose, args.quiet)
+    return run(config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    setup_logging(0)
+    return run_demo(args.outdir, steps=args.steps, beads=args.beads, timeout=args.timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_demo(args)
+    except DriverError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,161 @@
+"""Run settings: one typed record, filled from defaults, a JSON file and the command line.
+
+Precedence: command line > ``--config`` file > defaults. The JSON file takes the long
+option names (``models``, ``template``, ``unix``, ``address``, ``port``, ...; dashes or
+underscores) and also the keys of deepmd-kit's ``dp_ipi`` input, so a ``dp_ipi`` user can
+switch with the file they have:
+
+===============  ==============================================================
+``dp_ipi`` key   meaning here
+===============  ==============================================================
+``graph_file``   ``models`` (one model)
+``coord_file``   ``template``
+``use_unix``     ``unix``
+``host``         ``address`` (the UNIX socket name when ``use_unix`` is true)
+``port``         ``port``
+``atom_type``    ``{"label": type index}``: template labels -> model 0's types
+``verbose``      ``verbose`` (true: debug output)
+===============  ==============================================================
+
+Relative paths in the file are taken relative to the current directory, as ``dp_ipi``
+does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``ensemble-driver run`` needs. Units: seconds for timeouts."""
+
+    models: tuple[str, ...] = ()
+    template: str | None = None
+    unix: bool = False
+    address: str = "localhost"
+    port: int | None = None
+    sockets_prefix: str = DEFAULT_SOCKETS_PREFIX
+    connect_timeout: float = 60.0
+    type_map: tuple[str, ...] | None = None
+    atom_type: Mapping[str, int] | None = field(default=None, hash=False)
+    pbc: bool | None = None  # None: from the template
+    init_every_step: bool = True
+    verbose: int = 0
+
+    def validated(self) -> RunConfig:
+        """Check what can be checked without touching files; return self."""
+        if not self.models:
+            raise ConfigError("no model given: pass --models FILE [FILE ...] (or 'models' in --config)")
+        if self.template is None:
+            raise ConfigError("no template given: pass --template FILE (or 'template' in --config)")
+        if self.connect_timeout < 0:
+            raise ConfigError(f"--connect-timeout must be >= 0, got {self.connect_timeout}")
+        return self
+
+
+_DP_IPI_KEYS = {
+    "graph_file": "models",
+    "coord_file": "template",
+    "use_unix": "unix",
+    "host": "address",
+}
+_FIELDS = {f.name for f in fields(RunConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check the JSON type of one setting and convert it to the record's type."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {name!r} must be {expected}, got {value!r}")
+
+    if name == "models":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise bad("a file name or a non-empty list of file names")
+    if name == "type_map":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise bad("a list of element names")
+    if name == "atom_type":
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()
+        ):
+            return dict(value)
+        raise bad('an object {"label": type index >= 0}')
+    if name in ("unix", "init_every_step"):
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if name == "pbc":
+        if value is None or isinstance(value, bool):
+            return value
+        raise bad("true, false or null")
+    if name == "verbose":
+        if isinstance(value, bool):
+            return 1 if value else 0
+        if isinstance(value, int):
+            return value
+        raise bad("a boolean or an integer")
+    if name == "port":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise bad("an integer")
+    if name == "connect_timeout":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number of seconds")
+    if name in ("template", "address", "sockets_prefix"):
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    raise AssertionError(name)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON settings file into {field name: value}; unknown keys are an error."""
+    path = Path(path)
+    source = f"config file {path}"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object at the top level")
+    settings: dict[str, Any] = {}
+    unknown = []
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        name = _DP_IPI_KEYS.get(name, name)
+        if name not in _FIELDS:
+            unknown.append(key)
+            continue
+        settings[name] = _coerce(name, value, source)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(_FIELDS | set(_DP_IPI_KEYS)))}"
+        )
+    return settings
+
+
+def build_config(file_settings: Mapping[str, Any], cli_settings: Mapping[str, Any]) -> RunConfig:
+    """Merge: defaults, then the file, then every command-line value that was given (not None)."""
+    merged = dict(file_settings)
+    merged.update({k: v for k, v in cli_settings.items() if v is not None})
+    return replace(RunConfig(), **merged).validated()

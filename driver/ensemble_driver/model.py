@@ -1,0 +1,139 @@
+"""Models: the interface the rest of the driver uses, and the DeePMD adapter.
+
+Only this module imports deepmd, and only when a model is loaded (importing deepmd's
+PyTorch backend costs several seconds). ``deepmd.infer.DeepPot`` picks the backend by
+the file suffix (``.pth`` PyTorch, ``.pb`` TensorFlow, ``.savedmodel`` JAX, ...), so every
+backend installed beside the driver works.
+
+Units are DeePMD's: Angstrom, eV, eV/Angstrom; the virial is -V * stress (eV), 3x3,
+indexed like the cell with lattice vectors as rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message with newlines folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model on one structure."""
+
+    energy: float
+    forces: np.ndarray  # (nat, 3) eV/Angstrom
+    virial: np.ndarray  # (3, 3) eV
+
+
+@dataclass(frozen=True)
+class BatchEvaluation:
+    """One model on ``nframes`` structures of the same atoms."""
+
+    energy: np.ndarray  # (nframes,)
+    forces: np.ndarray  # (nframes, nat, 3)
+    virial: np.ndarray  # (nframes, 3, 3)
+
+
+def check_model_file(path: str | Path) -> None:
+    """Fail early, before any backend is imported, if a model file is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"model {path}: no such file")
+    if path.is_file() and not path.stat().st_size:
+        raise ConfigError(f"model {path}: the file is empty")
+
+
+def _import_deep_pot(path: str):
+    """Import deepmd's DeepPot. Unless debugging, silence the advice deepmd and torch log
+    at WARNING level on import (thread settings, Triton): it drowns the driver's output.
+    torch resets its loggers when imported, so it is imported first, for PyTorch models."""
+    if not log.isEnabledFor(logging.DEBUG):
+        if path.endswith((".pth", ".pt")):
+            import torch  # noqa: F401
+
+            logging.getLogger("torch").setLevel(logging.ERROR)
+        logging.getLogger("deepmd").setLevel(logging.ERROR)
+    from deepmd.infer import DeepPot
+
+    return DeepPot
+
+
+class DeepPotModel:
+    """A DeePMD model loaded through ``deepmd.infer.DeepPot``.
+
+    ``type_map`` replaces the element names stored in the model (one per type index).
+    """
+
+    def __init__(self, path: str | Path, *, type_map: Sequence[str] | None = None):
+        self.path = str(path)
+        check_model_file(path)
+        try:
+            DeepPot = _import_deep_pot(self.path)
+        except Exception as exc:
+            raise ModelError(f"cannot import deepmd-kit to load {self.path}: {one_line(exc)}") from None
+        try:
+            self._dp = DeepPot(self.path)
+        except Exception as exc:
+            raise ModelError(f"cannot load model {self.path}: {one_line(exc)}") from None
+        stored = list(self._dp.get_type_map())
+        ntypes = int(self._dp.get_ntypes())
+        if type_map:
+            if len(type_map) < ntypes:
+                raise ConfigError(
+                    f"--type-map names {len(type_map)} types but model {self.path} has {ntypes}"
+                )
+            self.type_map = list(type_map)
+        else:
+            self.type_map = stored
+        for what, dim in (("frame", self._dp.get_dim_fparam()), ("atomic", self._dp.get_dim_aparam())):
+            if dim:
+                raise ModelError(
+                    f"model {self.path} needs {what} parameters ({what[0]}param, {dim} values), "
+                    "which the i-PI protocol cannot carry"
+                )
+        self.rcut = float(self._dp.get_rcut())
+        log.debug("loaded %s: type map %s, rcut %.2f A", self.path, self.type_map, self.rcut)
+
+    def atom_types(self, elements: Sequence[str], template: str = "the template") -> np.ndarray:
+        """Model type index of every atom, matched by name whatever order either uses."""
+        index = {name: i for i, name in enumerate(self.type_map)}
+        unknown = sorted({e for e in elements if e not in index})
+        if unknown:
+            raise ModelError(
+                f"model {self.path} does not know element(s) {', '.join(unknown)} of {template} "
+                f"(its type map is {', '.join(self.type_map)}); use --type-map if the names differ"
+            )
+        return np.array([index[e] for e in elements], dtype=np.int32)
+
+    def evaluate(self, positions: np.ndarray, cell: np.ndarray | None, atom_types: np.ndarray) -> Evaluation:
+        """Energy, forces and virial of one structure. ``cell`` None means not periodic."""
+        batch = self.evaluate_batch(positions[None], None if cell is None else cell[None], atom_types)
+        return Evaluation(float(batch.energy[0]), batch.forces[0], batch.virial[0])
+
+    def evaluate_batch(
+        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray
+    ) -> BatchEvaluation:
+        """Evaluate ``nframes`` structures in one call: positions (nframes, nat, 3),
+        cells (nframes, 3, 3) or None."""
+        nframes, nat = positions.shape[:2]
+        coords = positions.reshape(nframes, nat * 3)
+        boxes = None if cells is None else cells.reshape(nframes, 9)
+        energy, forces, virial = self._dp.eval(coords, boxes, atom_types)[:3]
+        return BatchEvaluation(
+            energy=np.asarray(energy, dtype=np.float64).reshape(nframes),
+            forces=np.asarray(forces, dtype=np.float64).reshape(nframes, nat, 3),
+            virial=np.asarray(virial, dtype=np.float64).reshape(nframes, 3, 3),
+        )

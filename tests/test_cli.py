@@ -1,0 +1,74 @@
+"""The command line as a user meets it: help, early errors, exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import IPI_INPUTS, tool
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("ensemble-driver"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("ensemble-driver: error:")]
+
+
+def test_help_does_not_import_the_ml_stack():
+    code = (
+        "import sys, contextlib, io\n"
+        "from ensemble_driver.cli import main\n"
+        "for argv in ([], ['run', '--help'], ['demo', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try: main(argv)\n"
+        "        except SystemExit: pass\n"
+        "print(sorted(m for m in ('deepmd', 'torch', 'ase', 'mpi4py') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_help_teaches():
+    proc = run_cli("run", "--help")
+    assert proc.returncode == 0
+    for needed in ("--models", "--template", "--unix", "--sockets-prefix", "--connect-timeout",
+                   "--config", "dp_ipi", "examples:", "exit status:", "NEEDINIT"):
+        assert needed in proc.stdout
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run([sys.executable, "-m", "ensemble_driver", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("ensemble-driver ")
+
+
+def test_missing_model_file_fails_fast(tmp_path):
+    proc = run_cli("run", "--models", str(tmp_path / "nope.pth"), "--template", str(IPI_INPUTS / "init.xyz"),
+                   "--unix", "--address", "x", timeout=30)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"ensemble-driver: error: model {tmp_path / 'nope.pth'}: no such file"]
+
+
+def test_socket_path_too_long_fails_before_loading(model_paths):
+    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
+                   "--unix", "--address", "a" * 120, timeout=30)
+    assert proc.returncode == 2
+    assert "the operating system allows at most 107" in error_lines(proc)[0]
+    assert "deepmd" not in proc.stderr.lower()  # failed before the model was loaded
+
+
+@pytest.mark.timeout(180)
+def test_no_server_gives_up_after_connect_timeout(model_paths, address):
+    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
+                   "--unix", "--address", address, "--connect-timeout", "1")
+    assert proc.returncode == 3
+    [line] = error_lines(proc)
+    assert f"could not connect to UNIX socket /tmp/ipi_{address} within 1 s" in line
+
+
+def test_no_command_prints_help():
+    proc = run_cli()
+    assert proc.returncode == 2 and "run" in proc.stdout

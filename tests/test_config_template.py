@@ -1,0 +1,153 @@
+"""Templates, settings files (ours and dp_ipi's) and element matching, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import IPI_INPUTS
+
+from ensemble_driver.app import template_elements
+from ensemble_driver.config import RunConfig, build_config, load_config_file
+from ensemble_driver.errors import ConfigError
+from ensemble_driver.template import read_template
+from ensemble_driver.transport import InetAddress, UnixAddress, make_address
+
+
+def test_ipi_xyz_template():
+    template = read_template(IPI_INPUTS / "init.xyz")
+    assert template.natoms == 32
+    assert set(template.labels) == {"Cu", "Au"}
+    assert template.labels[:2] == ("Cu", "Au")
+    assert template.periodic
+
+
+def test_ipi_xyz_with_labels_ase_cannot_read(tmp_path):
+    path = tmp_path / "water.xyz"
+    path.write_text("3\n# CELL(H): 10 0 0 0 10 0 0 0 10 positions{angstrom}\nOW 0 0 0\nHW1 0 0 1\nHW2 0 1 0\n")
+    assert read_template(path).labels == ("OW", "HW1", "HW2")
+
+
+def test_ase_templates(tmp_path):
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    water.write(tmp_path / "w.xyz")
+    template = read_template(tmp_path / "w.xyz")
+    assert template.labels == ("O", "H", "H") and not template.periodic
+    water.cell = np.eye(3) * 8
+    water.pbc = True
+    water.write(tmp_path / "w.extxyz")
+    assert read_template(tmp_path / "w.extxyz").periodic
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("3\n# CELL(abcABC): 5 5 5 90 90 90\nCu 0 0 0\n", "announces 3 atoms but has 1 atom lines"),
+        ("x\n# CELL(abcABC): 5 5 5 90 90 90\n", "first line must be the number of atoms"),
+        ("1\n# CELL(abcABC): 5 5 5 90 90 90\nCu 0 0\n", "line 3: expected 'label x y z'"),
+        ("this is not a structure\n", "ASE cannot read it"),
+    ],
+)
+def test_bad_templates_name_the_file(tmp_path, content, message):
+    path = tmp_path / "t.xyz"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        read_template(path)
+    assert str(path) in str(err.value)
+
+
+def test_dp_ipi_file_is_accepted(tmp_path):
+    """The keys of deepmd-kit's dp_ipi input map onto ours."""
+    path = tmp_path / "dp_ipi.json"
+    path.write_text(json.dumps({
+        "verbose": False, "use_unix": True, "port": 31415, "host": "water",
+        "graph_file": "graph.pb", "coord_file": "conf.xyz",
+        "atom_type": {"OW": 0, "HW1": 1, "HW2": 1},
+    }))
+    config = build_config(load_config_file(path), {})
+    assert config.models == ("graph.pb",)
+    assert config.template == "conf.xyz"
+    assert config.unix and config.address == "water" and config.port == 31415
+    assert config.atom_type == {"OW": 0, "HW1": 1, "HW2": 1}
+    assert config.verbose == 0
+
+
+def test_command_line_wins_over_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"models": ["a.pth", "b.pth"], "template": "t.xyz", "connect-timeout": 5}))
+    config = build_config(load_config_file(path), {"models": ("c.pth",), "port": 1234, "unix": None})
+    assert config.models == ("c.pth",) and config.port == 1234 and config.connect_timeout == 5.0
+    assert config.template == "t.xyz"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", "not valid JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"model": "a.pth"}', "unknown key(s) 'model'"),
+        ('{"port": "80"}', "'port' must be an integer"),
+        ('{"atom_type": {"O": -1}}', "'atom_type' must be an object"),
+        ('{"use_unix": 1}', "'unix' must be true or false"),
+    ],
+)
+def test_bad_config_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        load_config_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_settings():
+    with pytest.raises(ConfigError, match="no model given"):
+        RunConfig(template="t").validated()
+    with pytest.raises(ConfigError, match="no template given"):
+        RunConfig(models=("m",)).validated()
+
+
+def test_atom_type_maps_labels_through_model0_type_map():
+    from ensemble_driver.template import Template
+
+    template = Template("w.xyz", ("OW", "HW1", "HW2"), True)
+    assert template_elements(template, {"OW": 0, "HW1": 1, "HW2": 1}, ["O", "H"]) == ["O", "H", "H"]
+    with pytest.raises(ConfigError, match="does not map label.s. HW2"):
+        template_elements(template, {"OW": 0, "HW1": 1}, ["O", "H"])
+    with pytest.raises(ConfigError, match="maps 'OW' to type 2, but the model has only 2 types"):
+        template_elements(template, {"OW": 2, "HW1": 1, "HW2": 1}, ["O", "H"])
+
+
+def test_addresses():
+    assert make_address(True, "cuau", None, "/tmp/ipi_") == UnixAddress("/tmp/ipi_cuau")
+    assert make_address(False, "node7", 31415, "/tmp/ipi_") == InetAddress("node7", 31415)
+    with pytest.raises(ConfigError, match="is 209 bytes long; the operating system allows at most 107"):
+        make_address(True, "x" * 200, None, "/tmp/ipi_")
+    with pytest.raises(ConfigError, match="--port is required"):
+        make_address(False, "localhost", None, "/tmp/ipi_")
+    with pytest.raises(ConfigError, match="not a TCP port"):
+        make_address(False, "localhost", 70000, "/tmp/ipi_")
+
+
+def test_unix_path_limit_is_the_os_limit(tmp_path):
+    """A path of MAX_UNIX_PATH_BYTES binds; one byte more is refused by the OS itself."""
+    import os
+    import socket
+
+    from ensemble_driver.transport import MAX_UNIX_PATH_BYTES
+
+    base = str(tmp_path) + "/"
+    for extra, ok in ((0, True), (1, False)):
+        path = base + "s" * (MAX_UNIX_PATH_BYTES + extra - len(base))
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.bind(path)
+                bound = True
+                os.unlink(path)
+            except OSError:
+                bound = False
+        assert bound is ok, (len(path), ok)
