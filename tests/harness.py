@@ -1,0 +1,106 @@
+"""Run a real i-PI with real ensemble-driver processes and read back what i-PI wrote."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from conftest import IPI_INPUTS, tool
+
+from ensemble_driver.ipi_input import SocketSettings, prepare_input
+from ensemble_driver.launch import ProcessGroup
+
+# What the tests need from i-PI, at full precision: per-bead positions and forces in
+# extxyz ('ase' units: Angstrom, eV/Angstrom, with ASE's constants) and, as properties,
+# the per-bead potentials and the virial, every step.
+CHECK_OUTPUTS = (
+    "<properties stride='1' filename='out'> [ step, bead_potentials{ase}, virial_md{ase} ] </properties>",
+    "<trajectory filename='pos' stride='1' format='ase'> positions{ase} </trajectory>",
+    "<trajectory filename='for' stride='1' format='ase'> forces{ase} </trajectory>",
+)
+
+
+@dataclass
+class IpiRun:
+    workdir: Path
+    prefix: str
+    nbeads: int
+    driver_logs: list[str]
+
+    def trajectory(self, what: str, bead: int) -> list:
+        import ase.io
+
+        return ase.io.read(self.workdir / f"{self.prefix}.{what}_{bead}.extxyz", index=":")
+
+    def properties(self) -> np.ndarray:
+        return np.atleast_2d(np.loadtxt(self.workdir / f"{self.prefix}.out"))
+
+    def evaluations_per_rid(self, driver: int = 0) -> dict[int, int]:
+        """The driver's own count, from its last log line."""
+        match = re.search(r"evaluations per request id: (\{[^}]*\})", self.driver_logs[driver])
+        assert match, self.driver_logs[driver][-2000:]
+        return {int(k): int(v) for k, v in re.findall(r"(\d+): (\d+)", match.group(1))}
+
+
+def driver_command(models: Sequence[Path], template: Path, address: str, *extra: str) -> list[str]:
+    return [
+        tool("ensemble-driver"), "run",
+        "--models", *map(str, models),
+        "--template", str(template),
+        "--unix", "--address", address,
+        "--connect-timeout", "120",
+        *extra,
+    ]
+
+
+def run_ipi(
+    workdir: Path,
+    xml: str,
+    *,
+    address: str,
+    steps: int,
+    drivers: Sequence[Sequence[str]] | None = None,
+    models: Sequence[Path] = (),
+    driver_args: Sequence[str] = (),
+    nbeads: int | None = None,
+    consolidate: bool | None = None,
+    outputs: Sequence[str] = CHECK_OUTPUTS,
+    timeout: float = 300,
+) -> IpiRun:
+    """Run the shipped input ``ipi_inputs/<xml>`` with its socket renamed, for ``steps``
+    steps, writing ``outputs``; with one driver on ``models`` unless ``drivers`` gives the
+    commands. Every process is watched: if one fails or the deadline passes, all stop
+    and the test fails with their last log lines."""
+    prefix = "sim"
+    prepare_input(
+        IPI_INPUTS / xml,
+        workdir / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=consolidate),
+        steps=steps,
+        nbeads=nbeads,
+        prefix=prefix,
+        outputs=outputs,
+        floatformat="%.16e",
+    )
+    template = workdir / "init.xyz"
+    if drivers is None:
+        drivers = [driver_command(models, template, address, *driver_args)]
+    with ProcessGroup(workdir / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=workdir)
+        members = [group.start(f"driver{k}", cmd, cwd=workdir) for k, cmd in enumerate(drivers)]
+        group.wait(timeout)
+    logs = [m.log_path.read_text() for m in members]
+    beads = int(ET.parse(workdir / "input.xml").getroot().find("system/initialize").get("nbeads"))
+    return IpiRun(workdir, prefix, beads, logs)
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected|: one number per array, robust to zeros."""
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = np.abs(expected).max()
+    return float(np.abs(actual - expected).max() / scale) if scale else float(np.abs(actual).max())

@@ -1,0 +1,120 @@
+"""The driver under ASE's real socket server (SocketIOCalculator), over UNIX and INET.
+
+Energy, forces and stress must equal deepmd's own ASE calculator (deepmd.calculator.DP)
+to a relative 1e-6, on rattled structures in strained triclinic cells (a wrong cell or
+virial transpose would show) and on a non-periodic cluster. ASE closes the socket
+without EXIT: the driver must then exit 0.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import tool
+from harness import relative_error
+
+TOL = 1e-6
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def alloy(seed: int):
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat((2, 2, 2))
+    symbols = np.array(["Au"] * 16 + ["Cu"] * 16)
+    rng.shuffle(symbols)
+    atoms.set_chemical_symbols(list(symbols))
+    return atoms
+
+
+def cluster():
+    from ase.cluster import Icosahedron
+
+    atoms = Icosahedron("Cu", noshells=2, latticeconstant=3.87)
+    atoms.symbols[[0, 3, 5, 7]] = "Au"
+    atoms.center(vacuum=0.0)  # no cell: ASE sends a zero cell
+    atoms.cell[:] = 0.0
+    atoms.pbc = False
+    return atoms
+
+
+def structures(base, seed: int):
+    """Rattled copies in strained triclinic cells (periodic) or just rattled (cluster)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(4):
+        atoms = base.copy()
+        if atoms.pbc.any():
+            shear = np.eye(3) + rng.normal(scale=0.04, size=(3, 3))
+            atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
+        atoms.rattle(stdev=0.08, seed=int(rng.integers(1 << 30)))
+        out.append(atoms)
+    return out
+
+
+class Launcher:
+    """ASE's launch_client hook: ASE then watches the client while it waits for it."""
+
+    def __init__(self, model, template, log_path, extra=()):
+        self.model, self.template, self.log_path, self.extra = model, template, log_path, list(extra)
+        self.proc: subprocess.Popen | None = None
+
+    def __call__(self, atoms, properties=None, port=None, unixsocket=None):
+        cmd = [tool("ensemble-driver"), "run", "--models", str(self.model), "--template", str(self.template),
+               "--connect-timeout", "120", *self.extra]
+        cmd += ["--unix", "--address", unixsocket] if unixsocket else ["--address", "localhost", "--port", str(port)]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        return self.proc
+
+
+def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extra=()):
+    from ase.calculators.socketio import SocketIOCalculator
+    from deepmd.calculator import DP
+
+    template = tmp_path / "template.extxyz"
+    base.write(template)
+    launcher = Launcher(model, template, tmp_path / "driver.log", extra)
+    reference = DP(str(model))
+    periodic = base.pbc.any()
+    with SocketIOCalculator(launch_client=launcher, unixsocket=unixsocket, port=port, timeout=120) as calc:
+        for atoms in structures(base, seed):
+            atoms.calc = calc
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            stress = atoms.get_stress() if periodic else None
+            ref = atoms.copy()
+            ref.calc = reference
+            assert relative_error(energy, ref.get_potential_energy()) <= TOL
+            assert relative_error(forces, ref.get_forces()) <= TOL
+            if periodic:
+                assert relative_error(stress, ref.get_stress()) <= TOL
+    # ASE closed the socket without EXIT: a clean end for the driver
+    assert launcher.proc.wait(timeout=60) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    return (tmp_path / "driver.log").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_ase_unix(tmp_path, address, model_paths):
+    log = run_against_dp(tmp_path, model_paths[0], alloy(1), seed=2, unixsocket=address)
+    assert "server closed the connection" in log
+
+
+@pytest.mark.timeout(300)
+def test_ase_inet(tmp_path, model_paths):
+    # model 2 lists its types as [Au, Cu]: matching by name, not by order
+    run_against_dp(tmp_path, model_paths[2], alloy(3), seed=4, port=free_port())
+
+
+@pytest.mark.timeout(300)
+def test_ase_nonperiodic_cluster(tmp_path, address, model_paths):
+    log = run_against_dp(tmp_path, model_paths[1], cluster(), seed=5, unixsocket=address)
+    assert "not periodic" in log
