@@ -14,7 +14,7 @@ What it does, end to end, with nothing downloaded:
    driver's symbol-based type matching is exercised by the shipped ensemble), and
    freezes each with ``dp --pt freeze``.
 
-Run from anywhere (about 6 minutes on 2 CPU cores, measured 2026-11-23):
+Run from anywhere (771 s on 2 CPU cores shared with other work, measured 2026-11-23):
 
     python examples/models/make_models.py            # writes examples/models/m{0..3}.pth
     python examples/models/make_models.py --steps 200 --out /tmp/quick   # smoke test
