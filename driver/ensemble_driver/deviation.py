@@ -1,0 +1,90 @@
+"""Model deviation as LAMMPS's ``pair_style deepmd`` computes it. Pure NumPy, no I/O.
+
+Definitions (deepmd-kit ``source/lmp/pair_deepmd.cpp`` and ``source/api_cc/src/
+DeepBaseModel.cc``; the same as ``deepmd/infer/model_devi.py`` except for relative_v),
+with n_m models, model 0 included, and the population standard deviation (1/n_m):
+
+- force, per atom i: ``e_i = sqrt( 1/n_m sum_k |F_i^k - <F_i>|^2 )``;
+  with ``relative nu``: ``e_i / (|<F_i>| + nu)``; max/min/avg over atoms;
+- virial: each model's 3x3 virial divided by the atom count N, then the per-component
+  std ``d_ab``; with ``relative_v nu``: ``d_ab / (|<W_ab>|/N + nu)``, per component (as
+  LAMMPS; ``dp model-devi`` divides by the norm of all nine instead);
+  max and min over the nine components, ``avg = sqrt( sum_ab d_ab^2 / 9 )``.
+
+Units are those of the inputs: eV/Angstrom and eV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One deviation row. ``atomic`` holds e_i per atom (after ``relative``), or None."""
+
+    max_devi_v: float
+    min_devi_v: float
+    avg_devi_v: float
+    max_devi_f: float
+    min_devi_f: float
+    avg_devi_f: float
+    atomic: np.ndarray | None = None
+
+    def columns(self) -> tuple[float, float, float, float, float, float]:
+        """The six values in the order of the model_devi.out columns 1-6."""
+        return (self.max_devi_v, self.min_devi_v, self.avg_devi_v, self.max_devi_f, self.min_devi_f, self.avg_devi_f)
+
+
+def force_deviation(forces: np.ndarray, relative: float | None = None) -> np.ndarray:
+    """Per-atom force deviation e_i.
+
+    forces: (n_models, nat, 3). Returns (nat,).
+    """
+    forces = np.asarray(forces, dtype=np.float64)
+    mean = forces.mean(axis=0)
+    e = np.sqrt(np.mean(np.sum((forces - mean) ** 2, axis=-1), axis=0))
+    if relative is not None:
+        e = e / (np.linalg.norm(mean, axis=-1) + relative)
+    return e
+
+
+def virial_deviation(virials: np.ndarray, natoms: int, relative_v: float | None = None) -> np.ndarray:
+    """Per-component deviation d_ab of the virial per atom.
+
+    virials: (n_models, 3, 3) or (n_models, 9), not divided by the atom count.
+    Returns (9,).
+    """
+    v = np.asarray(virials, dtype=np.float64).reshape(-1, 9) / natoms
+    d = v.std(axis=0)
+    if relative_v is not None:
+        d = d / (np.abs(v.mean(axis=0)) + relative_v)
+    return d
+
+
+def model_deviation(
+    forces: np.ndarray,
+    virials: np.ndarray,
+    *,
+    relative: float | None = None,
+    relative_v: float | None = None,
+    atomic: bool = False,
+) -> Deviation:
+    """The deviation row of one structure from every model's forces (n_models, nat, 3)
+    and virials (n_models, 3, 3)."""
+    forces = np.asarray(forces, dtype=np.float64)
+    if forces.ndim != 3 or forces.shape[2] != 3 or forces.shape[0] < 1:
+        raise ValueError(f"forces must be (n_models, nat, 3), got {forces.shape}")
+    e = force_deviation(forces, relative)
+    d = virial_deviation(virials, forces.shape[1], relative_v)
+    return Deviation(
+        max_devi_v=float(d.max()),
+        min_devi_v=float(d.min()),
+        avg_devi_v=float(np.sqrt(np.mean(d**2))),
+        max_devi_f=float(e.max()),
+        min_devi_f=float(e.min()),
+        avg_devi_f=float(e.mean()),
+        atomic=e if atomic else None,
+    )
