@@ -62,19 +62,22 @@ def structures(base, seed: int):
 
 
 class Launcher:
-    """ASE's launch_client hook: ASE then watches the client while it waits for it."""
+    """ASE's launch_client hook: ASE then watches the client while it waits for it.
 
-    def __init__(self, model, template, log_path, extra=()):
-        self.model, self.template, self.log_path, self.extra = model, template, log_path, list(extra)
+    ``build(unixsocket, port)`` returns the command line for the socket ASE chose."""
+
+    def __init__(self, build, log_path):
+        self.build, self.log_path = build, log_path
         self.proc: subprocess.Popen | None = None
 
     def __call__(self, atoms, properties=None, port=None, unixsocket=None):
-        cmd = [tool("ensemble-driver"), "run", "--models", str(self.model), "--template", str(self.template),
-               "--connect-timeout", "120", *self.extra]
-        cmd += ["--unix", "--address", unixsocket] if unixsocket else ["--address", "localhost", "--port", str(port)]
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.build(unixsocket, port), stdout=self.log, stderr=subprocess.STDOUT)
         return self.proc
+
+
+def driver_args(unixsocket, port) -> list[str]:
+    return ["--unix", "--address", unixsocket] if unixsocket else ["--address", "localhost", "--port", str(port)]
 
 
 def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extra=()):
@@ -83,7 +86,11 @@ def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extr
 
     template = tmp_path / "template.extxyz"
     base.write(template)
-    launcher = Launcher(model, template, tmp_path / "driver.log", extra)
+    def build(unixsocket, port):
+        return [tool("ensemble-driver"), "run", "--models", str(model), "--template", str(template),
+                "--connect-timeout", "120", *extra, *driver_args(unixsocket, port)]
+
+    launcher = Launcher(build, tmp_path / "driver.log")
     reference = DP(str(model))
     periodic = base.pbc.any()
     with SocketIOCalculator(launch_client=launcher, unixsocket=unixsocket, port=port, timeout=120) as calc:

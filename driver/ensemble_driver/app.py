@@ -1,28 +1,60 @@
-"""Wiring: settings -> checked inputs -> loaded model -> connection -> session.
+"""Wiring: settings -> checked inputs -> loaded models on every rank -> connection.
 
-Order matters for the user: everything that can be checked without the server
-(address, template, model files, then the models themselves and their elements) is
-checked before connecting, so a bad input fails in seconds with one line instead of
-after the server has started a long run.
+Start-up is collective and ordered for the user: everything that can be checked without
+models (settings, ranks versus models, socket address, template, model files, output
+files) is checked first, then every rank loads its models and matches the template's
+elements. A failure on any rank ends every rank before anything connects, with one line
+on rank 0 naming the rank, the file and the reason.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-import numpy as np
-
-from .client import Reply, Request, Session
+from . import parallel
+from .client import Session
 from .config import RunConfig
-from .errors import ConfigError, ModelError, ProtocolError
-from .model import DeepPotModel, check_model_file
+from .ensemble import DeviationSettings, Leader, LocalModel, follower_loop
+from .errors import ConfigError, DriverError
+from .model import DeepPotModel, check_model_file, one_line
+from .output import BeadFiles, bead_file_names
 from .protocol import Wire
 from .template import Template, read_template
 from .transport import connect, make_address
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ReportedError(DriverError):
+    """A failure already agreed on by every rank; printed by rank 0 only."""
+
+    def __init__(self, message: str, exit_status: int, print_here: bool):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.print_here = print_here
+
+
+def collective(comm, step: Callable[[], T]) -> T:
+    """Run ``step`` on every rank. If it fails on any rank, raise the failure of the
+    lowest such rank on every rank (rank 0 prints it, naming the rank)."""
+    failure = None
+    result = None
+    try:
+        result = step()
+    except DriverError as exc:
+        failure = (str(exc), exc.exit_status)
+    except Exception as exc:  # a bug or an unexpected backend failure: still collective
+        failure = (f"internal error: {one_line(exc)}", 1)
+    failures = comm.allgather(failure)
+    for rank, f in enumerate(failures):
+        if f is not None:
+            message = f[0] if rank == 0 else f"rank {rank}: {f[0]}"
+            raise ReportedError(message, f[1], print_here=comm.rank == 0)
+    return result  # type: ignore[return-value]
 
 
 def template_elements(template: Template, atom_type: dict[str, int] | None, type_map: Sequence[str]) -> list[str]:
@@ -50,60 +82,118 @@ def template_elements(template: Template, atom_type: dict[str, int] | None, type
     return elements
 
 
-class SingleModelHandler:
-    """Evaluate model 0 on every request and return its energy, forces and virial."""
-
-    def __init__(self, model: DeepPotModel, atom_types: np.ndarray, periodic: bool):
-        self.model = model
-        self.atom_types = atom_types
-        self.periodic = periodic
-
-    def __call__(self, request: Request) -> Reply:
-        cell = request.cell if self.periodic else None
-        if cell is not None and abs(np.linalg.det(cell)) < 1e-8:
-            raise ProtocolError(
-                f"the server sent a cell of zero volume (bead {request.rid}, step {request.step}) "
-                "for a periodic system; if the system is not periodic, run with --no-pbc"
-            )
-        result = self.model.evaluate(request.positions, cell, self.atom_types)
-        if not (
-            np.isfinite(result.energy) and np.isfinite(result.forces).all() and np.isfinite(result.virial).all()
-        ):
-            raise ModelError(
-                f"model {self.model.path} returned non-finite energy, forces or virial at "
-                f"step {request.step} of bead {request.rid}; nothing was sent to the server"
-            )
-        return Reply(result.energy, result.forces, result.virial)
-
-
-def run(config: RunConfig) -> int:
-    """Run the driver until the server ends the run. Returns the exit status (0)."""
-    config.validated()
-    address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
-    template = read_template(config.template)
-    for path in config.models:
-        check_model_file(path)
-    if len(config.models) > 1:
-        raise ConfigError(
-            f"{len(config.models)} models given: the MPI ensemble is not implemented yet; "
-            "pass one model"
-        )
-    model = DeepPotModel(config.models[0], type_map=config.type_map)
-    elements = template_elements(template, config.atom_type, model.type_map)
-    atom_types = model.atom_types(elements, template=f"template {template.path}")
-    periodic = template.periodic if config.pbc is None else config.pbc
-    log.info(
-        "model %s on %d atoms (%s), %s",
-        model.path,
-        template.natoms,
-        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
-        "periodic" if periodic else "not periodic",
+def deviation_settings(config: RunConfig) -> DeviationSettings:
+    return DeviationSettings(
+        out_freq=config.out_freq,
+        nbeads=config.nbeads,
+        relative=config.relative,
+        relative_v=config.relative_v,
+        atomic=config.atomic,
+        extras=config.extras,
     )
-    handler = SingleModelHandler(model, atom_types, periodic)
-    sock = connect(address, config.connect_timeout)
-    with sock:
-        session = Session(Wire(sock, template.natoms), handler, init_every_step=config.init_every_step)
-        reason = session.run()
-    steps = dict(sorted(session.stats.steps_by_rid.items()))
-    log.info("run ended: %s; evaluations per request id: %s", reason.value, steps)
+
+
+def open_deviation_files(config: RunConfig) -> BeadFiles:
+    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+    names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+    return BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=config.step_offset)
+
+
+def run(config: RunConfig, comm=None) -> int:
+    """Run the driver on this rank until the server ends the run. Returns 0."""
+    comm = comm if comm is not None else parallel.world()
+    rank = comm.rank
+
+    def check_inputs():
+        config.validated()
+        layout = parallel.deal_models(len(config.models), comm.size)
+        address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
+        template = read_template(config.template)
+        for index in layout.models_of[rank]:
+            check_model_file(config.models[index])
+        files = None
+        deviation_on = config.out_freq > 0 and len(config.models) > 1
+        if rank == 0 and deviation_on:
+            files = open_deviation_files(config)
+        return layout, address, template, files
+
+    layout, address, template, files = collective(comm, check_inputs)
+    try:
+        return _run_checked(config, comm, layout, address, template, files)
+    except BaseException:
+        if files is not None:
+            files.discard_unused()
+        raise
+    finally:
+        if files is not None:
+            files.close()
+
+
+def _run_checked(config, comm, layout, address, template, files) -> int:
+    rank = comm.rank
+    mine = layout.models_of[rank]
+    if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
+        log.warning("--out-freq 0: the ensemble is loaded but no deviation is computed")
+
+    def load():
+        models = [DeepPotModel(config.models[i], type_map=config.type_map) for i in mine]
+        elements = None
+        if rank == 0:
+            elements = template_elements(template, config.atom_type, models[0].type_map)
+        return models, elements
+
+    models, elements = collective(comm, load)
+    elements = comm.bcast(elements, root=0)
+
+    def match():
+        return [
+            LocalModel(i, m, m.atom_types(elements, template=f"template {template.path}"))
+            for i, m in zip(mine, models)
+        ]
+
+    members = collective(comm, match)
+    periodic = template.periodic if config.pbc is None else config.pbc
+    if rank != 0:
+        status = follower_loop(comm, members, natoms=template.natoms)
+        if status:
+            raise ReportedError("", status, print_here=False)
+        return 0
+
+    log.info(
+        "%d atoms (%s), %s; model 0: %s", template.natoms,
+        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
+        "periodic" if periodic else "not periodic", config.models[0],
+    )
+    settings = deviation_settings(config)
+    if files is not None:
+        log.info(
+            "%d models on %d rank(s) %s; deviation every %d steps to %s",
+            layout.n_models, layout.n_ranks, [list(m) for m in layout.models_of], settings.out_freq,
+            ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
+        )
+    leader = Leader(comm, layout, members, natoms=template.natoms, periodic=periodic, settings=settings, files=files)
+    error: DriverError | None = None
+    session = None
+    try:
+        sock = connect(address, config.connect_timeout)
+        with sock:
+            session = Session(
+                Wire(sock, template.natoms), leader,
+                init_every_step=config.init_every_step, after_reply=leader.after_reply,
+            )
+            reason = session.run()
+            log.info("run ended: %s", reason.value)
+    except DriverError as exc:
+        error = exc
+    except BaseException as exc:
+        leader.finish(DriverError(f"interrupted: {one_line(exc)}"))
+        raise
+    error = leader.finish(error)
+    if session is not None:
+        steps = dict(sorted(session.stats.steps_by_rid.items()))
+        log.info("evaluations per request id: %s", steps)
+    if files is not None:
+        log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
+    if error is not None:
+        raise error
     return 0

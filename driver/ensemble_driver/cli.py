@@ -84,6 +84,35 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     sysg.add_argument("--pbc", action=argparse.BooleanOptionalAction, default=None,
                       help="periodic system or not (default: periodic if the template has a cell; "
                       "i-PI xyz templates are periodic)")
+    dev = p.add_argument_group(
+        "ensemble and deviation",
+        "With several --models, run under mpiexec: rank 0 talks to the server and evaluates "
+        "model 0, which alone drives the dynamics; the other ranks hold the other models. "
+        "Every OUT_FREQ steps all models evaluate the same structure and the deviation is "
+        "written as LAMMPS's pair_style deepmd writes it.")
+    dev.add_argument("--out-file", metavar="FILE", help="deviation file (default: model_devi.out); "
+                     "with --nbeads P > 1, the directory of the per-bead files")
+    dev.add_argument("--out-freq", type=int, metavar="N", help="deviation every N steps of each bead, "
+                     "step 0 included; 0: never (default: 100, as LAMMPS)")
+    dev.add_argument("--nbeads", type=int, metavar="P", help="number of path-integral beads: one "
+                     "deviation file per bead; request ids >= P (estimator clones) get no rows (default: 1)")
+    dev.add_argument("--bead-files", metavar="NAMING", help="per-bead file names: 'dpgen' "
+                     "(model_devi01.out, ...), 'dpgen2' (model_devi.01.out, ...), or a pattern with "
+                     "{bead} counted from 0, e.g. 'devi/bead{bead:02d}.out' (default: dpgen)")
+    dev.add_argument("--atomic", action="store_true", default=None, help="also write the force "
+                     "deviation of every atom (LAMMPS's 'atomic')")
+    dev.add_argument("--relative", type=float, metavar="NU", help="relative force deviation: "
+                     "e_i / (|<F_i>| + NU) (LAMMPS's 'relative')")
+    dev.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation, per "
+                     "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)")
+    dev.add_argument("--extras", action="store_true", default=None, help="send the deviation to the "
+                     "server in the FORCEREADY extras (JSON; -1 on other steps); makes deviation "
+                     "steps wait for all models")
+    dev.add_argument("--overwrite", action="store_true", default=None, help="replace existing deviation files")
+    dev.add_argument("--append", action="store_true", default=None, help="append to existing "
+                     "deviation files (a restarted run)")
+    dev.add_argument("--step-offset", type=int, metavar="K", help="add K to the step of every row "
+                     "(with --append: the step i-PI restarted from)")
     p.add_argument("-v", "--verbose", action="count", default=None,
                    help="more output (-v: every message and evaluation; default: start and end lines)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -116,10 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    """Log to stderr; under MPI the rank is in every line, and followers (ranks >= 1)
+    only log warnings unless -v."""
+    from .parallel import launch_rank, launched_by_mpi
+
+    rank = launch_rank()
+    level = logging.WARNING if quiet or (rank and not verbose) else (logging.DEBUG if verbose else logging.INFO)
+    name = f"{PROG}[{rank}]" if launched_by_mpi() else PROG
     logging.basicConfig(
         level=level,
-        format=f"%(asctime)s {PROG} %(levelname)s: %(message)s",
+        format=f"%(asctime)s {name} %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
@@ -142,6 +177,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "pbc": args.pbc,
         "init_every_step": args.init_every_step,
         "verbose": args.verbose,
+        "out_file": args.out_file,
+        "out_freq": args.out_freq,
+        "nbeads": args.nbeads,
+        "bead_files": args.bead_files,
+        "atomic": args.atomic,
+        "relative": args.relative,
+        "relative_v": args.relative_v,
+        "extras": args.extras,
+        "overwrite": args.overwrite,
+        "append": args.append,
+        "step_offset": args.step_offset,
     }
     config = build_config(file_settings, cli_settings)
     setup_logging(config.verbose, args.quiet)
@@ -166,7 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         return _cmd_demo(args)
     except DriverError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        # Under MPI an error is either agreed by all ranks (printed by rank 0 only, and
+        # naming the rank it came from) or met identically by every rank before the ranks
+        # talk (bad options): rank 0 prints it for all.
+        from .parallel import launch_rank
+
+        if getattr(exc, "print_here", launch_rank() == 0):
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

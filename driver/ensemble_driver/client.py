@@ -75,13 +75,22 @@ class Session:
     """Serve one connection until the server ends it.
 
     ``handler`` is called once per POSDATA with a :class:`Request` and returns a
-    :class:`Reply`. ``init_every_step`` makes the client answer NEEDINIT after every
-    evaluation so that every structure is labelled with its request id.
+    :class:`Reply`; ``after_reply``, if given, is called once each reply has been sent
+    (work that must not delay the server). ``init_every_step`` makes the client answer
+    NEEDINIT after every evaluation so that every structure is labelled with its request id.
     """
 
-    def __init__(self, wire: Wire, handler: Handler, *, init_every_step: bool = True):
+    def __init__(
+        self,
+        wire: Wire,
+        handler: Handler,
+        *,
+        init_every_step: bool = True,
+        after_reply: Callable[[], None] | None = None,
+    ):
         self.wire = wire
         self.handler = handler
+        self.after_reply = after_reply
         self.init_every_step = init_every_step
         self.stats = SessionStats()
         # NEEDINIT at first, whatever the option: the INIT text announces the transport.
@@ -155,3 +164,5 @@ class Session:
         )
         self._reply = None
         self._status = "NEEDINIT" if self.init_every_step else "READY"
+        if self.after_reply is not None:
+            self.after_reply()

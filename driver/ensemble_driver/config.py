@@ -50,6 +50,18 @@ class RunConfig:
     pbc: bool | None = None  # None: from the template
     init_every_step: bool = True
     verbose: int = 0
+    # the ensemble's deviation output
+    out_file: str = "model_devi.out"
+    out_freq: int = 100
+    nbeads: int = 1
+    bead_files: str = "dpgen"
+    atomic: bool = False
+    relative: float | None = None
+    relative_v: float | None = None
+    extras: bool = False
+    overwrite: bool = False
+    append: bool = False
+    step_offset: int = 0
 
     def validated(self) -> RunConfig:
         """Check what can be checked without touching files; return self."""
@@ -59,6 +71,19 @@ class RunConfig:
             raise ConfigError("no template given: pass --template FILE (or 'template' in --config)")
         if self.connect_timeout < 0:
             raise ConfigError(f"--connect-timeout must be >= 0, got {self.connect_timeout}")
+        if self.out_freq < 0:
+            raise ConfigError(f"--out-freq must be >= 0 (0: no deviation), got {self.out_freq}")
+        if self.nbeads < 1:
+            raise ConfigError(f"--nbeads must be >= 1, got {self.nbeads}")
+        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.overwrite and self.append:
+            raise ConfigError("--overwrite and --append exclude each other")
+        if self.step_offset < 0:
+            raise ConfigError(f"--step-offset must be >= 0, got {self.step_offset}")
+        if self.step_offset and not self.append:
+            raise ConfigError("--step-offset continues a restarted run: it needs --append")
         return self
 
 
@@ -94,7 +119,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ):
             return dict(value)
         raise bad('an object {"label": type index >= 0}')
-    if name in ("unix", "init_every_step"):
+    if name in ("unix", "init_every_step", "atomic", "extras", "overwrite", "append"):
         if isinstance(value, bool):
             return value
         raise bad("true or false")
@@ -108,15 +133,19 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, int):
             return value
         raise bad("a boolean or an integer")
-    if name == "port":
-        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+    if name in ("port", "out_freq", "nbeads", "step_offset"):
+        if (value is None and name == "port") or (isinstance(value, int) and not isinstance(value, bool)):
             return value
         raise bad("an integer")
+    if name in ("relative", "relative_v"):
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return None if value is None else float(value)
+        raise bad("a number or null")
     if name == "connect_timeout":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")
-    if name in ("template", "address", "sockets_prefix"):
+    if name in ("template", "address", "sockets_prefix", "out_file", "bead_files"):
         if isinstance(value, str):
             return value
         raise bad("a string")

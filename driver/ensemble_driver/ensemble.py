@@ -1,0 +1,346 @@
+"""The ensemble: model 0 drives the dynamics; every ``out_freq`` steps all models evaluate.
+
+Leader (rank 0), per structure from the server:
+
+1. on a deviation step (``step % out_freq == 0`` for a bead below ``nbeads``) it sends
+   the structure to the followers first, so that every model computes at the same time;
+2. it evaluates model 0 and hands the answer back to the session, which sends it to the
+   server at once: the answer never waits for the other models (unless ``--extras``
+   asks for the deviation inside it);
+3. after the reply it evaluates the extra models it holds itself (only when it runs
+   alone, as LAMMPS does) and collects whatever results have arrived, without blocking;
+   finished rows are written in step order.
+
+Non-deviation steps involve no other rank. Followers wait for WORK, evaluate their models
+in turn and send the results back (see :mod:`parallel` for the messages).
+
+Failure is collective: a follower that fails reports to the leader, which finishes the
+request in hand, writes the rows it has, stops every follower and exits with the
+failure's status; the leader never leaves a follower waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import parallel
+from .client import Reply, Request
+from .deviation import Deviation, model_deviation
+from .errors import DriverError, ModelError, ProtocolError
+from .model import DeepPotModel, Evaluation
+from .output import BeadFiles
+
+log = logging.getLogger(__name__)
+
+#: Deviation jobs the leader lets run ahead of the followers before it waits for them.
+MAX_PENDING_JOBS = 16
+#: Keys of the FORCEREADY extras with --extras; -1 on steps without a deviation.
+EXTRAS_KEYS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f")
+EXTRAS_SENTINEL = -1.0
+#: How long the leader waits for followers when stopping before it aborts the MPI job.
+STOP_DEADLINE_S = 60.0
+
+
+@dataclass(frozen=True)
+class DeviationSettings:
+    out_freq: int = 100
+    nbeads: int = 1
+    relative: float | None = None
+    relative_v: float | None = None
+    atomic: bool = False
+    extras: bool = False
+
+
+@dataclass
+class LocalModel:
+    index: int
+    model: DeepPotModel
+    atom_types: np.ndarray
+
+    def evaluate(self, positions: np.ndarray, cell: np.ndarray | None, rid: int, step: int) -> Evaluation:
+        result = self.model.evaluate(positions, cell, self.atom_types)
+        if not (np.isfinite(result.energy) and np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
+            raise ModelError(
+                f"model {self.index} ({self.model.path}) returned non-finite energy, forces or virial "
+                f"at step {step} of bead {rid}"
+            )
+        return result
+
+
+@dataclass
+class _Job:
+    seq: int
+    rid: int
+    step: int
+    cell: np.ndarray | None
+    positions: np.ndarray
+    energies: np.ndarray
+    forces: np.ndarray
+    virials: np.ndarray
+    local_todo: list[LocalModel] = field(default_factory=list)
+    receives: dict = field(default_factory=dict)  # rank -> (request, buffer)
+    sends: list = field(default_factory=list)
+    work_buffer: np.ndarray | None = None  # kept alive until the sends complete
+
+    def complete(self) -> bool:
+        if self.local_todo or self.receives:
+            return False
+        self.sends = [s for s in self.sends if not s.Test()]
+        return not self.sends
+
+
+def check_cell(cell: np.ndarray | None, rid: int, step: int) -> None:
+    if cell is not None and abs(np.linalg.det(cell)) < 1e-8:
+        raise ProtocolError(
+            f"the server sent a cell of zero volume (bead {rid}, step {step}) for a periodic "
+            "system; if the system is not periodic, run with --no-pbc"
+        )
+
+
+class Leader:
+    """The session handler of rank 0: answers with model 0, runs the ensemble beside it."""
+
+    def __init__(
+        self,
+        comm,
+        layout: parallel.Layout,
+        local: Sequence[LocalModel],
+        *,
+        natoms: int,
+        periodic: bool,
+        settings: DeviationSettings,
+        files: BeadFiles | None,
+    ):
+        self.comm = comm
+        self.layout = layout
+        self.model0 = local[0]
+        self.local_extra = list(local[1:])
+        self.natoms = natoms
+        self.periodic = periodic
+        self.settings = settings
+        self.files = files
+        self.n_models = layout.n_models
+        self.followers = list(range(1, layout.n_ranks))
+        self.deviation_on = settings.out_freq > 0 and self.n_models > 1
+        self._jobs: deque[_Job] = deque()
+        self._seq = 0
+        self._fatal: DriverError | None = None
+        self._warned_rids: set[int] = set()
+        self.rows_written = 0
+        self.rows_by_bead: dict[int, int] = {}
+        self._sentinel_extras = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()
+
+    # -- the session's handler ---------------------------------------------------------
+    def __call__(self, request: Request) -> Reply:
+        cell = request.cell if self.periodic else None
+        check_cell(cell, request.rid, request.step)
+        job = None
+        if self.deviation_on and request.step % self.settings.out_freq == 0:
+            if request.rid < self.settings.nbeads:
+                job = self._dispatch(request, cell)
+            elif request.rid not in self._warned_rids:
+                self._warned_rids.add(request.rid)
+                log.warning(
+                    "request id %d >= --nbeads %d: no deviation rows for it (an estimator's clone, or "
+                    "pass --nbeads P for a path-integral run with P beads)", request.rid, self.settings.nbeads,
+                )
+        result = self.model0.evaluate(request.positions, cell, request.rid, request.step)
+        extras = b""
+        if job is not None:
+            job.energies[0] = result.energy
+            job.forces[0] = result.forces
+            job.virials[0] = result.virial
+        if self.settings.extras:
+            extras = self._sentinel_extras
+            if job is not None:
+                row = self._finish_now(job)
+                if row is not None:
+                    extras = json.dumps(dict(zip(EXTRAS_KEYS, row.columns()))).encode()
+        return Reply(result.energy, result.forces, result.virial, extras)
+
+    def after_reply(self) -> None:
+        """Called once the answer is on its way: local extra models, then collect."""
+        self._run_local()
+        self._collect()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- deviation jobs ----------------------------------------------------------------
+    def _dispatch(self, request: Request, cell: np.ndarray | None) -> _Job:
+        while len(self._jobs) >= MAX_PENDING_JOBS and self._fatal is None:
+            # the followers are behind: let them catch up before adding work
+            self._run_local()
+            parallel.wait_for(self._oldest_job_ready_or_failed)
+            self._collect()
+        seq = self._seq
+        self._seq += 1
+        n = self.n_models
+        job = _Job(
+            seq, request.rid, request.step, cell, request.positions,
+            np.zeros(n), np.zeros((n, self.natoms, 3)), np.zeros((n, 3, 3)),
+            local_todo=list(self.local_extra),
+        )
+        if self.followers:
+            buf = np.empty(parallel.work_size(self.natoms))
+            parallel.pack_work(buf, seq, request.rid, request.step, cell, request.positions)
+            job.work_buffer = buf
+            for rank in self.followers:
+                job.sends.append(self.comm.Isend(buf, dest=rank, tag=parallel.TAG_CONTROL))
+                rbuf = np.empty(parallel.result_size(self.natoms, len(self.layout.models_of[rank])))
+                job.receives[rank] = (self.comm.Irecv(rbuf, source=rank, tag=parallel.TAG_RESULT), rbuf)
+        self._jobs.append(job)
+        return job
+
+
+    def _run_local(self) -> None:
+        for job in self._jobs:
+            while job.local_todo:
+                member = job.local_todo.pop(0)
+                try:
+                    r = member.evaluate(job.positions, job.cell, job.rid, job.step)
+                except DriverError as exc:
+                    self._fatal = self._fatal or exc
+                    job.local_todo.clear()
+                    return
+                job.energies[member.index] = r.energy
+                job.forces[member.index] = r.forces
+                job.virials[member.index] = r.virial
+
+    def _collect_receives(self) -> None:
+        self._check_follower_errors()
+        for job in self._jobs:
+            for rank, (req, buf) in list(job.receives.items()):
+                if req.Test():
+                    models = self.layout.models_of[rank]
+                    seq, energies, forces, virials = parallel.unpack_results(buf, self.natoms, len(models))
+                    if seq != job.seq:
+                        self._fatal = self._fatal or DriverError(
+                            f"internal error: rank {rank} answered job {seq} for job {job.seq}"
+                        )
+                    for k, model in enumerate(models):
+                        job.energies[model] = energies[k]
+                        job.forces[model] = forces[k]
+                        job.virials[model] = virials[k]
+                    del job.receives[rank]
+
+    def _check_follower_errors(self) -> None:
+        for rank in self.followers:
+            if self.comm.Iprobe(source=rank, tag=parallel.TAG_ERROR):
+                message = self.comm.recv(source=rank, tag=parallel.TAG_ERROR)
+                self._fatal = self._fatal or ModelError(f"rank {rank}: {message}")
+
+    def _collect(self) -> None:
+        """Take in what has arrived; write every finished row at the head of the queue."""
+        self._collect_receives()
+        while self._jobs and self._jobs[0].complete() and self._fatal is None:
+            self._write(self._jobs.popleft())
+
+    def _write(self, job: _Job) -> Deviation:
+        s = self.settings
+        row = model_deviation(job.forces, job.virials, relative=s.relative, relative_v=s.relative_v, atomic=s.atomic)
+        if self.files is not None and self.files.write(job.rid, job.step, row):
+            self.rows_written += 1
+            self.rows_by_bead[job.rid] = self.rows_by_bead.get(job.rid, 0) + 1
+        return row
+
+    def _finish_now(self, job: _Job) -> Deviation | None:
+        """Complete ``job`` (and all before it) before answering: --extras needs its row."""
+        self._run_local()
+        while self._jobs and self._fatal is None:
+            parallel.wait_for(self._oldest_job_ready_or_failed)
+            if self._fatal is not None:
+                break
+            head = self._jobs.popleft()
+            row = self._write(head)
+            if head is job:
+                return row
+        return None
+
+    def _oldest_job_ready_or_failed(self) -> bool:
+        self._collect_receives()
+        return not self._jobs or self._jobs[0].complete() or self._fatal is not None
+
+    # -- the end -----------------------------------------------------------------------
+    def finish(self, error: DriverError | None) -> DriverError | None:
+        """Write what can be written, stop every follower, close the files; return the
+        error the run ends with (``error``, or one found while finishing).
+
+        After a clean end every pending row is completed and written. After a failure
+        the rows already computed are written and the rest abandoned.
+        """
+        try:
+            if error is None:
+                self._run_local()
+                deadline = time.monotonic() + STOP_DEADLINE_S
+                while self._jobs and self._fatal is None:
+                    if not parallel.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):
+                        log.error("followers did not finish the pending deviation rows within %.0f s",
+                                  STOP_DEADLINE_S)
+                        break
+                    if self._fatal is None:
+                        self._write(self._jobs.popleft())
+            else:
+                self._collect()
+            error = error or self._fatal
+            for job in self._jobs:  # abandoned after a failure
+                for req, _ in job.receives.values():
+                    req.Cancel()
+                    req.Wait()
+                job.receives.clear()
+        finally:
+            self._stop_followers(error.exit_status if error is not None else 0)
+            if self.files is not None:
+                self.files.close()
+        return error
+
+    def _stop_followers(self, status: int) -> None:
+        if not self.followers:
+            return
+        stop = np.array([parallel.KIND_STOP, float(status)])
+        sends = [self.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in self.followers]
+        for job in self._jobs:
+            sends.extend(job.sends)
+        if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + STOP_DEADLINE_S):
+            log.error("followers did not take the stop message within %.0f s: aborting the MPI job", STOP_DEADLINE_S)
+            self.comm.Abort(status or 1)
+
+
+def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int) -> int:
+    """Serve the leader until it sends STOP; return the exit status it sends."""
+    work = np.empty(parallel.work_size(natoms))
+    out = np.empty(parallel.result_size(natoms, len(members)))
+    pending_send = None
+    failed = False
+    while True:
+        req = comm.Irecv(work, source=0, tag=parallel.TAG_CONTROL)
+        parallel.wait_for(req.Test)
+        if work[0] == parallel.KIND_STOP:
+            if pending_send is not None:
+                parallel.wait_for(pending_send.Test)
+            return int(work[1])
+        if failed:
+            continue  # the leader knows; wait for its STOP
+        item = parallel.unpack_work(work, natoms)
+        try:
+            results = [m.evaluate(item.positions, item.cell, item.rid, item.step) for m in members]
+        except DriverError as exc:
+            failed = True
+            comm.send(str(exc), dest=0, tag=parallel.TAG_ERROR)
+            continue
+        except Exception as exc:  # a bug or a backend failure: report it, do not hang the leader
+            failed = True
+            comm.send(f"{type(exc).__name__}: {' '.join(str(exc).split())}", dest=0, tag=parallel.TAG_ERROR)
+            continue
+        if pending_send is not None:
+            parallel.wait_for(pending_send.Test)  # `out` is free again
+        parallel.pack_results(
+            out, item.seq, [r.energy for r in results], [r.forces for r in results], [r.virial for r in results]
+        )
+        pending_send = comm.Isend(out, dest=0, tag=parallel.TAG_RESULT)

@@ -1,0 +1,173 @@
+"""The leader's scheduling, with a fake communicator that holds follower results back.
+
+A real follower cannot be made slow on demand, so these tests inject that condition:
+they show that the structure goes to the followers before model 0 runs, that the reply
+never waits for them, that steps without a deviation touch no other rank, that rows are
+written in order as results arrive, and that a follower's failure ends the run.
+(The real thing, under mpiexec and i-PI, is in test_ensemble.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemble_driver import parallel
+from ensemble_driver.client import Request
+from ensemble_driver.ensemble import DeviationSettings, Leader, LocalModel
+from ensemble_driver.errors import ModelError
+from ensemble_driver.model import Evaluation
+from ensemble_driver.output import BeadFiles
+
+NAT = 2
+
+
+class FakeRequest:
+    def __init__(self, done: bool):
+        self.done = done
+        self.cancelled = False
+
+    def Test(self):  # noqa: N802
+        return self.done
+
+    def Cancel(self):  # noqa: N802
+        self.cancelled = True
+
+    def Wait(self):  # noqa: N802
+        pass
+
+
+class FakeComm:
+    """Sends complete at once; receives complete when the test delivers them."""
+
+    def __init__(self, events: list):
+        self.events = events
+        self.receives: list[tuple[int, np.ndarray, FakeRequest]] = []
+        self.sent: list[tuple[int, np.ndarray]] = []
+        self.errors: dict[int, str] = {}
+
+    def Isend(self, buf, dest, tag):  # noqa: N802
+        self.events.append(("send", dest, float(buf[0])))
+        self.sent.append((dest, np.array(buf)))
+        return FakeRequest(True)
+
+    def Irecv(self, buf, source, tag):  # noqa: N802
+        req = FakeRequest(False)
+        self.receives.append((source, buf, req))
+        return req
+
+    def Iprobe(self, source, tag):  # noqa: N802
+        return source in self.errors
+
+    def recv(self, source, tag):
+        return self.errors.pop(source)
+
+    def deliver(self, index: int, seq: int, forces: list[np.ndarray], virials: list[np.ndarray]):
+        source, buf, req = self.receives[index]
+        parallel.pack_results(buf, seq, [0.0] * len(forces), forces, virials)
+        req.done = True
+
+
+class FakeModel:
+    def __init__(self, events: list, name: str, scale: float):
+        self.events, self.path, self.scale = events, name, scale
+
+    def evaluate(self, positions, cell, atom_types):
+        self.events.append(("eval", self.path))
+        return Evaluation(1.0, positions * self.scale, np.eye(3) * self.scale)
+
+
+def make_leader(tmp_path, events, layout, local_scales, **settings):
+    comm = FakeComm(events)
+    local = [LocalModel(i, FakeModel(events, f"m{i}", s), np.zeros(NAT, np.int32)) for i, s in local_scales]
+    files = BeadFiles([str(tmp_path / "devi.out")], atomic=False, mode="new")
+    leader = Leader(comm, layout, local, natoms=NAT, periodic=False,
+                    settings=DeviationSettings(**settings), files=files)
+    return leader, comm
+
+
+def request(step: int, rid: int = 0) -> Request:
+    return Request(rid=rid, step=step, cell=np.eye(3) * 10, positions=np.arange(6.0).reshape(NAT, 3) + step)
+
+
+def rows(tmp_path) -> list[list[str]]:
+    return [line.split() for line in (tmp_path / "devi.out").read_text().splitlines()[1:]]
+
+
+def test_structure_goes_out_first_and_the_reply_does_not_wait(tmp_path):
+    events: list = []
+    layout = parallel.Layout(((0,), (1,), (2,)))
+    leader, comm = make_leader(tmp_path, events, layout, [(0, 1.0)], out_freq=2)
+
+    reply = leader(request(0))
+    # both followers got the structure before model 0 was evaluated
+    assert events == [("send", 1, parallel.KIND_WORK), ("send", 2, parallel.KIND_WORK), ("eval", "m0")]
+    np.testing.assert_array_equal(reply.forces, request(0).positions)  # model 0's answer
+    leader.after_reply()  # nothing has arrived: returns at once, no row yet
+    assert rows(tmp_path) == []
+
+    events.clear()
+    leader(request(1))  # not a deviation step: no other rank involved
+    leader.after_reply()
+    assert events == [("eval", "m0")]
+    assert len(comm.sent) == 2
+
+    # the results of step 0 arrive; the next poll writes the row
+    f0 = request(0).positions
+    comm.deliver(0, 0, [f0 + 1.0], [np.eye(3)])
+    leader.after_reply()
+    assert rows(tmp_path) == []  # rank 2 still missing
+    comm.deliver(1, 0, [f0 - 1.0], [np.eye(3)])
+    leader.after_reply()
+    assert [r[0] for r in rows(tmp_path)] == ["0"]
+    # three models with forces F, F+1, F-1 on every component: e_i = sqrt(3 * 2/3)
+    assert float(rows(tmp_path)[0][4]) == pytest.approx(np.sqrt(2.0), rel=1e-6)
+    assert leader.finish(None) is None
+    assert [(dest, buf[0], buf[1]) for dest, buf in comm.sent[-2:]] == [(1, 0.0, 0.0), (2, 0.0, 0.0)]
+
+
+def test_rows_are_written_in_step_order(tmp_path):
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    for step in range(3):
+        leader(request(step))
+        leader.after_reply()
+    f = [request(s).positions for s in range(3)]
+    comm.deliver(2, 2, [f[2]], [np.eye(3)])  # the last one first: must wait for 0 and 1
+    comm.deliver(1, 1, [f[1]], [np.eye(3)])
+    leader.after_reply()
+    assert rows(tmp_path) == []
+    comm.deliver(0, 0, [f[0]], [np.eye(3)])
+    leader.after_reply()
+    assert [r[0] for r in rows(tmp_path)] == ["0", "1", "2"]
+
+
+def test_one_rank_evaluates_the_others_after_replying(tmp_path):
+    events: list = []
+    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)],
+                            out_freq=1)
+    leader(request(0))
+    assert events == [("eval", "m0")]  # the reply is ready before models 1 and 2 run
+    leader.after_reply()
+    assert events == [("eval", "m0"), ("eval", "m1"), ("eval", "m2")]
+    assert [r[0] for r in rows(tmp_path)] == ["0"]
+
+
+def test_follower_failure_ends_the_run_after_the_reply(tmp_path):
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    leader(request(0))
+    comm.errors[1] = "cannot evaluate: out of memory"
+    with pytest.raises(ModelError, match="rank 1: cannot evaluate: out of memory"):
+        leader.after_reply()
+    error = leader.finish(ModelError("rank 1: cannot evaluate: out of memory"))
+    assert error is not None and error.exit_status == 5
+    assert comm.receives[0][2].cancelled  # the abandoned receive does not outlive the run
+    assert comm.sent[-1][1][:2].tolist() == [parallel.KIND_STOP, 5.0]
+
+
+def test_request_ids_beyond_nbeads_get_no_rows(tmp_path, caplog):
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, nbeads=1)
+    leader(request(0, rid=3))
+    assert comm.sent == [] and "request id 3 >= --nbeads 1" in caplog.text
