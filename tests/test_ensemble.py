@@ -82,7 +82,7 @@ def expected_rows(run, model_paths, reference, symbols, *, relative=None) -> dic
 
 
 def bead_file(workdir, bead: int):
-    return workdir / f"model_devi{bead + 1:02d}.out"
+    return workdir / f"model_devi{bead + 1}.out"  # --bead-files dpgen, P < 10
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_pimd_rows_match_deepmd_and_ranks_agree(tmp_path_factory, address, model
         assert [int(line.split()[0]) for line in lines[1:]] == [0, 3, 6]
         contents.append(text)
     # nothing else matching DP-GEN's glob model_devi*.out
-    assert sorted(p.name for p in workdir.glob("model_devi*.out")) == [f"model_devi0{b}.out" for b in range(1, 5)]
+    assert sorted(p.name for p in workdir.glob("model_devi*.out")) == [f"model_devi{b}.out" for b in range(1, 5)]
     # -n 1, 2 and 3 write the same files
     _FILES_BY_RANKS[nranks] = contents
     for other, other_contents in _FILES_BY_RANKS.items():

@@ -40,9 +40,12 @@ def test_large_steps_widen_the_column_as_printf_does():
     "naming, nbeads, expected",
     [
         ("dpgen", 1, ["out/model_devi.out"]),
-        ("dpgen", 4, ["out/model_devi01.out", "out/model_devi02.out", "out/model_devi03.out", "out/model_devi04.out"]),
-        ("dpgen2", 2, ["out/model_devi.01.out", "out/model_devi.02.out"]),
+        # DP-GEN's LAMMPS PIMD input: beads from 1, padded to the digits of P
+        ("dpgen", 4, ["out/model_devi1.out", "out/model_devi2.out", "out/model_devi3.out", "out/model_devi4.out"]),
+        ("dpgen", 12, ["out/model_devi01.out", "out/model_devi12.out"]),
         ("dpgen", 100, ["out/model_devi001.out", "out/model_devi100.out"]),
+        ("dpgen2", 2, ["out/model_devi.1.out", "out/model_devi.2.out"]),
+        ("dpgen2", 32, ["out/model_devi.01.out", "out/model_devi.32.out"]),
         ("run/b{bead:03d}.out", 2, ["run/b000.out", "run/b001.out"]),
     ],
 )

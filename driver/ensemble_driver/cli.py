@@ -97,7 +97,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--nbeads", type=int, metavar="P", help="number of path-integral beads: one "
                      "deviation file per bead; request ids >= P (estimator clones) get no rows (default: 1)")
     dev.add_argument("--bead-files", metavar="NAMING", help="per-bead file names: 'dpgen' "
-                     "(model_devi01.out, ...), 'dpgen2' (model_devi.01.out, ...), or a pattern with "
+                     "(model_devi1.out .. for up to 9 beads, model_devi01.out .. for 10-99), 'dpgen2' (model_devi.1.out ..), or a pattern with "
                      "{bead} counted from 0, e.g. 'devi/bead{bead:02d}.out' (default: dpgen)")
     dev.add_argument("--atomic", action="store_true", default=None, help="also write the force "
                      "deviation of every atom (LAMMPS's 'atomic')")
@@ -123,12 +123,15 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run a short i-PI path-integral simulation on the shipped models",
         description="Run a short i-PI path-integral (PIMD) simulation of a 32-atom Cu-Au "
-        "alloy with the shipped example models, driven by ensemble-driver, and print "
-        "where the outputs are. Needs a source checkout (ipi_inputs/ and examples/models/).",
+        "alloy with the four shipped example models, driven by ensemble-driver under mpiexec "
+        "(model 0 drives the dynamics; the deviation of the ensemble is written per bead), "
+        "and print where the outputs are. Needs a source checkout (ipi_inputs/ and examples/models/).",
     )
     p.add_argument("--outdir", default="demo_output", help="output directory (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="i-PI steps (default: %(default)s)")
     p.add_argument("--beads", type=int, default=4, help="path-integral beads (default: %(default)s)")
+    p.add_argument("--ranks", type=int, default=2, help="MPI ranks for the 4 models (default: %(default)s)")
+    p.add_argument("--out-freq", type=int, default=5, help="deviation every N steps (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
 
 
@@ -198,7 +201,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     setup_logging(0)
-    return run_demo(args.outdir, steps=args.steps, beads=args.beads, timeout=args.timeout)
+    return run_demo(args.outdir, steps=args.steps, beads=args.beads, ranks=args.ranks, out_freq=args.out_freq,
+                    timeout=args.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

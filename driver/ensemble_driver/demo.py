@@ -1,8 +1,9 @@
-"""``ensemble-driver demo``: a short i-PI path-integral run on the shipped models.
+"""``ensemble-driver demo``: a short i-PI path-integral run on the shipped ensemble.
 
-It runs the very files a user starts from (``ipi_inputs/pimd.xml`` and the models in
-``examples/models/``) with a private socket name and fewer steps, watches i-PI and the
-driver together, and prints where the outputs are.
+It runs the very files a user starts from (``ipi_inputs/pimd.xml`` and the four models
+in ``examples/models/``) with a private socket name and fewer steps, the driver under
+``mpiexec`` (model 0 drives, the others give the deviation every few steps), watches
+i-PI and the driver together, and prints where the outputs are.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ def _prepare_outdir(outdir: Path) -> None:
     (outdir / MARKER).write_text("written by ensemble-driver demo; removed by the next demo run\n")
 
 
-def run_demo(outdir: str | Path, *, steps: int, beads: int, timeout: float) -> int:
+def run_demo(outdir: str | Path, *, steps: int, beads: int, ranks: int, out_freq: int, timeout: float) -> int:
     xml = ROOT / "ipi_inputs" / "pimd.xml"
-    model = ROOT / "examples" / "models" / "m0.pth"
-    for needed in (xml, model):
+    models = [ROOT / "examples" / "models" / f"m{k}.pth" for k in range(4)]
+    for needed in (xml, *models):
         if not needed.exists():
             raise ConfigError(f"demo: {needed} not found; the demo runs from a source checkout")
-    if steps < 1 or beads < 1:
-        raise ConfigError("demo: --steps and --beads must be at least 1")
+    if steps < 1 or beads < 1 or out_freq < 1:
+        raise ConfigError("demo: --steps, --beads and --out-freq must be at least 1")
+    if not 1 <= ranks <= len(models):
+        raise ConfigError(f"demo: --ranks must be between 1 and {len(models)}")
     outdir = Path(outdir).resolve()
     _prepare_outdir(outdir)
     address = f"demo-{os.getpid()}"
@@ -57,12 +60,14 @@ def run_demo(outdir: str | Path, *, steps: int, beads: int, timeout: float) -> i
         xml, outdir / "pimd.xml", socket=SocketSettings(address=address), steps=steps, nbeads=beads
     )
     driver_cmd = [
+        _find("mpiexec"), "-n", str(ranks),
         sys.executable, "-m", "ensemble_driver", "run",
-        "--models", str(model), "--template", "init.xyz",
+        "--models", *map(str, models), "--template", "init.xyz",
         "--unix", "--address", address, "--connect-timeout", "120",
+        "--nbeads", str(beads), "--out-freq", str(out_freq),
     ]
     print(f"demo: i-PI path-integral run, {beads} beads, {steps} steps, 32-atom Cu-Au at 600 K, in {outdir}")
-    print(f"demo: driver: {' '.join(driver_cmd[1:])}")
+    print(f"demo: driver: mpiexec -n {ranks} ensemble-driver {' '.join(driver_cmd[6:])}")
     try:
         with ProcessGroup(outdir / "logs") as group:
             group.start("i-pi", [_find("i-pi"), "pimd.xml"], cwd=outdir)
@@ -100,8 +105,15 @@ def _summarise(outdir: Path, beads: int) -> None:
           f"{props[-1, pot]:.4f}; temperature {props[-1, temp]:.0f} K")
     if counts:
         print(f"demo: evaluations per bead (request id: count): {counts.group(1)}")
+    devi_files = sorted(outdir.glob("model_devi*.out"))
+    for path in devi_files:
+        table = np.atleast_2d(np.loadtxt(path))
+        print(f"demo: {path.name}: {len(table)} rows (steps {int(table[0, 0])}..{int(table[-1, 0])}), "
+              f"max_devi_f {table[:, 4].min():.3f}-{table[:, 4].max():.3f} eV/A")
     print("demo: outputs:")
     described = {
+        "model_devi*.out": "model deviation of the 4-model ensemble, one file per bead (LAMMPS format: "
+                           "step, max/min/avg_devi_v, max/min/avg_devi_f)",
         "pimd.out": "i-PI properties, one row per step (columns described in its header)",
         "pimd.pos_*.extxyz": f"positions of each of the {beads} beads (extxyz, Angstrom), every 10 steps",
         "pimd.xml": "the i-PI input that ran (ipi_inputs/pimd.xml with this socket and step count)",

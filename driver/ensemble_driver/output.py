@@ -13,9 +13,15 @@ on disk whole or not at all, whatever happens to the process afterwards.
 
 Path integrals: one file per bead, named by a preset or a pattern with ``{bead}``:
 
-- ``dpgen``: ``model_devi{bead}.out`` with the bead counted from 1 and zero-padded,
-  as DP-GEN's LAMMPS PIMD input names them (``variable ibead uloop 99 pad``);
-- ``dpgen2``: ``model_devi.{bead}.out``, likewise;
+- ``dpgen``: ``model_devi{bead}.out`` with the bead counted from 1 and zero-padded to the
+  digits of P, as DP-GEN's LAMMPS PIMD input names them (dpgen/generator/lib/lammps.py:
+  ``variable ibead uloop <10^k - 1> pad`` with 10^k the first power of ten >= P, so
+  ``model_devi1.out`` .. ``model_devi4.out`` for 4 beads, ``model_devi01.out`` .. for 32);
+  DP-GEN reads them back sorted by that number (``_read_model_devi_file`` in
+  dpgen/generator/run.py);
+- ``dpgen2``: ``model_devi.{bead}.out``, likewise (dpgen2's ``lmp_pimd_model_devi_name``
+  filled with the LAMMPS template's padded, 1-based ``${ibead}``); dpgen2 concatenates
+  the bead files in lexicographic order, which the padding makes bead order;
 - any pattern containing ``{bead}`` (a str.format field: ``{bead:03d}`` works), with the
   bead counted from 0 as i-PI counts it.
 """
@@ -52,8 +58,8 @@ PRESETS = {"dpgen": "model_devi{bead}.out", "dpgen2": "model_devi.{bead}.out"}
 def bead_file_names(out_file: str, naming: str, nbeads: int) -> list[str]:
     """The deviation file of each bead 0..nbeads-1.
 
-    One bead: ``out_file`` itself. Presets count beads from 1, zero-padded to two digits
-    (three from 100 beads), in ``out_file``'s directory; a pattern with ``{bead}`` counts
+    One bead: ``out_file`` itself. Presets count beads from 1, zero-padded to the number
+    of digits of ``nbeads``, in ``out_file``'s directory; a pattern with ``{bead}`` counts
     from 0 and is used as given.
     """
     if nbeads < 1:
@@ -61,7 +67,7 @@ def bead_file_names(out_file: str, naming: str, nbeads: int) -> list[str]:
     if nbeads == 1:
         return [out_file]
     if naming in PRESETS:
-        width = max(2, len(str(nbeads)))
+        width = len(str(nbeads))
         directory = os.path.dirname(out_file)
         return [
             os.path.join(directory, PRESETS[naming].format(bead=str(b + 1).zfill(width))) for b in range(nbeads)
