@@ -68,11 +68,12 @@ def run_ipi(
     driver_args: Sequence[str] = (),
     nbeads: int | None = None,
     consolidate: bool | None = None,
-    outputs: Sequence[str] = CHECK_OUTPUTS,
+    outputs: Sequence[str] | None = CHECK_OUTPUTS,
+    extra_outputs: Sequence[str] = (),
     timeout: float = 300,
 ) -> IpiRun:
     """Run the shipped input ``ipi_inputs/<xml>`` with its socket renamed, for ``steps``
-    steps, writing ``outputs``; with one driver on ``models`` unless ``drivers`` gives the
+    steps, writing ``outputs`` (None: the file's own) and ``extra_outputs``; with one driver on ``models`` unless ``drivers`` gives the
     commands. Every process is watched: if one fails or the deadline passes, all stop
     and the test fails with their last log lines."""
     prefix = "sim"
@@ -84,6 +85,7 @@ def run_ipi(
         nbeads=nbeads,
         prefix=prefix,
         outputs=outputs,
+        extra_outputs=extra_outputs,
         floatformat="%.16e",
     )
     template = workdir / "init.xyz"

@@ -54,15 +54,18 @@ def read_ipi_binary(path, nframes: int):
     return frames
 
 
-def expected_rows(run, model_paths, reference, symbols, *, relative=None) -> dict[int, list[str]]:
-    """Every bead's rows recomputed from i-PI's binary positions with deepmd's functions."""
+def expected_rows(run, model_paths, reference, symbols, *, steps=STEPS, out_freq=OUT_FREQ,
+                  relative=None, relative_v=None, atomic=False) -> dict[int, list[str]]:
+    """Every bead's rows recomputed from i-PI's binary positions: forces with deepmd's
+    calc_model_devi_f; the virial with calc_model_devi_v, or, with relative_v, with the
+    LAMMPS per-component definition d_ab / (|<W_ab>|/N + nu) written out here."""
     from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
 
     rows = {}
     for bead in range(run.nbeads):
         rows[bead] = []
-        for step, h, q in read_ipi_binary(run.workdir / f"{run.prefix}.bin_{bead}.bin", STEPS + 1):
-            if step % OUT_FREQ:
+        for step, h, q in read_ipi_binary(run.workdir / f"{run.prefix}.bin_{bead}.bin", steps + 1):
+            if step % out_freq:
                 continue
             # exactly the driver's conversion of what it received
             cell, positions = units.cell_from_wire(h), units.positions_from_wire(q)
@@ -74,9 +77,14 @@ def expected_rows(run, model_paths, reference, symbols, *, relative=None) -> dic
                 _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
                 forces.append(np.asarray(f).reshape(-1, 3))
                 virials.append(np.asarray(v).reshape(9))
-            fmax, fmin, favg = calc_model_devi_f(np.array(forces)[:, None], relative=relative)[:3]
-            vmax, vmin, vavg = calc_model_devi_v(np.array(virials)[:, None] / len(positions))
-            row = Deviation(vmax[0], vmin[0], vavg[0], fmax[0], fmin[0], favg[0])
+            fmax, fmin, favg, fatom = calc_model_devi_f(np.array(forces)[:, None], relative=relative, atomic=True)
+            per_atom = np.array(virials) / len(positions)
+            if relative_v is None:
+                vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(per_atom[:, None]))
+            else:
+                d = per_atom.std(axis=0) / (np.abs(per_atom.mean(axis=0)) + relative_v)
+                vmax, vmin, vavg = d.max(), d.min(), np.sqrt(np.mean(d**2))
+            row = Deviation(vmax, vmin, vavg, fmax[0], fmin[0], favg[0], atomic=fatom[0] if atomic else None)
             rows[bead].append(format_row(step, row))
     return rows
 
@@ -124,28 +132,58 @@ def test_pimd_rows_match_deepmd_and_ranks_agree(tmp_path_factory, address, model
         assert other_contents == contents, f"-n {other} and -n {nranks} wrote different files"
 
 
-def test_extras_in_ipi_trajectory_equal_rows(tmp_path, address, model_paths):
-    """--extras: i-PI's <trajectory extra_type=...> output holds the rows' values per bead,
-    and -1 on the steps without a deviation."""
+def test_relative_and_atomic(tmp_path, address, model_paths, reference, symbols):
+    steps, out_freq = 4, 2
+    command = mpiexec(2, driver_command(
+        model_paths, tmp_path / "init.xyz", address, "--nbeads", "2", "--out-freq", str(out_freq),
+        "--relative", "0.5", "--relative-v", "0.2", "--atomic", "--bead-files", "dpgen2",
+    ))
+    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=steps, nbeads=2, drivers=[command],
+                  outputs=(BIN_OUTPUT,))
+    expected = expected_rows(run, model_paths, reference, symbols, steps=steps, out_freq=out_freq,
+                             relative=0.5, relative_v=0.2, atomic=True)
+    for bead in range(2):
+        lines = (tmp_path / f"model_devi.{bead + 1}.out").read_text().splitlines(keepends=True)
+        assert lines[0] == header_line(atomic=True)
+        assert lines[1:] == expected[bead]
+        assert len(lines[1].split()) == 7 + len(symbols)
+
+
+def read_extras(path) -> dict[int, tuple[float, ...]]:
+    """i-PI's extras trajectory: ' #EXTRAS(keys)# Step: N' then the values, per frame."""
+    lines = path.read_text().splitlines()
+    return {int(head.split("Step:")[1]): tuple(float(x) for x in values.split())
+            for head, values in zip(lines[0::2], lines[1::2])}
+
+
+def test_shipped_extras_input(tmp_path, address, model_paths):
+    """ipi_inputs/pimd_devi.xml with --extras: i-PI's per-bead extras files hold the rows'
+    values (max_devi_f, max_devi_v, avg_devi_f), and -1 on steps without a deviation
+    (seen in an extra stride-1 output)."""
+    steps, out_freq = 10, 5
     command = mpiexec(2, driver_command(
         model_paths[:3], tmp_path / "init.xyz", address,
-        "--nbeads", "2", "--out-freq", str(OUT_FREQ), "--extras",
+        "--nbeads", "2", "--out-freq", str(out_freq), "--extras",
     ))
-    extras = "<trajectory filename='devi' stride='1' extra_type='max_devi_f,max_devi_v,avg_devi_f'> extras </trajectory>"
-    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=STEPS, nbeads=2, drivers=[command],
-                  outputs=(extras,))
+    every_step = ("<trajectory filename='devi1' stride='1' extra_type='max_devi_f,max_devi_v,avg_devi_f'>"
+                  " extras </trajectory>")
+    run = run_ipi(tmp_path, "pimd_devi.xml", address=address, steps=steps, nbeads=2, drivers=[command],
+                  outputs=None, extra_outputs=(every_step,))
     for bead in range(2):
         rows = [line.split() for line in bead_file(tmp_path, bead).read_text().splitlines()[1:]]
         by_step = {int(r[0]): (float(r[4]), float(r[1]), float(r[6])) for r in rows}
-        lines = (tmp_path / f"{run.prefix}.devi_{bead}").read_text().splitlines()
-        steps = [int(line.split("Step:")[1]) for line in lines[0::2]]
-        values = [tuple(float(x) for x in line.split()) for line in lines[1::2]]
-        assert steps == list(range(STEPS + 1))
-        for step, triple in zip(steps, values):
-            if step % OUT_FREQ == 0:
-                assert tuple(float("%.6e" % x) for x in triple) == by_step[step], (bead, step)
+        assert sorted(by_step) == [0, 5, 10]
+        shipped = read_extras(tmp_path / f"{run.prefix}.devi_{bead}")  # the input's own stride 10
+        assert sorted(shipped) == [0, 10]
+        for step, values in shipped.items():
+            assert tuple(float("%.6e" % x) for x in values) == by_step[step], (bead, step)
+        every = read_extras(tmp_path / f"{run.prefix}.devi1_{bead}")
+        assert sorted(every) == list(range(steps + 1))
+        for step, values in every.items():
+            if step % out_freq == 0:
+                assert tuple(float("%.6e" % x) for x in values) == by_step[step], (bead, step)
             else:
-                assert triple == (-1.0, -1.0, -1.0)
+                assert values == (-1.0, -1.0, -1.0)
 
 
 def test_model_failing_on_rank_2_ends_every_rank(tmp_path, address, model_paths):
