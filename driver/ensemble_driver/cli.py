@@ -25,11 +25,19 @@ examples:
   # a deepmd-kit dp_ipi input file works as it is:
   ensemble-driver run --config dp_ipi.json
 
+  # an ensemble of 4 models on 4 MPI ranks, path integrals with 8 beads: the deviation
+  # of every bead every 10 steps in model_devi1.out .. model_devi8.out
+  mpiexec -n 4 ensemble-driver run --models m0.pth m1.pth m2.pth m3.pth \\
+      --template init.xyz --unix --address cuau --nbeads 8 --out-freq 10
+
 what it does:
   Connects to the server (i-PI, ASE's SocketIOCalculator, or any i-PI protocol server),
   and for every structure it receives answers with the energy, forces and virial of the
-  first model. Atoms are matched to the model's types by the element names of the
+  first model. Atoms are matched to each model's types by the element names of the
   template (same atom order as the server's), whatever order the model lists them in.
+  With several models, every OUT_FREQ steps all of them evaluate the same structure and
+  the model deviation is written as LAMMPS's pair_style deepmd writes it; model 0's
+  answer never waits for the others.
 
   By default the driver answers NEEDINIT after every evaluation, so that every
   structure comes with its request id (the bead index in i-PI): "step k of bead r" is

@@ -133,7 +133,6 @@ class Leader:
         self._seq = 0
         self._fatal: DriverError | None = None
         self._warned_rids: set[int] = set()
-        self.rows_written = 0
         self.rows_by_bead: dict[int, int] = {}
         self._sentinel_extras = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()
 
@@ -160,7 +159,7 @@ class Leader:
         if self.settings.extras:
             extras = self._sentinel_extras
             if job is not None:
-                row = self._finish_now(job)
+                row = self._write_until(job)  # --extras needs this step's row now
                 if row is not None:
                     extras = json.dumps(dict(zip(EXTRAS_KEYS, row.columns()))).encode()
         return Reply(result.energy, result.forces, result.virial, extras)
@@ -197,7 +196,6 @@ class Leader:
                 job.receives[rank] = (self.comm.Irecv(rbuf, source=rank, tag=parallel.TAG_RESULT), rbuf)
         self._jobs.append(job)
         return job
-
 
     def _run_local(self) -> None:
         for job in self._jobs:
@@ -246,20 +244,22 @@ class Leader:
         s = self.settings
         row = model_deviation(job.forces, job.virials, relative=s.relative, relative_v=s.relative_v, atomic=s.atomic)
         if self.files is not None and self.files.write(job.rid, job.step, row):
-            self.rows_written += 1
             self.rows_by_bead[job.rid] = self.rows_by_bead.get(job.rid, 0) + 1
         return row
 
-    def _finish_now(self, job: _Job) -> Deviation | None:
-        """Complete ``job`` (and all before it) before answering: --extras needs its row."""
+    def _write_until(self, target: _Job | None, deadline: float | None = None) -> Deviation | None:
+        """Wait for the jobs at the head of the queue and write their rows, up to and
+        including ``target`` (every job if None); return ``target``'s row. Stops early
+        at a failure or when ``deadline`` (monotonic) passes."""
         self._run_local()
         while self._jobs and self._fatal is None:
-            parallel.wait_for(self._oldest_job_ready_or_failed)
+            if not parallel.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):
+                return None
             if self._fatal is not None:
                 break
             head = self._jobs.popleft()
             row = self._write(head)
-            if head is job:
+            if head is target:
                 return row
         return None
 
@@ -277,15 +277,9 @@ class Leader:
         """
         try:
             if error is None:
-                self._run_local()
-                deadline = time.monotonic() + STOP_DEADLINE_S
-                while self._jobs and self._fatal is None:
-                    if not parallel.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):
-                        log.error("followers did not finish the pending deviation rows within %.0f s",
-                                  STOP_DEADLINE_S)
-                        break
-                    if self._fatal is None:
-                        self._write(self._jobs.popleft())
+                self._write_until(None, deadline=time.monotonic() + STOP_DEADLINE_S)
+                if self._jobs and self._fatal is None:
+                    log.error("followers did not finish the pending deviation rows within %.0f s", STOP_DEADLINE_S)
             else:
                 self._collect()
             error = error or self._fatal
