@@ -7,7 +7,11 @@ with the same methods, so the rest of the driver has one code path.
 Roles: rank 0 (the leader) owns the socket and model 0; followers (ranks >= 1) hold the
 other models and evaluate them when the leader sends a structure. Messages are NumPy
 float64 buffers moved with mpi4py's upper-case point-to-point calls (no pickling on the
-hot path), all of a size fixed by the atom count:
+hot path), all of a size fixed by the atom count. Point-to-point rather than collectives
+(Bcast/Gatherv): a collective makes every rank enter it together, so the leader would
+wait at each deviation step for the slowest follower to finish the previous one; with
+non-blocking sends and receives each follower works through its queue at its own pace
+while the leader goes on serving the server.
 
 - WORK, leader -> follower: ``[1, seq, rid, step, periodic, cell(9), positions(3N)]``;
   STOP has the same tag: ``[0, exit status]``;
