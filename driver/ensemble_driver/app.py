@@ -18,24 +18,17 @@ from . import parallel
 from .client import Session
 from .config import RunConfig
 from .ensemble import DeviationSettings, Leader, LocalModel, follower_loop
-from .errors import ConfigError, DriverError
+from .errors import ConfigError, DriverError, ReportedError
+from .logs import setup_logging
 from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
 from .protocol import Wire
+from .signals import StopSignals
 from .template import Template, read_template
 from .transport import connect, make_address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ReportedError(DriverError):
-    """A failure already agreed on by every rank; printed by rank 0 only."""
-
-    def __init__(self, message: str, exit_status: int, print_here: bool):
-        super().__init__(message)
-        self.exit_status = exit_status
-        self.print_here = print_here
 
 
 def collective(comm, step: Callable[[], T]) -> T:
@@ -99,13 +92,33 @@ def open_deviation_files(config: RunConfig) -> BeadFiles:
     return BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=config.step_offset)
 
 
-def run(config: RunConfig, comm=None) -> int:
-    """Run the driver on this rank until the server ends the run. Returns 0."""
-    comm = comm if comm is not None else parallel.world()
+def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSignals | None = None) -> int:
+    """Run the driver on this rank until the server ends the run. Returns 0.
+
+    ``config`` may be a function that builds the settings (from a file, say): it is
+    then called on every rank inside the first collective step, so that a bad setting
+    is reported once, by rank 0, like every other start-up failure.
+    SIGTERM and SIGINT are handled for the whole run (see :mod:`signals`) unless
+    ``signals`` is given (tests pass NoSignals)."""
+    own_signals = signals is None
+    signals = StopSignals().install() if own_signals else signals
+    try:
+        with signals.interruptible():  # nothing is half done before the connection
+            comm = comm if comm is not None else parallel.world()
+        return _run(config, comm, signals)
+    finally:
+        if own_signals:
+            signals.restore()
+
+
+def _run(config_source, comm, signals: StopSignals) -> int:
     rank = comm.rank
 
     def check_inputs():
+        config = config_source() if callable(config_source) else config_source
         config.validated()
+        if config.verbose:
+            setup_logging(config.verbose)
         layout = parallel.deal_models(len(config.models), comm.size)
         address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
         template = read_template(config.template)
@@ -115,11 +128,11 @@ def run(config: RunConfig, comm=None) -> int:
         deviation_on = config.out_freq > 0 and len(config.models) > 1
         if rank == 0 and deviation_on:
             files = open_deviation_files(config)
-        return layout, address, template, files
+        return config, layout, address, template, files
 
-    layout, address, template, files = collective(comm, check_inputs)
+    config, layout, address, template, files = collective(comm, check_inputs)
     try:
-        return _run_checked(config, comm, layout, address, template, files)
+        return _run_checked(config, comm, layout, address, template, files, signals)
     except BaseException:
         if files is not None:
             files.discard_unused()
@@ -129,14 +142,15 @@ def run(config: RunConfig, comm=None) -> int:
             files.close()
 
 
-def _run_checked(config, comm, layout, address, template, files) -> int:
+def _run_checked(config, comm, layout, address, template, files, signals: StopSignals) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
         log.warning("--out-freq 0: the ensemble is loaded but no deviation is computed")
 
     def load():
-        models = [DeepPotModel(config.models[i], type_map=config.type_map) for i in mine]
+        with signals.interruptible():
+            models = [DeepPotModel(config.models[i], type_map=config.type_map) for i in mine]
         elements = None
         if rank == 0:
             elements = template_elements(template, config.atom_type, models[0].type_map)
@@ -154,10 +168,7 @@ def _run_checked(config, comm, layout, address, template, files) -> int:
     members = collective(comm, match)
     periodic = template.periodic if config.pbc is None else config.pbc
     if rank != 0:
-        status = follower_loop(comm, members, natoms=template.natoms)
-        if status:
-            raise ReportedError("", status, print_here=False)
-        return 0
+        return follower_loop(comm, members, natoms=template.natoms, signals=signals)
 
     log.info(
         "%d atoms (%s), %s; model 0: %s", template.natoms,
@@ -175,11 +186,12 @@ def _run_checked(config, comm, layout, address, template, files) -> int:
     error: DriverError | None = None
     session = None
     try:
-        sock = connect(address, config.connect_timeout)
+        with signals.interruptible():
+            sock = connect(address, config.connect_timeout)
         with sock:
             session = Session(
                 Wire(sock, template.natoms), leader,
-                init_every_step=config.init_every_step, after_reply=leader.after_reply,
+                init_every_step=config.init_every_step, after_reply=leader.after_reply, signals=signals,
             )
             reason = session.run()
             log.info("run ended: %s", reason.value)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
 from .config import DEFAULT_SOCKETS_PREFIX
 from .errors import DriverError
-
-PROG = "ensemble-driver"
+from .logs import PROG, setup_logging
 
 RUN_EPILOG = """\
 examples:
@@ -155,27 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: int, quiet: bool = False) -> None:
-    """Log to stderr; under MPI the rank is in every line, and followers (ranks >= 1)
-    only log warnings unless -v."""
-    from .parallel import launch_rank, launched_by_mpi
-
-    rank = launch_rank()
-    level = logging.WARNING if quiet or (rank and not verbose) else (logging.DEBUG if verbose else logging.INFO)
-    name = f"{PROG}[{rank}]" if launched_by_mpi() else PROG
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {name} %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from .app import run
     from .config import build_config, load_config_file
 
-    file_settings = load_config_file(args.config) if args.config else {}
     cli_settings = {
         "models": tuple(args.models) if args.models else None,
         "template": args.template,
@@ -200,9 +184,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "append": args.append,
         "step_offset": args.step_offset,
     }
-    config = build_config(file_settings, cli_settings)
-    setup_logging(config.verbose, args.quiet)
-    return run(config)
+    setup_logging(args.verbose or 0, args.quiet)
+
+    def load_config():  # called by app.run on every rank, once MPI is up
+        return build_config(load_config_file(args.config) if args.config else {}, cli_settings)
+
+    return run(load_config)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -213,16 +200,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     timeout=args.timeout)
 
 
+#: How long a rank that knows the run failed waits for rank 0 to end the MPI job.
+LEADER_ABORT_WAIT_S = 60.0
+
+
+def exit_now(status: int, *, wait_for_leader: bool = False) -> None:
+    """End the process at once with ``status``.
+
+    Called when a run is over and everything it wrote is closed: the interpreter's own
+    teardown with torch and deepmd loaded takes 1.5-4 s, which would keep mpiexec (and
+    a batch job) waiting. After a clean run MPI is finalised and every rank exits 0.
+    After a failure under MPI, rank 0 (or a rank that failed alone) ends the whole job
+    with MPI_Abort(status): the one way to make the launcher return that status (with
+    MPICH's mpiexec, ranks exiting with different statuses give a racy result), while
+    ranks that know rank 0 will do it (``wait_for_leader``) wait to be ended.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        if status and mpi.COMM_WORLD.Get_size() > 1:
+            if wait_for_leader:
+                threading.Event().wait(LEADER_ABORT_WAIT_S)
+            else:
+                mpi.COMM_WORLD.Abort(status)
+        else:
+            mpi.Finalize()
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "run":
+        status, error = _guarded(_cmd_run, args)
+        exit_now(status, wait_for_leader=getattr(error, "wait_for_leader", False))
+    return _guarded(_cmd_demo, args)[0]
+
+
+def _guarded(command, args: argparse.Namespace) -> tuple[int, DriverError | None]:
+    """Run a command; a DriverError becomes its one line and exit status."""
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        return _cmd_demo(args)
+        return command(args), None
     except DriverError as exc:
         # Under MPI an error is either agreed by all ranks (printed by rank 0 only, and
         # naming the rank it came from) or met identically by every rank before the ranks
@@ -231,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if getattr(exc, "print_here", launch_rank() == 0):
             print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return exc.exit_status, exc
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return 130, None

@@ -30,6 +30,7 @@ import numpy as np
 from . import units
 from .errors import ProtocolError
 from .protocol import Wire, check_transport, parse_init_text
+from .signals import NoSignals, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Session:
     :class:`Reply`; ``after_reply``, if given, is called once each reply has been sent
     (work that must not delay the server). ``init_every_step`` makes the client answer
     NEEDINIT after every evaluation so that every structure is labelled with its request id.
+    ``signals`` may stop the session while it waits for the server, or after a reply.
     """
 
     def __init__(
@@ -87,8 +89,10 @@ class Session:
         *,
         init_every_step: bool = True,
         after_reply: Callable[[], None] | None = None,
+        signals: StopSignals | None = None,
     ):
         self.wire = wire
+        self.signals = signals if signals is not None else NoSignals()
         self.handler = handler
         self.after_reply = after_reply
         self.init_every_step = init_every_step
@@ -101,7 +105,8 @@ class Session:
     def run(self) -> EndReason:
         wire = self.wire
         while True:
-            header = wire.read_header()
+            with self.signals.interruptible():  # waiting for the server: safe to stop here
+                header = wire.read_header()
             if header is None:
                 log.info("server closed the connection after %d evaluations", self.stats.evaluations)
                 return EndReason.EOF
@@ -141,6 +146,7 @@ class Session:
             )
         rid = self._rid
         step = self.stats.steps_by_rid[rid]
+        log.debug("structure received: step %d of request id %d", step, rid)
         request = Request(
             rid=rid,
             step=step,
@@ -166,3 +172,4 @@ class Session:
         self._status = "NEEDINIT" if self.init_every_step else "READY"
         if self.after_reply is not None:
             self.after_reply()
+        self.signals.check()  # a signal received while computing stops the run here

@@ -33,9 +33,10 @@ import numpy as np
 from . import parallel
 from .client import Reply, Request
 from .deviation import Deviation, model_deviation
-from .errors import DriverError, ModelError, ProtocolError
+from .errors import DriverError, ModelError, ProtocolError, ReportedError
 from .model import DeepPotModel, Evaluation
 from .output import BeadFiles
+from .signals import NoSignals, Stopped, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,15 @@ MAX_PENDING_JOBS = 16
 #: Keys of the FORCEREADY extras with --extras; -1 on steps without a deviation.
 EXTRAS_KEYS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f")
 EXTRAS_SENTINEL = -1.0
-#: How long the leader waits for followers when stopping before it aborts the MPI job.
+#: How long the leader waits for followers when stopping before it aborts the MPI job,
+#: and for the rows in flight after a clean end.
 STOP_DEADLINE_S = 60.0
+#: How long the leader waits for the rows in flight when the run ends on an error
+#: (a signal, a lost server): long enough for a few evaluations, short enough for a
+#: batch system's grace period between SIGTERM and SIGKILL.
+ABORT_DRAIN_S = 5.0
+#: How long a follower that received SIGTERM/SIGINT waits for the leader's STOP.
+FOLLOWER_SIGNAL_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -272,16 +280,16 @@ class Leader:
         """Write what can be written, stop every follower, close the files; return the
         error the run ends with (``error``, or one found while finishing).
 
-        After a clean end every pending row is completed and written. After a failure
-        the rows already computed are written and the rest abandoned.
+        The rows in flight are completed and written: within STOP_DEADLINE_S after a
+        clean end, ABORT_DRAIN_S after an error (a signal, a lost server), not at all
+        after a follower failed. What is left is abandoned.
         """
         try:
-            if error is None:
-                self._write_until(None, deadline=time.monotonic() + STOP_DEADLINE_S)
+            if self._fatal is None:
+                wait = STOP_DEADLINE_S if error is None else ABORT_DRAIN_S
+                self._write_until(None, deadline=time.monotonic() + wait)
                 if self._jobs and self._fatal is None:
-                    log.error("followers did not finish the pending deviation rows within %.0f s", STOP_DEADLINE_S)
-            else:
-                self._collect()
+                    log.warning("%d deviation row(s) in flight abandoned after %.0f s", len(self._jobs), wait)
             error = error or self._fatal
             for job in self._jobs:  # abandoned after a failure
                 for req, _ in job.receives.values():
@@ -306,31 +314,44 @@ class Leader:
             self.comm.Abort(status or 1)
 
 
-def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int) -> int:
-    """Serve the leader until it sends STOP; return the exit status it sends."""
+def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: StopSignals | None = None) -> int:
+    """Serve the leader until it sends STOP. After a clean run return 0; after a failed
+    one raise ReportedError (not printed here): the leader, which prints the reason, ends
+    the job with the status (a follower exiting first with an error would make MPICH kill
+    the leader before it reports).
+
+    After SIGTERM/SIGINT a follower goes on serving, so that the leader can finish the
+    request in hand, but gives up with the signal's status if no STOP comes within
+    FOLLOWER_SIGNAL_GRACE_S."""
+    signals = signals if signals is not None else NoSignals()
     work = np.empty(parallel.work_size(natoms))
     out = np.empty(parallel.result_size(natoms, len(members)))
     pending_send = None
     failed = False
     while True:
         req = comm.Irecv(work, source=0, tag=parallel.TAG_CONTROL)
-        parallel.wait_for(req.Test)
+        while not parallel.wait_for(req.Test, deadline=time.monotonic() + 1.0):
+            if signals.received is not None and _grace_over(signals):
+                req.Cancel()
+                req.Wait()
+                raise Stopped(signals.received)
         if work[0] == parallel.KIND_STOP:
             if pending_send is not None:
                 parallel.wait_for(pending_send.Test)
-            return int(work[1])
+            status = int(work[1])
+            log.debug("stopped by the leader (run status %d)", status)
+            if status:
+                raise ReportedError("", status, print_here=False)
+            return 0
         if failed:
             continue  # the leader knows; wait for its STOP
         item = parallel.unpack_work(work, natoms)
         try:
             results = [m.evaluate(item.positions, item.cell, item.rid, item.step) for m in members]
-        except DriverError as exc:
+        except Exception as exc:  # a model failure, or a bug: report it, do not hang the leader
             failed = True
-            comm.send(str(exc), dest=0, tag=parallel.TAG_ERROR)
-            continue
-        except Exception as exc:  # a bug or a backend failure: report it, do not hang the leader
-            failed = True
-            comm.send(f"{type(exc).__name__}: {' '.join(str(exc).split())}", dest=0, tag=parallel.TAG_ERROR)
+            message = str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            comm.send(message, dest=0, tag=parallel.TAG_ERROR)
             continue
         if pending_send is not None:
             parallel.wait_for(pending_send.Test)  # `out` is free again
@@ -338,3 +359,9 @@ def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int) -> int:
             out, item.seq, [r.energy for r in results], [r.forces for r in results], [r.virial for r in results]
         )
         pending_send = comm.Isend(out, dest=0, tag=parallel.TAG_RESULT)
+
+
+def _grace_over(signals: StopSignals) -> bool:
+    if signals.received_at is None:
+        return False
+    return time.monotonic() - signals.received_at > FOLLOWER_SIGNAL_GRACE_S

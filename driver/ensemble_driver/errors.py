@@ -34,6 +34,11 @@ class ProtocolError(DriverError):
     exit_status = 4
 
 
+class ServerLost(ProtocolError):
+    """Raised when the server closes the connection while the driver is answering it
+    (a killed server): the reply could not be delivered."""
+
+
 class UnsupportedTransport(ProtocolError):
     """Raised when the server announces a transport this driver does not implement."""
 
@@ -43,3 +48,15 @@ class ModelError(DriverError):
     or returns non-finite numbers."""
 
     exit_status = 5
+
+
+class ReportedError(DriverError):
+    """A failure every rank knows about, reported by rank 0 alone (``print_here`` is true
+    on rank 0 only). On the other ranks ``wait_for_leader`` is true: they leave it to
+    rank 0 to end the MPI job with the status (see ``cli.exit_now``)."""
+
+    def __init__(self, message: str, exit_status: int, *, print_here: bool):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.print_here = print_here
+        self.wait_for_leader = not print_here

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ProtocolError, UnsupportedTransport
+from .errors import ProtocolError, ServerLost, UnsupportedTransport
 
 HEADER_LEN = 12
-#: Longest INIT text accepted. i-PI sends " key : value , " per <parameters> entry.
-MAX_INIT_BYTES = 1 << 20
+#: Longest INIT text accepted. i-PI sends " key : value , " per <parameters> entry:
+#: tens of bytes in practice.
+MAX_INIT_BYTES = 1 << 16
 SERVER_HEADERS = frozenset({"STATUS", "INIT", "POSDATA", "GETFORCE", "EXIT"})
 CLIENT_STATUS = frozenset({"READY", "NEEDINIT", "HAVEDATA"})
 
@@ -191,9 +192,15 @@ class Wire:
         return h, positions
 
     # -- writing -------------------------------------------------------------------
+    def _send(self, data: bytes, what: str) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ServerLost(f"the server closed the connection while the driver sent {what} ({exc.strerror})") from None
+
     def send_status(self, word: str) -> None:
         """Answer STATUS with READY, NEEDINIT or HAVEDATA."""
-        self.sock.sendall(_STATUS_BYTES[word])
+        self._send(_STATUS_BYTES[word], f"its status ({word})")
 
     def send_forceready(
         self, energy: float, forces: np.ndarray, virial: np.ndarray, extras: bytes = b""
@@ -206,7 +213,7 @@ class Wire:
             raise ValueError(
                 f"forces {forces.shape} / virial {virial.shape} do not fit {self.natoms} atoms"
             )
-        self.sock.sendall(
+        self._send(
             b"".join(
                 (
                     _FORCEREADY,
@@ -217,5 +224,6 @@ class Wire:
                     np.int32(len(extras)).tobytes(),
                     extras,
                 )
-            )
+            ),
+            "the forces (FORCEREADY)",
         )

@@ -1,0 +1,227 @@
+"""Faults, under real mpiexec with 3 ranks where the fault is not per-process: the server
+ending, the server killed (while the driver waits and while it computes), SIGTERM and
+SIGINT, a follower killed, a model returning NaN. Each has a deadline; after each, no
+process of the run may be left and every row on disk must be whole.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import IPI_INPUTS, tool
+from harness import driver_command
+
+from ensemble_driver.ipi_input import SocketSettings, prepare_input
+from ensemble_driver.launch import ProcessGroup
+
+HERE = Path(__file__).resolve().parent
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker`` (the test's socket name)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().split()[2]
+            except OSError:
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def rank_pid(marker: str, rank: int) -> int | None:
+    for pid in processes_with(marker):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in environ and b"ensemble_driver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    return None
+
+
+def rows(path: Path) -> list[list[float]]:
+    """The rows of a deviation file; fails unless every line is whole."""
+    lines = path.read_text().split("\n")
+    assert lines[-1] == "", f"{path}: the last line is not terminated"
+    assert lines[0].startswith("#       step")
+    table = []
+    for line in lines[1:-1]:
+        fields = line.split()
+        assert len(fields) == 7, f"{path}: broken row {line!r}"
+        table.append([float(x) for x in fields])
+    return table
+
+
+def mpi_driver(nranks: int, models, template, address: str, *extra: str) -> list[str]:
+    # `python -m ensemble_driver` so that rank processes are easy to tell from mpiexec
+    command = driver_command(models, template, address, *extra)
+    command[:2] = [sys.executable, "-m", "ensemble_driver", "run"]
+    return [tool("mpiexec"), "-n", str(nranks), *command]
+
+
+def ipi_input(tmp_path: Path, address: str, steps: int, nbeads: int) -> None:
+    # the shipped input: consolidate_messages=false and a <timeout>, as users get it
+    prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=SocketSettings(address=address),
+                  steps=steps, nbeads=nbeads, prefix="sim")
+
+
+def assert_all_gone(marker: str, timeout: float) -> None:
+    wait_until(lambda: not processes_with(marker), timeout, f"every process of {marker} to end")
+
+
+def test_exit_ends_every_rank_within_2_s(tmp_path, address, model_paths):
+    ipi_input(tmp_path, address, steps=30, nbeads=2)
+    with ProcessGroup(tmp_path / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2",
+                                                  "--out-freq", "5"), cwd=tmp_path)
+        wait_until(lambda: ipi.popen.poll() is not None or driver.popen.poll() is not None, 300, "i-PI to finish")
+        assert ipi.popen.returncode == 0, ipi.tail()
+        assert driver.popen.wait(timeout=2) == 0, driver.tail()
+    for bead in (1, 2):
+        assert [int(r[0]) for r in rows(tmp_path / f"model_devi{bead}.out")] == [0, 5, 10, 15, 20, 25, 30]
+    assert_all_gone(address, 5)
+
+
+def big_structure(path: Path, *, overlap: bool = False) -> None:
+    """2048 atoms (a model evaluation takes a good fraction of a second), or a small
+    cell with two atoms on the same site (a real model returns NaN for it)."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat((2, 2, 2) if overlap else (8, 8, 8))
+    atoms.symbols[::2] = "Au"
+    if overlap:
+        atoms.positions[1] = atoms.positions[0]
+    atoms.write(path)
+
+
+@pytest.mark.parametrize("moment", ["waiting", "computing"])
+def test_server_killed(tmp_path, address, model_paths, moment):
+    """SIGKILL to the server while the driver waits for its next message (a clean end of
+    the stream: status 0) and while the driver computes (its reply cannot be delivered:
+    status 4): every rank ends within 10 s, no process is left, every row is whole."""
+    structure = tmp_path / "big.extxyz"
+    big_structure(structure)
+    ncalc = 2 if moment == "waiting" else 3
+    with ProcessGroup(tmp_path / "logs") as group:
+        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address,
+                                        str(ncalc)])
+        driver = group.start("driver", mpi_driver(3, model_paths, structure, address, "--out-freq", "1",
+                                                  "--out-file", str(tmp_path / "model_devi.out"), "-v"))
+        if moment == "waiting":
+            wait_until(lambda: "idle" in server.log_path.read_text(), 300, "the server to be idle")
+        else:
+            wait_until(lambda: "structure received: step 1 " in driver.log_path.read_text(), 300,
+                       "the driver to receive its second structure")
+        server.popen.send_signal(signal.SIGKILL)
+        driver.popen.wait(timeout=10)
+        log = driver.log_path.read_text()
+        if moment == "waiting":
+            assert driver.popen.returncode == 0, driver.tail()
+        else:
+            assert driver.popen.returncode == 4, driver.tail()
+            errors = [line for line in log.splitlines() if "error:" in line]
+            # ASE's order: POSDATA, then STATUS; the driver answers HAVEDATA once it has
+            # computed, and that is the first thing that cannot be delivered
+            assert errors == ["ensemble-driver: error: the server closed the connection while the driver sent "
+                              "its status (HAVEDATA) (Broken pipe)"], driver.tail()
+    assert_all_gone(address, 10)
+    table = rows(tmp_path / "model_devi.out")
+    assert [int(r[0]) for r in table][: ncalc - 1] == list(range(ncalc - 1))
+
+
+@pytest.mark.parametrize("signame, nranks", [("SIGTERM", 3), ("SIGINT", 1)])
+def test_signal_stops_cleanly(tmp_path, address, model_paths, signame, nranks):
+    """SIGTERM to mpiexec (which passes it to every rank) or SIGINT to a lone driver: the
+    request in hand is finished, files are whole, every rank exits promptly, the status
+    is 128 + the signal number and one line says why."""
+    sig = getattr(signal, signame)
+    ipi_input(tmp_path, address, steps=100000, nbeads=2)
+    devi = tmp_path / "model_devi1.out"
+    if nranks > 1:
+        command = mpi_driver(nranks, model_paths, "init.xyz", address, "--nbeads", "2", "--out-freq", "2")
+    else:
+        command = driver_command(model_paths[:2], "init.xyz", address, "--nbeads", "2", "--out-freq", "2")
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", command, cwd=tmp_path)
+        wait_until(lambda: devi.exists() and devi.read_text().count("\n") >= 4, 300, "three deviation rows")
+        os.kill(driver.popen.pid, sig)
+        assert driver.popen.wait(timeout=10) == 128 + sig, driver.tail()
+        errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
+        assert errors == [f"ensemble-driver: error: stopped by {signame}"], driver.tail()
+    assert_all_gone(address, 10)
+    counts = [len(rows(tmp_path / f"model_devi{b}.out")) for b in (1, 2)]  # every row whole
+    # bead 1 had 3 rows when the signal came; bead 2's next step may not have come yet
+    assert counts[0] >= 3 and counts[0] - 1 <= counts[1] <= counts[0]
+
+
+def test_follower_killed(tmp_path, address, model_paths):
+    """kill -9 of rank 2 mid-run: the job ends within 10 s instead of waiting forever."""
+    ipi_input(tmp_path, address, steps=100000, nbeads=2)
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2",
+                                                  "--out-freq", "1"), cwd=tmp_path)
+        devi = tmp_path / "model_devi1.out"
+        wait_until(lambda: devi.exists() and devi.read_text().count("\n") >= 3, 300, "two deviation rows")
+        victim = rank_pid(address, 2)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        assert driver.popen.wait(timeout=10) != 0
+    assert_all_gone(address, 10)
+    for bead in (1, 2):
+        assert len(rows(tmp_path / f"model_devi{bead}.out")) >= 1
+
+
+def test_nan_is_never_sent(tmp_path, address, model_paths):
+    """Two atoms on one site: a real model returns NaN. The driver sends nothing (ASE's
+    server asserts every number it receives is finite) and says which step, bead, model."""
+    structure = tmp_path / "overlap.extxyz"
+    big_structure(structure, overlap=True)
+    with ProcessGroup(tmp_path / "logs") as group:
+        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "1"],
+                             env={**os.environ, "ASE_SERVER_RATTLE": "0"})
+        driver = group.start("driver", driver_command(model_paths[:1], structure, address))
+        assert driver.popen.wait(timeout=120) == 5, driver.tail()
+        assert server.popen.wait(timeout=30) == 0, server.tail()
+    assert "client closed the connection" in server.log_path.read_text()
+    errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
+    assert errors == [f"ensemble-driver: error: model 0 ({model_paths[0]}) returned non-finite energy, forces or "
+                      "virial at step 0 of bead 0"], driver.tail()
+
+
+def test_nan_in_rows_is_impossible():
+    """The guard the NaN test relies on, for every model of the ensemble."""
+    from ensemble_driver.ensemble import LocalModel
+    from ensemble_driver.errors import ModelError
+    from ensemble_driver.model import Evaluation
+
+    class Bad:
+        path = "bad.pth"
+
+        def evaluate(self, positions, cell, atom_types):
+            return Evaluation(1.0, np.full_like(positions, np.inf), np.eye(3))
+
+    member = LocalModel(3, Bad(), np.zeros(2, np.int32))
+    with pytest.raises(ModelError, match=r"model 3 \(bad.pth\) returned non-finite .* at step 7 of bead 1"):
+        member.evaluate(np.zeros((2, 3)), None, rid=1, step=7)
