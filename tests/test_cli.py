@@ -72,3 +72,40 @@ def test_no_server_gives_up_after_connect_timeout(model_paths, address):
 def test_no_command_prints_help():
     proc = run_cli()
     assert proc.returncode == 2 and "run" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "out_file, message",
+    [
+        ("{tmp}/missing/model_devi.out", "directory {tmp}/missing does not exist"),
+        ("/proc/model_devi.out", "cannot open deviation file /proc/model_devi.out: "),
+        ("{tmp}/existing.out", "deviation file {tmp}/existing.out exists; pass --overwrite"),
+    ],
+)
+def test_output_path_errors_come_before_models_load(tmp_path, model_paths, out_file, message):
+    """A broken second model shows the order: the path error (2) wins over the model (5)."""
+    (tmp_path / "existing.out").write_text("rows of an earlier run\n")
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a model")
+    out = out_file.format(tmp=tmp_path)
+    proc = run_cli("run", "--models", str(model_paths[0]), str(broken), "--template", str(IPI_INPUTS / "init.xyz"),
+                   "--unix", "--address", "x", "--out-file", out, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = error_lines(proc)
+    assert message.format(tmp=tmp_path) in line
+    assert (tmp_path / "existing.out").read_text() == "rows of an earlier run\n"
+
+
+@pytest.mark.timeout(180)
+def test_no_inet_server_names_host_and_port(model_paths):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
+                   "--address", "localhost", "--port", str(port), "--connect-timeout", "1")
+    assert proc.returncode == 3
+    [line] = error_lines(proc)
+    assert f"could not connect to INET socket localhost:{port} within 1 s" in line
+    assert "Connection refused" in line

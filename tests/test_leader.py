@@ -171,3 +171,66 @@ def test_request_ids_beyond_nbeads_get_no_rows(tmp_path, caplog):
     leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, nbeads=1)
     leader(request(0, rid=3))
     assert comm.sent == [] and "request id 3 >= --nbeads 1" in caplog.text
+
+
+class ScriptedComm:
+    """The leader's side for a follower: hands out queued messages, records what comes back."""
+
+    def __init__(self, messages: list[np.ndarray]):
+        self.messages = list(messages)
+        self.results: list[np.ndarray] = []
+        self.errors: list[str] = []
+
+    def Irecv(self, buf, source, tag):  # noqa: N802
+        message = self.messages.pop(0)
+        buf[: len(message)] = message
+        return FakeRequest(True)
+
+    def Isend(self, buf, dest, tag):  # noqa: N802
+        self.results.append(np.array(buf))
+        return FakeRequest(True)
+
+    def send(self, obj, dest, tag):
+        self.errors.append(obj)
+
+
+def work_message(seq: int, step: int) -> np.ndarray:
+    buf = np.empty(parallel.work_size(NAT))
+    parallel.pack_work(buf, seq, 0, step, None, np.arange(6.0).reshape(NAT, 3))
+    return buf
+
+
+def test_follower_reports_a_failing_model_then_waits_for_the_leader():
+    from ensemble_driver.ensemble import follower_loop
+    from ensemble_driver.errors import ReportedError
+
+    class Failing:
+        path = "m2.pth"
+
+        def __init__(self):
+            self.calls = 0
+
+        def evaluate(self, positions, cell, atom_types):
+            self.calls += 1
+            if self.calls == 2:
+                return Evaluation(float("nan"), positions, np.eye(3))
+            return Evaluation(1.0, positions, np.eye(3))
+
+    model = Failing()
+    stop = np.array([parallel.KIND_STOP, 5.0])
+    comm = ScriptedComm([work_message(0, 0), work_message(1, 5), work_message(2, 10), stop])
+    with pytest.raises(ReportedError) as stopped:
+        follower_loop(comm, [LocalModel(2, model, np.zeros(NAT, np.int32))], natoms=NAT)
+    assert stopped.value.exit_status == 5 and stopped.value.wait_for_leader
+    assert len(comm.results) == 1  # step 0's result; none for the failed step
+    assert comm.errors == ["model 2 (m2.pth) returned non-finite energy, forces or virial at step 5 of bead 0"]
+    assert model.calls == 2  # after reporting, it evaluates nothing more
+
+
+def test_follower_exits_0_after_a_clean_run():
+    from ensemble_driver.ensemble import follower_loop
+
+    comm = ScriptedComm([work_message(0, 0), np.array([parallel.KIND_STOP, 0.0])])
+    assert follower_loop(comm, [LocalModel(1, FakeModel([], "m1", 1.0), np.zeros(NAT, np.int32))], natoms=NAT) == 0
+    seq, energies, forces, _ = parallel.unpack_results(comm.results[0], NAT, 1)
+    assert seq == 0 and energies[0] == 1.0
