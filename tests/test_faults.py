@@ -225,3 +225,23 @@ def test_nan_in_rows_is_impossible():
     member = LocalModel(3, Bad(), np.zeros(2, np.int32))
     with pytest.raises(ModelError, match=r"model 3 \(bad.pth\) returned non-finite .* at step 7 of bead 1"):
         member.evaluate(np.zeros((2, 3)), None, rid=1, step=7)
+
+
+def test_ipi_with_shipped_settings_survives_a_lost_driver(tmp_path, address, model_paths):
+    """The shipped inputs' consolidate_messages=false and <timeout>: a driver killed -9
+    mid-run, and a new one started, and i-PI finishes the run (timeout shortened here)."""
+    prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=SocketSettings(address=address, timeout=3),
+                  steps=40, nbeads=2, prefix="sim")
+    props = tmp_path / "sim.out"
+    with ProcessGroup(tmp_path / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        first = group.start("driver1", driver_command(model_paths[:1], "init.xyz", address), cwd=tmp_path)
+        wait_until(lambda: props.exists() and props.read_text().count("\n") > 15, 300, "i-PI to run a few steps")
+        first.popen.send_signal(signal.SIGKILL)
+        first.popen.wait(timeout=10)
+        first.ok_status = frozenset({-signal.SIGKILL})
+        group.start("driver2", driver_command(model_paths[:1], "init.xyz", address), cwd=tmp_path)
+        wait_until(lambda: ipi.popen.poll() is not None, 300, "i-PI to finish the run")
+        assert ipi.popen.returncode == 0, ipi.tail()
+    steps = [int(float(line.split()[0])) for line in props.read_text().splitlines() if not line.startswith("#")]
+    assert steps[-1] == 40
