@@ -245,3 +245,21 @@ def test_ipi_with_shipped_settings_survives_a_lost_driver(tmp_path, address, mod
         assert ipi.popen.returncode == 0, ipi.tail()
     steps = [int(float(line.split()[0])) for line in props.read_text().splitlines() if not line.startswith("#")]
     assert steps[-1] == 40
+
+
+def test_signal_while_computing_answers_first(tmp_path, address, model_paths):
+    """SIGTERM while the driver evaluates a 2048-atom structure: the server still gets a
+    whole, valid answer for it (ASE's server checks every number), then the driver stops."""
+    structure = tmp_path / "big.extxyz"
+    big_structure(structure)
+    with ProcessGroup(tmp_path / "logs") as group:
+        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "3"])
+        driver = group.start("driver", driver_command(model_paths[:1], structure, address, "-v"))
+        wait_until(lambda: "structure received: step 1 " in driver.log_path.read_text(), 300,
+                   "the driver to receive its second structure")
+        driver.popen.send_signal(signal.SIGTERM)
+        assert driver.popen.wait(timeout=30) == 128 + signal.SIGTERM, driver.tail()
+        assert server.popen.wait(timeout=30) == 0, server.tail()
+    assert "done 1" in server.log_path.read_text()  # the answer in hand was delivered whole
+    errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
+    assert errors == ["ensemble-driver: error: stopped by SIGTERM"]

@@ -255,3 +255,49 @@ def test_bad_streams_fail_clearly(session_pair, stream, message):
     result = finish()
     assert isinstance(result.get("error"), ProtocolError), result
     assert message in str(result["error"])
+
+
+@pytest.mark.parametrize("consolidated", [True, False])
+def test_signal_during_evaluation_still_answers(consolidated):
+    """A stop requested while a structure is evaluated: the server still gets the whole
+    answer (i-PI waits forever for an abandoned request), then the session stops."""
+    import signal
+
+    from ensemble_driver.signals import StopSignals, Stopped
+
+    signals = StopSignals()  # not installed: the handler is called by hand below
+
+    def evaluate(request):
+        signals._handler(signal.SIGTERM, None)  # arrives while computing
+        return Reply(1.0, np.zeros((NAT, 3)), np.zeros((3, 3)))
+
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(10)
+    result: dict = {}
+
+    def target():
+        try:
+            Session(Wire(client_sock, NAT), evaluate, signals=signals).run()
+        except Exception as exc:
+            result["error"] = exc
+        finally:
+            client_sock.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    peer = Peer(server_sock)
+    assert peer.status() == "NEEDINIT"
+    peer.send(init(0))
+    assert peer.status() == "READY"
+    if consolidated:
+        peer.send(posdata(H, POS) + encode_header("GETFORCE"))
+    else:
+        peer.send(posdata(H, POS))
+        assert peer.status() == "HAVEDATA"
+        peer.send(encode_header("GETFORCE"))
+    energy, _, _, _ = peer.forceready(NAT)
+    assert energy == pytest.approx(1.0 / units.HARTREE_EV)
+    thread.join(10)
+    assert isinstance(result.get("error"), Stopped) and result["error"].exit_status == 143
+    assert server_sock.recv(12) == b""  # and nothing else was sent
+    server_sock.close()

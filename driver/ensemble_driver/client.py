@@ -105,8 +105,13 @@ class Session:
     def run(self) -> EndReason:
         wire = self.wire
         while True:
-            with self.signals.interruptible():  # waiting for the server: safe to stop here
+            if self._status == "HAVEDATA":
+                # a request is in hand: the server will ask for it, so it is answered
+                # whatever signal comes (i-PI waits forever for an abandoned request)
                 header = wire.read_header()
+            else:
+                with self.signals.interruptible():  # between requests: safe to stop here
+                    header = wire.read_header()
             if header is None:
                 log.info("server closed the connection after %d evaluations", self.stats.evaluations)
                 return EndReason.EOF
