@@ -106,3 +106,14 @@ def test_rows_beyond_nbeads_are_dropped(tmp_path):
     assert files.write(1, 0, ROW) and not files.write(2, 0, ROW)
     files.close()
     assert (tmp_path / "b.out").read_text().count("\n") == 2
+
+
+def test_failed_run_leaves_all_or_nothing(tmp_path):
+    names = [str(tmp_path / f"b{k}.out") for k in range(3)]
+    files = BeadFiles(names, atomic=False, mode="new")
+    files.discard_unused()  # failed before any row: nothing left
+    assert list(tmp_path.iterdir()) == []
+    files = BeadFiles(names, atomic=False, mode="new")
+    files.write(0, 0, ROW)
+    files.discard_unused()  # failed after bead 0's first row: the whole set stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b0.out", "b1.out", "b2.out"]

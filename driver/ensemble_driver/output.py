@@ -157,10 +157,10 @@ class BeadFiles:
             f.close()
 
     def discard_unused(self) -> None:
-        """Close, and remove the files this run created that received no row (a run
-        that failed before its first deviation step leaves nothing behind)."""
+        """Close; if this run created the files and none received a row (it failed
+        before its first deviation step), remove them all. Once any bead has a row, the
+        whole set stays, as DP-GEN expects one file per bead."""
         self.close()
-        if self.mode == "new":
+        if self.mode == "new" and not any(f.rows for f in self.files):
             for f in self.files:
-                if f.rows == 0:
-                    f.path.unlink(missing_ok=True)
+                f.path.unlink(missing_ok=True)
