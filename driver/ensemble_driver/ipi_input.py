@@ -44,6 +44,7 @@ def prepare_input(
     outputs: Sequence[str] | None = None,
     extra_outputs: Sequence[str] = (),
     floatformat: str | None = None,
+    verbosity: str | None = None,
 ) -> Path:
     """Write a modified copy of the i-PI input ``src`` to ``dst``.
 
@@ -57,6 +58,8 @@ def prepare_input(
         root.set("sockets_prefix", sockets_prefix)
     if floatformat is not None:
         root.set("floatformat", floatformat)
+    if verbosity is not None:
+        root.set("verbosity", verbosity)
     ffsocket = root.find("ffsocket")
     if ffsocket is None:
         raise ValueError(f"{src}: no <ffsocket>")
