@@ -68,6 +68,7 @@ def run_ipi(
     driver_args: Sequence[str] = (),
     nbeads: int | None = None,
     consolidate: bool | None = None,
+    batch_size: int | None = None,
     outputs: Sequence[str] | None = CHECK_OUTPUTS,
     extra_outputs: Sequence[str] = (),
     timeout: float = 300,
@@ -80,7 +81,7 @@ def run_ipi(
     prepare_input(
         IPI_INPUTS / xml,
         workdir / "input.xml",
-        socket=SocketSettings(address=address, consolidate_messages=consolidate),
+        socket=SocketSettings(address=address, consolidate_messages=consolidate, batch_size=batch_size),
         steps=steps,
         nbeads=nbeads,
         prefix=prefix,

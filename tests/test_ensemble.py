@@ -251,3 +251,22 @@ def test_ase_server_one_series(tmp_path, address, model_paths, reference):
         vmax, vmin, vavg = calc_model_devi_v(np.array(virials)[:, None] / len(atoms))
         expected = [vmax[0], vmin[0], vavg[0], fmax[0], fmin[0], favg[0], *fatom[0]]
         np.testing.assert_allclose([float(x) for x in line.split()[1:]], expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("nbeads, batch", [(4, 4), (6, 4)], ids=["full", "padded"])
+def test_batched_transport(tmp_path, address, model_paths, reference, symbols, nbeads, batch):
+    """i-PI's <batch_size>: model 0 answers whole batches (the padded second batch of
+    each step when 6 beads go in batches of 4), the dynamics stay model 0's, and every
+    bead's deviation rows are those of its own structures."""
+    steps, out_freq = 6, 3
+    command = mpiexec(2, driver_command(
+        model_paths[:3], tmp_path / "init.xyz", address, "--nbeads", str(nbeads), "--out-freq", str(out_freq),
+    ))
+    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=steps, nbeads=nbeads, drivers=[command],
+                  consolidate=True, batch_size=batch, outputs=(*CHECK_OUTPUTS, BIN_OUTPUT))
+    check_run_against_model(run, model_paths[0], reference, steps=steps)
+    assert run.evaluations_per_rid() == {b: steps + 1 for b in range(nbeads)}
+    expected = expected_rows(run, model_paths[:3], reference, symbols, steps=steps, out_freq=out_freq)
+    for bead in range(nbeads):
+        lines = bead_file(tmp_path, bead).read_text().splitlines(keepends=True)
+        assert lines[1:] == expected[bead], bead

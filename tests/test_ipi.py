@@ -104,20 +104,21 @@ def test_unknown_element_fails_before_connecting(tmp_path, address, model_paths)
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_batch_support_is_clear(tmp_path, address, model_paths):
-    """i-PI's batched transport is refused with a clear message until it is implemented."""
+def test_batched_transport_with_extras_is_refused_clearly(tmp_path, address, model_paths):
+    """--extras needs each structure's bead at once, which i-PI's batches do not say."""
     from ensemble_driver.ipi_input import SocketSettings, prepare_input
     from ensemble_driver.launch import ProcessGroup
 
     prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml",
                   socket=SocketSettings(address=address, consolidate_messages=True, batch_size=2), steps=2)
+    command = driver_command(model_paths[:2], tmp_path / "init.xyz", address, "--nbeads", "4", "--extras")
     with ProcessGroup(tmp_path / "logs") as group:
         group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
-        driver = group.start("driver", driver_command(model_paths[:1], tmp_path / "init.xyz", address), cwd=tmp_path)
+        driver = group.start("driver", command, cwd=tmp_path)
         with pytest.raises(GroupFailed):
             group.wait(120)
     assert driver.popen.returncode == 4
-    assert "batched transport not supported yet" in driver.log_path.read_text()
+    assert "--extras cannot be used with i-PI's batched transport" in driver.log_path.read_text()
 
 
 def test_dp_ipi_config_file(tmp_path, address, model_paths, reference):

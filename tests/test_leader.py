@@ -76,6 +76,13 @@ class FakeModel:
         self.events.append(("eval", self.path))
         return Evaluation(1.0, positions * self.scale, np.eye(3) * self.scale)
 
+    def evaluate_batch(self, positions, cells, atom_types):
+        from ensemble_driver.model import BatchEvaluation
+
+        self.events.append(("eval_batch", self.path, len(positions)))
+        n = len(positions)
+        return BatchEvaluation(np.ones(n), positions * self.scale, np.repeat(np.eye(3)[None], n, 0) * self.scale)
+
 
 def make_leader(tmp_path, events, layout, local_scales, **settings):
     comm = FakeComm(events)
@@ -234,3 +241,61 @@ def test_follower_exits_0_after_a_clean_run():
     assert follower_loop(comm, [LocalModel(1, FakeModel([], "m1", 1.0), np.zeros(NAT, np.int32))], natoms=NAT) == 0
     seq, energies, forces, _ = parallel.unpack_results(comm.results[0], NAT, 1)
     assert seq == 0 and energies[0] == 1.0
+
+
+def batch_request(rid: int, beads: list[int], step: int):
+    """A batched POSDATA: the given beads' structures (a repeated bead is padding)."""
+    from ensemble_driver.client import BatchRequest
+
+    positions = np.array([np.arange(6.0).reshape(NAT, 3) + 10 * b + 0.1 * step for b in beads])
+    return BatchRequest(rid, np.repeat(np.eye(3)[None] * 10, len(beads), 0), positions)
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        # P = 6 beads, batches of 4: the second batch of each step is padded with bead 5
+        [(0, [0, 1, 2, 3]), (4, [4, 5, 5, 5])],
+        # i-PI's poll thread dispatched before the step was fully queued: 2 real + 2 padding
+        [(0, [0, 1, 1, 1]), (2, [2, 3, 4, 5])],
+    ],
+)
+def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=2, nbeads=6)
+    leader.begin_batches(4, init_every_step=True)
+    for step in range(3):
+        for rid, beads in batches:
+            replies = leader.batch(batch_request(rid, beads, step))
+            assert len(replies) == 4
+            leader.after_reply()
+    leader._resolve_batch(next_rid=None)  # what finish() does at the end of the run
+    assert leader.batch_steps == {b: 3 for b in range(6)}  # padding never counted
+    # the deviation went out for steps 0 and 2 of every bead, with that bead's structure
+    work = [buf for dest, buf in comm.sent if buf[0] == parallel.KIND_WORK]
+    got = sorted((int(buf[2]), int(buf[3])) for buf in work)
+    assert got == sorted((b, s) for b in range(6) for s in (0, 2))
+    for buf in work:
+        rid, step = int(buf[2]), int(buf[3])
+        expected = np.arange(6.0).reshape(NAT, 3) + 10 * rid + 0.1 * step
+        np.testing.assert_array_equal(buf[parallel.WORK_HEADER + 9:].reshape(NAT, 3), expected)
+
+
+def test_batch_evaluates_each_distinct_structure_once(tmp_path):
+    events: list = []
+    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=0, nbeads=4)
+    leader.begin_batches(4, init_every_step=True)
+    replies = leader.batch(batch_request(0, [7, 7, 7, 7], 0))  # step 0: every bead the same
+    assert events == [("eval_batch", "m0", 1)]
+    assert all(np.array_equal(r.forces, replies[0].forces) for r in replies)
+    events.clear()
+    leader.batch(batch_request(0, [0, 1, 2, 2], 1))
+    assert events == [("eval_batch", "m0", 3)]
+
+
+def test_batched_transport_refuses_extras(tmp_path):
+    from ensemble_driver.errors import UnsupportedTransport
+
+    leader, _ = make_leader(tmp_path, [], parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, extras=True)
+    with pytest.raises(UnsupportedTransport, match="--extras cannot be used"):
+        leader.begin_batches(4, init_every_step=True)

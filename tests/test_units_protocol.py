@@ -223,14 +223,80 @@ def test_no_init_each_answers_ready(session_pair):
     assert [(r.rid, r.step) for r in recorder.requests] == [(0, 0), (0, 1)]
 
 
-def test_batched_init_is_refused(session_pair):
+class BatchRecorder(Recorder):
+    """Also takes i-PI's batched transport: energy = sum of positions, as Recorder."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def begin_batches(self, batch_size, init_every_step):
+        self.batch_size = batch_size
+
+    def batch(self, request):
+        self.batches.append(request)
+        return [Reply(float(p.sum()), -p, np.eye(3) * k) for k, p in enumerate(request.positions)]
+
+
+def test_batched_transport_wire_layout():
+    """i-PI 3.3's batched messages (ipi/interfaces/sockets.py dispatch_send_batch and
+    _recv_forces_bulk_batch), three structures per message."""
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(10)
+    recorder = BatchRecorder()
+    result: dict = {}
+
+    def target():
+        try:
+            result["reason"] = Session(Wire(client_sock, NAT), recorder).run()
+        except Exception as exc:
+            result["error"] = exc
+        finally:
+            client_sock.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    peer = Peer(server_sock)
+    batch = 3
+    assert peer.status() == "NEEDINIT"
+    peer.send(init(2, b"  batch_size:3"))
+    assert peer.status() == "READY"
+    cells = [H * (1 + 0.1 * k) for k in range(batch)]
+    positions = [POS + k for k in range(batch)]
+    peer.send(
+        encode_header("POSDATA") + np.int32(NAT).tobytes()
+        + b"".join(c.tobytes() + np.linalg.inv(c).tobytes() for c in cells)
+        + b"".join(p.tobytes() for p in positions)
+        + encode_header("GETFORCE")
+    )
+    assert peer.recv(HEADER_LEN) == encode_header("FORCEREADY")
+    energies = np.frombuffer(peer.recv(8 * batch), np.float64)
+    assert np.frombuffer(peer.recv(4), np.int32)[0] == NAT
+    forces = np.frombuffer(peer.recv(24 * NAT * batch), np.float64).reshape(batch, NAT, 3)
+    virials = np.frombuffer(peer.recv(72 * batch), np.float64).reshape(batch, 3, 3)
+    extras = [peer.recv(int(np.frombuffer(peer.recv(4), np.int32)[0])) for _ in range(batch)]
+    pos_a = [p * units.BOHR_ANGSTROM for p in positions]
+    np.testing.assert_allclose(energies, [p.sum() / units.HARTREE_EV for p in pos_a], rtol=1e-14)
+    np.testing.assert_allclose(forces, units.forces_to_wire(-np.array(pos_a)), rtol=1e-14)
+    np.testing.assert_allclose(virials[2], np.eye(3) * 2 / units.HARTREE_EV)
+    assert extras == [b""] * batch
+    request = recorder.batches[0]
+    assert request.rid == 2 and request.positions.shape == (batch, NAT, 3)
+    np.testing.assert_allclose(request.cells[1], cells[1].T * units.BOHR_ANGSTROM)
+    assert peer.status() == "NEEDINIT"
+    peer.send(encode_header("EXIT"))
+    thread.join(10)
+    assert result.get("reason") is EndReason.EXIT, result
+
+
+def test_batched_transport_needs_a_handler_that_takes_it(session_pair):
     start, recorder, finish = session_pair
     peer = start()
     assert peer.status() == "NEEDINIT"
     peer.send(init(0, b"  batch_size:4"))
     result = finish()
     assert isinstance(result["error"], UnsupportedTransport)
-    assert "batched transport not supported yet" in str(result["error"])
+    assert "cannot take i-PI's batched transport" in str(result["error"])
 
 
 @pytest.mark.parametrize(
@@ -242,6 +308,7 @@ def test_batched_init_is_refused(session_pair):
         (init(0) + posdata(H, POS, nat=-7), "sent -7 atoms"),
         (init(0) + posdata(H, POS)[:-5], "middle of a POSDATA message"),
         (encode_header("INIT") + np.int32(0).tobytes() + np.int32(1 << 30).tobytes(), "INIT message announces"),
+        (init(0, b" batch_size:100000"), "batch_size:100000"),
         (init(0) + encode_header("GETFORCE"), "before sending a structure"),
         (init(0) + posdata(H, POS * np.nan), "non-finite cell or positions"),
     ],

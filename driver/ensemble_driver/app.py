@@ -202,8 +202,8 @@ def _run_checked(config, comm, layout, address, template, files, signals: StopSi
         raise
     error = leader.finish(error)
     if session is not None:
-        steps = dict(sorted(session.stats.steps_by_rid.items()))
-        log.info("evaluations per request id: %s", steps)
+        counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
+        log.info("evaluations per request id: %s", dict(sorted(counts.items())))
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
     if error is not None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import units
-from .errors import ProtocolError
+from .errors import ProtocolError, UnsupportedTransport
 from .protocol import Wire, check_transport, parse_init_text
 from .signals import NoSignals, StopSignals
 
@@ -55,6 +55,18 @@ class Reply:
     extras: bytes = b""
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """The structures of one batched POSDATA (i-PI's ``<batch_size>``), in Angstrom.
+
+    ``rid`` is the request id of the first structure (the INIT before it); i-PI does not
+    say which ids the others carry nor how many of them are padding."""
+
+    rid: int
+    cells: np.ndarray  # (batch, 3, 3), rows are lattice vectors
+    positions: np.ndarray  # (batch, nat, 3)
+
+
 Handler = Callable[[Request], Reply]
 
 
@@ -68,7 +80,9 @@ class SessionStats:
     """Counters a caller can read after (or during) a run."""
 
     evaluations: int = 0
-    steps_by_rid: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    steps_by_rid: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # single requests
+    batches: int = 0
+    batch_size: int = 1
     init_text: str | None = None
 
 
@@ -76,7 +90,10 @@ class Session:
     """Serve one connection until the server ends it.
 
     ``handler`` is called once per POSDATA with a :class:`Request` and returns a
-    :class:`Reply`; ``after_reply``, if given, is called once each reply has been sent
+    :class:`Reply`. With i-PI's batched transport, ``handler.begin_batches(batch_size,
+    init_every_step)`` is called at the first INIT that announces it (it may refuse) and
+    ``handler.batch(BatchRequest)`` once per batched POSDATA, returning one Reply per
+    structure. ``after_reply``, if given, is called once each reply has been sent
     (work that must not delay the server). ``init_every_step`` makes the client answer
     NEEDINIT after every evaluation so that every structure is labelled with its request id.
     ``signals`` may stop the session while it waits for the server, or after a reply.
@@ -100,7 +117,7 @@ class Session:
         # NEEDINIT at first, whatever the option: the INIT text announces the transport.
         self._status = "NEEDINIT"
         self._rid = 0
-        self._reply: Reply | None = None
+        self._reply: Reply | list[Reply] | None = None
 
     def run(self) -> EndReason:
         wire = self.wire
@@ -132,7 +149,17 @@ class Session:
         if self.stats.init_text is None:
             self.stats.init_text = msg.text
             log.debug("INIT text: %r", msg.text)
-        check_transport(parse_init_text(msg.text))
+        params = parse_init_text(msg.text)
+        check_transport(params)
+        if params.batch_size != self.stats.batch_size:
+            if self.stats.batch_size > 1 or not hasattr(self.handler, "batch"):
+                raise UnsupportedTransport(
+                    f"the server announced batch_size:{params.batch_size} after batch_size:{self.stats.batch_size}"
+                    if self.stats.batch_size > 1 else "this handler cannot take i-PI's batched transport"
+                )
+            self.handler.begin_batches(params.batch_size, self.init_every_step)  # type: ignore[attr-defined]
+            self.stats.batch_size = params.batch_size
+            log.info("i-PI's batched transport: %d structures per message", params.batch_size)
         if msg.rid < 0:
             raise ProtocolError(f"INIT carries a negative request id ({msg.rid})")
         if self.init_every_step:
@@ -143,6 +170,9 @@ class Session:
     def _on_posdata(self) -> None:
         if self._status == "HAVEDATA":
             raise ProtocolError("the server sent POSDATA again before asking for the forces (GETFORCE)")
+        if self.stats.batch_size > 1:
+            self._on_posdata_batch()
+            return
         h, positions = self.wire.read_posdata()
         if not (np.isfinite(h).all() and np.isfinite(positions).all()):
             raise ProtocolError(
@@ -163,16 +193,40 @@ class Session:
         self.stats.evaluations += 1
         self._status = "HAVEDATA"
 
+    def _on_posdata_batch(self) -> None:
+        batch = self.stats.batch_size
+        h, positions = self.wire.read_posdata_batch(batch)
+        if not (np.isfinite(h).all() and np.isfinite(positions).all()):
+            raise ProtocolError(f"the server sent a non-finite cell or positions (batch starting at request id {self._rid})")
+        log.debug("batch of %d structures received, starting at request id %d", batch, self._rid)
+        replies = self.handler.batch(  # type: ignore[attr-defined]
+            BatchRequest(self._rid, units.cell_from_wire(h), units.positions_from_wire(positions))
+        )
+        if len(replies) != batch:
+            raise ValueError(f"{len(replies)} replies for a batch of {batch}")
+        self._reply = replies
+        self.stats.batches += 1
+        self.stats.evaluations += batch
+        self._status = "HAVEDATA"
+
     def _on_getforce(self) -> None:
         reply = self._reply
         if self._status != "HAVEDATA" or reply is None:
             raise ProtocolError("the server asked for forces (GETFORCE) before sending a structure (POSDATA)")
-        self.wire.send_forceready(
-            units.energy_to_wire(reply.energy),
-            units.forces_to_wire(reply.forces),
-            units.virial_to_wire(reply.virial),
-            reply.extras,
-        )
+        if isinstance(reply, list):
+            self.wire.send_forceready_batch(
+                units.energy_to_wire([r.energy for r in reply]),
+                units.forces_to_wire(np.stack([r.forces for r in reply])),
+                units.virial_to_wire(np.stack([r.virial for r in reply])),
+                [r.extras for r in reply],
+            )
+        else:
+            self.wire.send_forceready(
+                float(units.energy_to_wire(reply.energy)),
+                units.forces_to_wire(reply.forces),
+                units.virial_to_wire(reply.virial),
+                reply.extras,
+            )
         self._reply = None
         self._status = "NEEDINIT" if self.init_every_step else "READY"
         if self.after_reply is not None:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import parallel
-from .client import Reply, Request
+from .client import BatchRequest, Reply, Request
 from .deviation import Deviation, model_deviation
-from .errors import DriverError, ModelError, ProtocolError, ReportedError
+from .errors import DriverError, ModelError, ProtocolError, ReportedError, UnsupportedTransport
 from .model import DeepPotModel, Evaluation
 from .output import BeadFiles
 from .signals import NoSignals, Stopped, StopSignals
@@ -104,11 +104,11 @@ class _Job:
         return not self.sends
 
 
-def check_cell(cell: np.ndarray | None, rid: int, step: int) -> None:
+def check_cell(cell: np.ndarray | None, where: str) -> None:
     if cell is not None and abs(np.linalg.det(cell)) < 1e-8:
         raise ProtocolError(
-            f"the server sent a cell of zero volume (bead {rid}, step {step}) for a periodic "
-            "system; if the system is not periodic, run with --no-pbc"
+            f"the server sent a cell of zero volume ({where}) for a periodic system; if the "
+            "system is not periodic, run with --no-pbc"
         )
 
 
@@ -143,11 +143,16 @@ class Leader:
         self._warned_rids: set[int] = set()
         self.rows_by_bead: dict[int, int] = {}
         self._sentinel_extras = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()
+        # i-PI's batched transport (see batch()): the last batch, until the next one tells
+        # how many of its structures were real, and the steps counted per request id
+        self._pending_batch: tuple[BatchRequest, object] | None = None
+        self.batch_steps: dict[int, int] = {}
+        self._warned_batch_gap = False
 
     # -- the session's handler ---------------------------------------------------------
     def __call__(self, request: Request) -> Reply:
         cell = request.cell if self.periodic else None
-        check_cell(cell, request.rid, request.step)
+        check_cell(cell, f"bead {request.rid}, step {request.step}")
         job = None
         if self.deviation_on and request.step % self.settings.out_freq == 0:
             if request.rid < self.settings.nbeads:
@@ -178,6 +183,90 @@ class Leader:
         self._collect()
         if self._fatal is not None:
             raise self._fatal
+
+    # -- i-PI's batched transport -----------------------------------------------------
+    def begin_batches(self, batch_size: int, init_every_step: bool) -> None:
+        """Called at the INIT that announces batching: refuse what cannot work with it."""
+        if self.settings.extras:
+            raise UnsupportedTransport(
+                "--extras cannot be used with i-PI's batched transport (<batch_size>): which bead each "
+                "structure of a batch is becomes known only with the next batch"
+            )
+        if self.deviation_on and not init_every_step:
+            raise UnsupportedTransport(
+                "the deviation needs every batch's INIT (its first request id) with i-PI's batched "
+                "transport: do not use --no-init-each"
+            )
+
+    def batch(self, request: BatchRequest) -> list[Reply]:
+        """Model 0 on a batched POSDATA, in one model call.
+
+        i-PI says only the request id of the first structure, and pads a batch by
+        repeating its last structure, sometimes before all the beads of a step are queued
+        (its poll thread may dispatch while the step is being queued). With one client,
+        the batches of a step are consecutive runs of its beads, so the next batch's first
+        id tells how many structures of this one were real beads (and the end of the run
+        closes the last one). The deviation of a batch is therefore dispatched when the
+        next batch arrives, before model 0 evaluates that one.
+        """
+        cells = request.cells if self.periodic else None
+        if cells is not None:
+            for cell in cells:
+                check_cell(cell, f"batch starting at request id {request.rid}")
+        self._resolve_batch(next_rid=request.rid)
+        positions = request.positions
+        # distinct consecutive structures only: padding, and step 0 where every bead is
+        # the same, are copies of the structure before them
+        same = np.array([False] + [
+            np.array_equal(positions[k], positions[k - 1]) and (cells is None or np.array_equal(cells[k], cells[k - 1]))
+            for k in range(1, len(positions))
+        ])
+        distinct = np.flatnonzero(~same)
+        source = np.cumsum(~same) - 1  # the distinct structure each slot copies
+        result = self.model0.model.evaluate_batch(
+            positions[distinct], None if cells is None else cells[distinct], self.model0.atom_types
+        )
+        energy, forces, virial = result.energy[source], result.forces[source], result.virial[source]
+        if not (np.isfinite(energy).all() and np.isfinite(forces).all() and np.isfinite(virial).all()):
+            raise ModelError(
+                f"model 0 ({self.model0.model.path}) returned non-finite energy, forces or virial in the "
+                f"batch starting at request id {request.rid}"
+            )
+        self._pending_batch = (request, (energy, forces, virial))
+        return [Reply(float(energy[k]), forces[k], virial[k], b"") for k in range(len(energy))]
+
+    def _resolve_batch(self, next_rid: int | None) -> None:
+        """Count the real structures of the pending batch, give each its bead and step,
+        and start the deviation of those at a deviation step."""
+        if self._pending_batch is None:
+            return
+        request, (energy, forces, virial) = self._pending_batch
+        self._pending_batch = None
+        size, first, nbeads = len(energy), request.rid, self.settings.nbeads
+        if first >= nbeads:
+            real = 1  # an estimator's clone: no rows, and no way to tell more
+        elif next_rid is not None and next_rid > first:
+            real = next_rid - first
+            if real > size:  # other beads went to another client
+                if not self._warned_batch_gap:
+                    self._warned_batch_gap = True
+                    log.warning(
+                        "request ids %d..%d were not sent here: with i-PI's batched transport the deviation "
+                        "needs one client per <ffsocket> to tell the beads of a batch apart", first + size, next_rid - 1
+                    )
+                real = size
+        else:
+            real = min(size, nbeads - first)  # the batch closed its step
+        for k in range(real):
+            rid = first + k
+            step = self.batch_steps.get(rid, 0)
+            self.batch_steps[rid] = step + 1
+            if self.deviation_on and rid < nbeads and step % self.settings.out_freq == 0:
+                cell = None if not self.periodic else request.cells[k]
+                job = self._dispatch(Request(rid, step, request.cells[k], request.positions[k]), cell)
+                job.energies[0] = energy[k]
+                job.forces[0] = forces[k]
+                job.virials[0] = virial[k]
 
     # -- deviation jobs ----------------------------------------------------------------
     def _dispatch(self, request: Request, cell: np.ndarray | None) -> _Job:
@@ -286,6 +375,7 @@ class Leader:
         """
         try:
             if self._fatal is None:
+                self._resolve_batch(next_rid=None)
                 wait = STOP_DEADLINE_S if error is None else ABORT_DRAIN_S
                 self._write_until(None, deadline=time.monotonic() + wait)
                 if self._jobs and self._fatal is None:

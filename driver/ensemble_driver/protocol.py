@@ -13,6 +13,13 @@ Integers are int32 and reals float64 in native byte order. What the server sends
 ``EXIT``      nothing; the run is over
 ============  =====================================================================
 
+With i-PI's batched transport (``<batch_size>N``, i-PI >= 3.3, announced as
+``batch_size:N`` in the INIT text) POSDATA carries int32 nat, N x (h[9], inverse[9]),
+float64[N, 3*nat]; FORCEREADY carries float64[N] energies, int32 nat, float64[N, 3*nat]
+forces, float64[N, 9] virials, then N x (int32 length, extras). i-PI pads a batch to N
+by repeating its last structure and drops the padded results
+(``ipi/interfaces/sockets.py``: ``dispatch_send_batch``, ``_recv_forces_bulk_batch``).
+
 (i-PI 3.3.1 ``ipi/interfaces/sockets.py``, ASE 3.29 ``ase/calculators/socketio.py``.)
 
 The server is not trusted: a count read from the wire is checked before anything is
@@ -74,13 +81,15 @@ def parse_init_text(text: str) -> InitParameters:
     return InitParameters(batch_size=int(match.group(1)) if match else 1)
 
 
+#: Largest batch accepted: i-PI batches the beads of a ring polymer (a few to a few hundred).
+MAX_BATCH = 4096
+
+
 def check_transport(init: InitParameters) -> None:
-    """Refuse transports that this driver does not implement yet."""
-    if init.batch_size > 1:
+    """Refuse batch sizes that are not sane."""
+    if not 1 <= init.batch_size <= MAX_BATCH:
         raise UnsupportedTransport(
-            f"the server announced batch_size:{init.batch_size} in its INIT message: "
-            "batched transport not supported yet; remove <batch_size> from the "
-            "<ffsocket> of the i-PI input"
+            f"the server announced batch_size:{init.batch_size} in its INIT message (accepted: 1 to {MAX_BATCH})"
         )
 
 
@@ -191,6 +200,21 @@ class Wire:
         self._recv_part(memoryview(positions).cast("B"), "a POSDATA message")
         return h, positions
 
+    def read_posdata_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The body of a batched POSDATA: (h of each structure, (batch, 3, 3) as sent, i.e.
+        vectors as columns, Bohr; positions (batch, nat, 3), Bohr)."""
+        nat = self._read_int32("a batched POSDATA message")
+        if nat != self.natoms:
+            raise ProtocolError(
+                f"the server sent {nat} atoms in a batched POSDATA but the template has "
+                f"{self.natoms}; check --template"
+            )
+        cells = np.empty((batch, 2, 3, 3), dtype=np.float64)
+        self._recv_part(memoryview(cells).cast("B"), "a batched POSDATA message")
+        positions = np.empty((batch, nat, 3), dtype=np.float64)
+        self._recv_part(memoryview(positions).cast("B"), "a batched POSDATA message")
+        return np.ascontiguousarray(cells[:, 0]), positions
+
     # -- writing -------------------------------------------------------------------
     def _send(self, data: bytes, what: str) -> None:
         try:
@@ -227,3 +251,19 @@ class Wire:
             ),
             "the forces (FORCEREADY)",
         )
+
+    def send_forceready_batch(
+        self, energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, extras: list[bytes]
+    ) -> None:
+        """The batched FORCEREADY, in one ``sendall``: energies (batch,) in Hartree, forces
+        (batch, nat, 3) in Hartree/Bohr, virials (batch, 3, 3) in Hartree, i-PI's layout."""
+        energies = np.ascontiguousarray(energies, dtype=np.float64)
+        forces = np.ascontiguousarray(forces, dtype=np.float64)
+        virials = np.ascontiguousarray(virials, dtype=np.float64)
+        batch = len(energies)
+        if forces.shape != (batch, self.natoms, 3) or virials.shape != (batch, 3, 3) or len(extras) != batch:
+            raise ValueError(f"batched reply shapes {forces.shape} {virials.shape} do not fit {batch} x {self.natoms}")
+        parts = [_FORCEREADY, energies.tobytes(), np.int32(self.natoms).tobytes(), forces.tobytes(), virials.tobytes()]
+        for e in extras:
+            parts += [np.int32(len(e)).tobytes(), e]
+        self._send(b"".join(parts), "the forces (batched FORCEREADY)")

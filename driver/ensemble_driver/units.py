@@ -24,22 +24,27 @@ FORCE_AU_EV_ANGSTROM = HARTREE_EV / BOHR_ANGSTROM
 
 
 def cell_from_wire(h: np.ndarray) -> np.ndarray:
-    """i-PI's cell ``h`` (3x3, vectors as columns, Bohr) -> cell with vectors as rows, Angstrom."""
-    return np.asarray(h, dtype=np.float64).reshape(3, 3).T * BOHR_ANGSTROM
+    """i-PI's cell ``h`` (3x3, vectors as columns, Bohr; or a stack (..., 3, 3)) -> cell
+    with vectors as rows, Angstrom, same stacking."""
+    h = np.asarray(h, dtype=np.float64)
+    h = h.reshape(3, 3) if h.size == 9 else h
+    return np.swapaxes(h, -1, -2) * BOHR_ANGSTROM
 
 
 def positions_from_wire(positions: np.ndarray) -> np.ndarray:
-    """Positions in Bohr (any shape with 3*nat values) -> (nat, 3) in Angstrom.
+    """Positions in Bohr (3*nat values, or a stack (frames, nat, 3)) -> (nat, 3), or the
+    same stack, in Angstrom.
 
     Positions are used as sent: i-PI may send them unwrapped (outside the box), which
     DeePMD handles itself for periodic systems.
     """
-    return np.asarray(positions, dtype=np.float64).reshape(-1, 3) * BOHR_ANGSTROM
+    positions = np.asarray(positions, dtype=np.float64)
+    return (positions if positions.ndim == 3 else positions.reshape(-1, 3)) * BOHR_ANGSTROM
 
 
-def energy_to_wire(energy_ev: float) -> float:
-    """eV -> Hartree."""
-    return float(energy_ev) / HARTREE_EV
+def energy_to_wire(energy_ev):
+    """eV -> Hartree (a number or an array)."""
+    return np.asarray(energy_ev, dtype=np.float64) / HARTREE_EV
 
 
 def forces_to_wire(forces_ev_angstrom: np.ndarray) -> np.ndarray:
@@ -54,4 +59,6 @@ def virial_to_wire(virial_ev: np.ndarray) -> np.ndarray:
     (which is indexed like the row cell); the two agree for the symmetric virial of a
     rotationally invariant model, and the transpose keeps any asymmetry consistent.
     """
-    return np.asarray(virial_ev, dtype=np.float64).reshape(3, 3).T / HARTREE_EV
+    virial = np.asarray(virial_ev, dtype=np.float64)
+    virial = virial.reshape(3, 3) if virial.size == 9 else virial
+    return np.swapaxes(virial, -1, -2) / HARTREE_EV
