@@ -1,0 +1,80 @@
+"""The model layer on the shipped models: the direct PyTorch path gives DeepPot.eval's
+numbers (to rounding), for one structure and for batches, and can be turned off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+
+def alloy(seed: int):
+    atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat((2, 2, 2))
+    rng = np.random.default_rng(seed)
+    atoms.set_chemical_symbols(list(rng.permutation(["Cu", "Au"] * 16)))
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def structures():
+    frames = [alloy(seed) for seed in range(5)]
+    positions = np.stack([a.positions for a in frames])
+    cells = np.stack([a.cell.array for a in frames])
+    return frames, positions, cells
+
+
+def plain(reference, path, positions, cells, atom_types):
+    dp = reference.deeppot(path)
+    e, f, v = dp.eval(positions.reshape(len(positions), -1), cells.reshape(len(cells), 9), atom_types)[:3]
+    return np.ravel(e), np.reshape(f, positions.shape), np.reshape(v, (-1, 3, 3))
+
+
+def test_direct_path_equals_deeppot_eval(model_paths, reference, structures):
+    from ensemble_driver.model import DeepPotModel
+
+    frames, positions, cells = structures
+    model = DeepPotModel(model_paths[1])
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    assert model._direct is not None and not model._direct.checked
+    model.evaluate(positions[0], cells[0], types)  # the first call checks the direct path
+    assert model._direct is not None and model._direct.checked
+    for k in range(1, len(frames)):  # the same atoms, new positions: one frame at a time
+        got = model.evaluate(positions[k], cells[k], types)
+        e, f, v = plain(reference, model_paths[1], positions[k:k + 1], cells[k:k + 1], types)
+        # to rounding: TorchScript's first runs round the last bit differently
+        np.testing.assert_allclose(got.energy, e[0], rtol=1e-13)
+        np.testing.assert_allclose(got.forces, f[0], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(got.virial, v[0], rtol=1e-12, atol=1e-13)
+    batch = model.evaluate_batch(positions, cells, types)  # and a batch (a new shape)
+    e, f, v = plain(reference, model_paths[1], positions, cells, types)
+    np.testing.assert_allclose(batch.energy, e, rtol=1e-12)
+    np.testing.assert_allclose(batch.forces, f, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(batch.virial, v, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(batch.forces[0], batch.forces[1])  # the frames really differ
+
+
+def test_direct_path_can_be_turned_off(model_paths, monkeypatch):
+    from ensemble_driver.model import DeepPotModel
+
+    monkeypatch.setenv("ENSEMBLE_DRIVER_PLAIN_EVAL", "1")
+    assert DeepPotModel(model_paths[0])._direct is None
+
+
+def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkeypatch):
+    """A deepmd-kit whose internals changed meaning must cost speed, never correctness."""
+    from ensemble_driver import model as model_module
+
+    frames, positions, cells = structures
+    model = model_module.DeepPotModel(model_paths[0])
+    real_call = model_module._TorchDirect.__call__
+
+    def off_by_a_little(self, *args):
+        result = real_call(self, *args)
+        return model_module.BatchEvaluation(result.energy + 1e-9, result.forces, result.virial)
+
+    monkeypatch.setattr(model_module._TorchDirect, "__call__", off_by_a_little)
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    first = model.evaluate(positions[0], cells[0], types)
+    assert model._direct is None
+    assert model.evaluate(positions[0], cells[0], types).energy == first.energy
