@@ -23,6 +23,7 @@ from .logs import setup_logging
 from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
 from .protocol import Wire
+from .selection import Selection, candidate_file_names, summary_file_name
 from .signals import StopSignals
 from .template import Template, read_template
 from .transport import connect, make_address
@@ -83,6 +84,7 @@ def deviation_settings(config: RunConfig) -> DeviationSettings:
         relative_v=config.relative_v,
         atomic=config.atomic,
         extras=config.extras,
+        committee=config.committee_json,
     )
 
 
@@ -124,15 +126,21 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         template = read_template(config.template)
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
-        files = None
+        files = selection = None
         deviation_on = config.out_freq > 0 and len(config.models) > 1
         if rank == 0 and deviation_on:
+            levels = config.trust_levels()
+            if levels is not None:
+                mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+                names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+                selection = Selection(levels, candidate_file_names(names), summary_file_name(names),
+                                      mode=mode, step_offset=config.step_offset)
             files = open_deviation_files(config)
-        return config, layout, address, template, files
+        return config, layout, address, template, files, selection
 
-    config, layout, address, template, files = collective(comm, check_inputs)
+    config, layout, address, template, files, selection = collective(comm, check_inputs)
     try:
-        return _run_checked(config, comm, layout, address, template, files, signals)
+        return _run_checked(config, comm, layout, address, template, files, selection, signals)
     except BaseException:
         if files is not None:
             files.discard_unused()
@@ -140,9 +148,14 @@ def _run(config_source, comm, signals: StopSignals) -> int:
     finally:
         if files is not None:
             files.close()
+        if selection is not None:
+            selection.close()
+            if selection.rows:
+                print(f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+                      f"counts in {selection.summary_file}", flush=True)
 
 
-def _run_checked(config, comm, layout, address, template, files, signals: StopSignals) -> int:
+def _run_checked(config, comm, layout, address, template, files, selection, signals: StopSignals) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
@@ -182,7 +195,10 @@ def _run_checked(config, comm, layout, address, template, files, signals: StopSi
             layout.n_models, layout.n_ranks, [list(m) for m in layout.models_of], settings.out_freq,
             ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
         )
-    leader = Leader(comm, layout, members, natoms=template.natoms, periodic=periodic, settings=settings, files=files)
+    if selection is not None:
+        selection.symbols = list(elements)
+    leader = Leader(comm, layout, members, natoms=template.natoms, periodic=periodic, settings=settings, files=files,
+                    selection=selection)
     error: DriverError | None = None
     session = None
     try:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from . import __version__
@@ -117,14 +118,38 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--extras", action="store_true", default=None, help="send the deviation to the "
                      "server in the FORCEREADY extras (JSON; -1 on other steps); makes deviation "
                      "steps wait for all models")
+    dev.add_argument("--committee-json", action="store_true", default=None, help="for i-PI's <ffcommittee> "
+                     "with <parse_json>true</parse_json>: every model evaluates every structure and the "
+                     "extras carry committee_pot, committee_force and committee_virial (atomic units), so "
+                     "that i-PI's committee (mean-driven dynamics, uncertainty) runs on this MPI ensemble")
     dev.add_argument("--overwrite", action="store_true", default=None, help="replace existing deviation files")
     dev.add_argument("--append", action="store_true", default=None, help="append to existing "
                      "deviation files (a restarted run)")
     dev.add_argument("--step-offset", type=int, metavar="K", help="add K to the step of every row "
                      "(with --append: the step i-PI restarted from)")
+    sel = p.add_argument_group(
+        "candidate selection",
+        "With trust levels, every deviation row is classified as DP-GEN does it: candidate if "
+        "TRUST_LO <= max_devi_f < TRUST_HI (or the same for the virial), else failed if at or above "
+        "a high level, else accurate. Candidate structures are appended, per bead, to extended XYZ "
+        "files beside the deviation files (model_devi1.out -> candidates1.xyz), which ASE and dpdata "
+        "read; the counts per class and bead are printed at the end and written to devi_summary.json.")
+    add_trust_options(sel)
     p.add_argument("-v", "--verbose", action="count", default=None,
                    help="more output (-v: every message and evaluation; default: start and end lines)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def add_trust_options(group, virial: bool = True) -> None:
+    """DP-GEN's trust levels, for run, devi and plot."""
+    group.add_argument("--trust-lo", type=float, metavar="F_LO", help="low force trust level, eV/Angstrom "
+                       "(DP-GEN's model_devi_f_trust_lo)")
+    group.add_argument("--trust-hi", type=float, metavar="F_HI", help="high force trust level, eV/Angstrom "
+                       "(DP-GEN's model_devi_f_trust_hi)")
+    if virial:
+        group.add_argument("--trust-lo-v", type=float, metavar="V_LO", help="low virial trust level, eV per atom "
+                           "(default: the virial is not used)")
+        group.add_argument("--trust-hi-v", type=float, metavar="V_HI", help="high virial trust level, eV per atom")
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -144,6 +169,62 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
 
 
+def _plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="plot deviation files: max_devi_f per bead against step, and its histogram",
+        description="Plot one or more deviation files (model_devi.out as LAMMPS, DP-GEN or this "
+        "driver write them): max_devi_f against step, one line per file (per bead), and the "
+        "histogram of max_devi_f over all rows. With trust levels, the accurate, candidate and "
+        "failed ranges are shaded and the share of rows in each is printed.",
+        epilog="example:\n  ensemble-driver plot model_devi*.out --trust-lo 0.05 --trust-hi 0.15 -o devi.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="deviation files (one per bead)")
+    p.add_argument("-o", "--output", default="devi.png", help="image to write; the suffix picks the "
+                   "format: .png, .pdf, .svg (default: %(default)s)")
+    add_trust_options(p, virial=False)
+    p.add_argument("--title", help="title of the left panel")
+
+
+def _devi_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "devi",
+        help="model deviation of existing trajectories (i-PI xyz, or anything ASE reads)",
+        description="Compute the model deviation of existing trajectories, for runs made without "
+        "the driver or to re-check a run with other models. Each trajectory file is one series "
+        "(one bead): its rows go to one deviation file written as a live run writes it, with the "
+        "same options and candidate selection. i-PI xyz files are read with their cell, units, "
+        "steps and beads from the comment lines; any other file goes through ase.io.read. Under "
+        "mpiexec the models and the frames are split over the ranks (a rank loads only its models).",
+        epilog="examples:\n"
+        "  # the 8 beads of an i-PI PIMD run, as DP-GEN names them (model_devi1.out ..):\n"
+        "  ensemble-driver devi sim.pos_*.xyz --models m0.pth m1.pth m2.pth m3.pth\n"
+        "  # a LAMMPS dump, every frame 10 steps apart, with candidates:\n"
+        "  mpiexec -n 4 ensemble-driver devi traj.dump --format lammps-dump-text --stride 10 \\\n"
+        "      --models m*.pth --trust-lo 0.05 --trust-hi 0.15",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("trajectories", nargs="+", metavar="TRAJ", help="trajectory files, one per bead, in bead order")
+    p.add_argument("--models", nargs="+", required=True, metavar="FILE", help="two or more DeePMD models")
+    p.add_argument("--format", dest="fmt", help="ASE format name when the suffix does not tell "
+                   "(e.g. lammps-dump-text); 'ipi' for i-PI xyz (found by itself for .xyz files)")
+    p.add_argument("--stride", type=int, default=1, help="steps between frames, for trajectories that "
+                   "do not carry their steps (default: 1)")
+    p.add_argument("--type-map", nargs="+", metavar="NAME", help="element names of the models' types")
+    p.add_argument("--batch", type=int, default=8, help="frames per model call (default: %(default)s)")
+    p.add_argument("--out-file", default="model_devi.out", help="deviation file for one trajectory; with "
+                   "several, the directory of the per-bead files (default: %(default)s)")
+    p.add_argument("--bead-files", default="dpgen", metavar="NAMING", help="per-bead names, as for run (default: dpgen)")
+    p.add_argument("--atomic", action="store_true", help="also write the force deviation of every atom")
+    p.add_argument("--relative", type=float, metavar="NU", help="relative force deviation (as run)")
+    p.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation (as run)")
+    add_trust_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--append", action="store_true", help="append to existing output files")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -153,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _run_parser(sub)
     _demo_parser(sub)
+    _plot_parser(sub)
+    _devi_parser(sub)
     return parser
 
 
@@ -180,9 +263,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "relative": args.relative,
         "relative_v": args.relative_v,
         "extras": args.extras,
+        "committee_json": args.committee_json,
         "overwrite": args.overwrite,
         "append": args.append,
         "step_offset": args.step_offset,
+        "trust_lo": args.trust_lo,
+        "trust_hi": args.trust_hi,
+        "trust_lo_v": args.trust_lo_v,
+        "trust_hi_v": args.trust_hi_v,
     }
     setup_logging(args.verbose or 0, args.quiet)
 
@@ -202,6 +290,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 #: How long a rank that knows the run failed waits for rank 0 to end the MPI job.
 LEADER_ABORT_WAIT_S = 60.0
+#: How long a rank that ends the MPI job waits for the launcher to forward its last output.
+ABORT_DRAIN_S = 0.3
 
 
 def exit_now(status: int, *, wait_for_leader: bool = False) -> None:
@@ -224,6 +314,10 @@ def exit_now(status: int, *, wait_for_leader: bool = False) -> None:
             if wait_for_leader:
                 threading.Event().wait(LEADER_ABORT_WAIT_S)
             else:
+                # MPICH's launcher kills every process on MPI_Abort and may drop what this
+                # rank wrote to stderr just before (seen under load: the error line lost);
+                # give it a moment to forward the output first
+                time.sleep(ABORT_DRAIN_S)
                 mpi.COMM_WORLD.Abort(status)
         else:
             mpi.Finalize()
@@ -239,7 +333,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         status, error = _guarded(_cmd_run, args)
         exit_now(status, wait_for_leader=getattr(error, "wait_for_leader", False))
+    if args.command == "devi":
+        status, _ = _guarded(_cmd_devi, args)
+        exit_now(status)
+    if args.command == "plot":
+        return _guarded(_cmd_plot, args)[0]
     return _guarded(_cmd_demo, args)[0]
+
+
+def _cmd_devi(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+    from .posthoc import DeviSettings, run_devi
+
+    setup_logging(args.verbose)
+    levels = RunConfig(trust_lo=args.trust_lo, trust_hi=args.trust_hi, trust_lo_v=args.trust_lo_v,
+                       trust_hi_v=args.trust_hi_v).trust_levels()
+    settings = DeviSettings(
+        trajectories=tuple(args.trajectories), models=tuple(args.models), fmt=args.fmt, stride=args.stride,
+        type_map=tuple(args.type_map) if args.type_map else None, out_file=args.out_file,
+        bead_files=args.bead_files, atomic=args.atomic, relative=args.relative, relative_v=args.relative_v,
+        overwrite=args.overwrite, append=args.append, trust=levels, batch=max(1, args.batch),
+    )
+    return run_devi(settings)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_deviation
+
+    counts = plot_deviation(args.files, args.output, trust_lo=args.trust_lo, trust_hi=args.trust_hi,
+                            title=args.title)
+    total = sum(counts.values())
+    shares = ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items()) if total else ""
+    print(f"wrote {args.output}" + (f": {shares}" if shares else ""))
+    return 0
 
 
 def _guarded(command, args: argparse.Namespace) -> tuple[int, DriverError | None]:

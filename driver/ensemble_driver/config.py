@@ -59,9 +59,25 @@ class RunConfig:
     relative: float | None = None
     relative_v: float | None = None
     extras: bool = False
+    committee_json: bool = False
     overwrite: bool = False
     append: bool = False
     step_offset: int = 0
+    # candidate selection (DP-GEN's trust levels)
+    trust_lo: float | None = None
+    trust_hi: float | None = None
+    trust_lo_v: float | None = None
+    trust_hi_v: float | None = None
+
+    def trust_levels(self):
+        """The trust levels, or None when candidates are not selected."""
+        if self.trust_lo is None and self.trust_hi is None:
+            if self.trust_lo_v is not None or self.trust_hi_v is not None:
+                raise ConfigError("--trust-lo-v/--trust-hi-v need --trust-lo and --trust-hi as well")
+            return None
+        from .selection import TrustLevels
+
+        return TrustLevels(self.trust_lo, self.trust_hi, self.trust_lo_v, self.trust_hi_v)
 
     def validated(self) -> RunConfig:
         """Check what can be checked without touching files; return self."""
@@ -84,6 +100,13 @@ class RunConfig:
             raise ConfigError(f"--step-offset must be >= 0, got {self.step_offset}")
         if self.step_offset and not self.append:
             raise ConfigError("--step-offset continues a restarted run: it needs --append")
+        if self.committee_json and len(self.models) < 2:
+            raise ConfigError("--committee-json sends every model's results: it needs two or more --models")
+        if self.committee_json and self.extras:
+            raise ConfigError("--committee-json and --extras exclude each other (both fill the extras)")
+        if self.trust_levels() is not None and (self.out_freq == 0 or len(self.models) < 2):
+            raise ConfigError("--trust-lo/--trust-hi select candidates by the deviation: they need "
+                              "two or more --models and --out-freq > 0")
         return self
 
 
@@ -119,7 +142,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ):
             return dict(value)
         raise bad('an object {"label": type index >= 0}')
-    if name in ("unix", "init_every_step", "atomic", "extras", "overwrite", "append"):
+    if name in ("unix", "init_every_step", "atomic", "extras", "committee_json", "overwrite", "append"):
         if isinstance(value, bool):
             return value
         raise bad("true or false")
@@ -137,7 +160,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if (value is None and name == "port") or (isinstance(value, int) and not isinstance(value, bool)):
             return value
         raise bad("an integer")
-    if name in ("relative", "relative_v"):
+    if name in ("relative", "relative_v", "trust_lo", "trust_hi", "trust_lo_v", "trust_hi_v"):
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return None if value is None else float(value)
         raise bad("a number or null")

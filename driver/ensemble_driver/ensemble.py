@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import parallel
+from . import parallel, units
 from .client import BatchRequest, Reply, Request
 from .deviation import Deviation, model_deviation
 from .errors import DriverError, ModelError, ProtocolError, ReportedError, UnsupportedTransport
 from .model import DeepPotModel, Evaluation
 from .output import BeadFiles
+from .selection import Selection
 from .signals import NoSignals, Stopped, StopSignals
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class DeviationSettings:
     relative_v: float | None = None
     atomic: bool = False
     extras: bool = False
+    committee: bool = False
 
 
 @dataclass
@@ -96,6 +98,7 @@ class _Job:
     receives: dict = field(default_factory=dict)  # rank -> (request, buffer)
     sends: list = field(default_factory=list)
     work_buffer: np.ndarray | None = None  # kept alive until the sends complete
+    row: bool = True  # a deviation row is written for it (committee mode: not every step)
 
     def complete(self) -> bool:
         if self.local_todo or self.receives:
@@ -125,8 +128,10 @@ class Leader:
         periodic: bool,
         settings: DeviationSettings,
         files: BeadFiles | None,
+        selection: Selection | None = None,
     ):
         self.comm = comm
+        self.selection = selection
         self.layout = layout
         self.model0 = local[0]
         self.local_extra = list(local[1:])
@@ -154,7 +159,11 @@ class Leader:
         cell = request.cell if self.periodic else None
         check_cell(cell, f"bead {request.rid}, step {request.step}")
         job = None
-        if self.deviation_on and request.step % self.settings.out_freq == 0:
+        if self.settings.committee:  # every model on every structure
+            row = self.deviation_on and request.step % self.settings.out_freq == 0 and request.rid < self.settings.nbeads
+            job = self._dispatch(request, cell)
+            job.row = row
+        elif self.deviation_on and request.step % self.settings.out_freq == 0:
             if request.rid < self.settings.nbeads:
                 job = self._dispatch(request, cell)
             elif request.rid not in self._warned_rids:
@@ -169,7 +178,12 @@ class Leader:
             job.energies[0] = result.energy
             job.forces[0] = result.forces
             job.virials[0] = result.virial
-        if self.settings.extras:
+        if self.settings.committee:
+            self._write_until(job)  # the answer needs every model's result for this structure
+            if self._fatal is None:
+                extras = committee_extras(job)
+            # after a failure the answer goes without the committee; after_reply raises it
+        elif self.settings.extras:
             extras = self._sentinel_extras
             if job is not None:
                 row = self._write_until(job)  # --extras needs this step's row now
@@ -187,6 +201,10 @@ class Leader:
     # -- i-PI's batched transport -----------------------------------------------------
     def begin_batches(self, batch_size: int, init_every_step: bool) -> None:
         """Called at the INIT that announces batching: refuse what cannot work with it."""
+        if self.settings.committee:
+            raise UnsupportedTransport(
+                "--committee-json cannot be used with i-PI's batched transport (<batch_size>) yet"
+            )
         if self.settings.extras:
             raise UnsupportedTransport(
                 "--extras cannot be used with i-PI's batched transport (<batch_size>): which bead each "
@@ -337,11 +355,15 @@ class Leader:
         while self._jobs and self._jobs[0].complete() and self._fatal is None:
             self._write(self._jobs.popleft())
 
-    def _write(self, job: _Job) -> Deviation:
+    def _write(self, job: _Job) -> Deviation | None:
+        if not job.row:
+            return None
         s = self.settings
         row = model_deviation(job.forces, job.virials, relative=s.relative, relative_v=s.relative_v, atomic=s.atomic)
         if self.files is not None and self.files.write(job.rid, job.step, row):
             self.rows_by_bead[job.rid] = self.rows_by_bead.get(job.rid, 0) + 1
+            if self.selection is not None:
+                self.selection.add(job.rid, job.step, row, job.positions, job.cell)
         return row
 
     def _write_until(self, target: _Job | None, deadline: float | None = None) -> Deviation | None:
@@ -402,6 +424,18 @@ class Leader:
         if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + STOP_DEADLINE_S):
             log.error("followers did not take the stop message within %.0f s: aborting the MPI job", STOP_DEADLINE_S)
             self.comm.Abort(status or 1)
+
+
+def committee_extras(job: _Job) -> bytes:
+    """i-PI's committee JSON (``<ffcommittee>`` with ``<parse_json>``, ipi/engine/
+    forcefields.py FFCommittee.gather): every model's energy, forces (3N, flat) and virial
+    (9, flat, i-PI's orientation), in atomic units, which i-PI takes as they are."""
+    n = len(job.energies)
+    return json.dumps({
+        "committee_pot": units.energy_to_wire(job.energies).tolist(),
+        "committee_force": units.forces_to_wire(job.forces).reshape(n, -1).tolist(),
+        "committee_virial": units.virial_to_wire(job.virials).reshape(n, 9).tolist(),
+    }).encode()
 
 
 def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: StopSignals | None = None) -> int:

@@ -61,6 +61,8 @@ def prepare_input(
     if verbosity is not None:
         root.set("verbosity", verbosity)
     ffsocket = root.find("ffsocket")
+    if ffsocket is None:  # i-PI's committee wraps its sockets
+        ffsocket = root.find("ffcommittee/ffsocket")
     if ffsocket is None:
         raise ValueError(f"{src}: no <ffsocket>")
     if socket.mode is not None:

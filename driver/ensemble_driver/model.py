@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, ModelError
+from .signals import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class DeepPotModel:
         check_model_file(path)
         try:
             DeepPot = _import_deep_pot(self.path)
+        except Stopped:
+            raise  # a signal during the (slow) import is not an import failure
         except Exception as exc:
             raise ModelError(f"cannot import deepmd-kit to load {self.path}: {one_line(exc)}") from None
         try:

@@ -1,0 +1,322 @@
+"""``ensemble-driver devi``: the model deviation of existing trajectories.
+
+For runs made without the driver, or to re-check a run with other models. Every input
+file is one series (one bead): its rows go to one deviation file, named as in a live run
+(one file: ``--out-file``; several: per bead, ``--bead-files``), in the same format, with
+the same options (``--relative``, ``--relative-v``, ``--atomic``) and the same candidate
+selection (``--trust-lo``/``--trust-hi``: candidates*.xyz and devi_summary.json).
+
+Input formats:
+
+- i-PI's xyz trajectories (``<trajectory format='xyz'> positions </trajectory>``): the
+  comment line carries the cell (``CELL(abcABC)``), the step, the bead and the units of
+  positions and cell (``positions{atomic_unit}`` by default in i-PI, or ``angstrom``,
+  ``nanometer``, ``ase``); they are read here, since ASE would take Bohr for Angstrom;
+- anything else ASE reads (extxyz, LAMMPS dumps with ``--format lammps-dump-text``, VASP,
+  ASE trajectories, ...).
+
+The step of a row is the trajectory's own (i-PI's ``Step:``, also inside the
+``ipi_comment`` of its ``format='ase'`` extxyz, or extxyz ``step=``) when it
+carries one, else the frame's index times ``--stride``.
+
+Under ``mpiexec`` the models and the frames are split over the ranks (``DeviLayout``:
+with no more ranks than models each rank loads only its models; with twice as many or
+more, groups of ranks take every G-th frame) and rank 0 writes the files; alone, one
+process does it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import parallel, units
+from .deviation import model_deviation
+from .errors import ConfigError, DriverError, ModelError
+from .model import DeepPotModel, check_model_file
+from .output import BeadFiles, bead_file_names
+from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
+
+log = logging.getLogger(__name__)
+
+#: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
+LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
+_CELL = re.compile(r"CELL\((abcABC|GENH)\):\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
+_STEP = re.compile(r"Step:\s*(\d+)")
+
+
+@dataclass
+class Frame:
+    symbols: list[str]
+    positions: np.ndarray  # (nat, 3) Angstrom
+    cell: np.ndarray | None  # (3, 3) Angstrom, rows = lattice vectors; None: not periodic
+    step: int | None
+
+
+def _unit(comment: str, what: str, path: Path, lineno: int) -> float:
+    match = re.search(what + r"\{(\w+)\}", comment)
+    name = match.group(1) if match else "atomic_unit"  # i-PI's default
+    if name not in LENGTH_UNITS:
+        raise ConfigError(f"{path}, line {lineno}: unit {what}{{{name}}} not supported "
+                          f"(known: {', '.join(LENGTH_UNITS)})")
+    return LENGTH_UNITS[name]
+
+
+def read_ipi_xyz(path: Path) -> list[Frame]:
+    """Frames of an i-PI xyz trajectory, in Angstrom."""
+    from ase.geometry import cellpar_to_cell
+
+    lines = path.read_text().splitlines()
+    frames = []
+    k = 0
+    while k < len(lines):
+        if not lines[k].strip():
+            k += 1
+            continue
+        try:
+            nat = int(lines[k].split()[0])
+        except ValueError:
+            raise ConfigError(f"{path}, line {k + 1}: expected the number of atoms, got {lines[k][:40]!r}") from None
+        if k + 2 + nat > len(lines):
+            raise ConfigError(f"{path}, line {k + 1}: frame of {nat} atoms cut short (the file ends)")
+        comment = lines[k + 1]
+        cell_match = _CELL.search(comment)
+        if not cell_match:
+            raise ConfigError(f"{path}, line {k + 2}: no CELL(abcABC) or CELL(GENH) in the comment line")
+        numbers = [float(x.replace("d", "e").replace("D", "e")) for x in cell_match.group(2).split()]
+        cell_scale = _unit(comment, "cell", path, k + 2)
+        if cell_match.group(1) == "abcABC":
+            cell = cellpar_to_cell([numbers[0] * cell_scale, numbers[1] * cell_scale, numbers[2] * cell_scale,
+                                    *numbers[3:6]])
+        else:  # GENH: i-PI's h, lattice vectors as columns, row-major
+            cell = np.array(numbers[:9]).reshape(3, 3).T * cell_scale
+        scale = _unit(comment, "positions", path, k + 2)
+        step = _STEP.search(comment)
+        symbols, positions = [], np.empty((nat, 3))
+        for i in range(nat):
+            fields = lines[k + 2 + i].split()
+            try:
+                positions[i] = [float(x) for x in fields[1:4]]
+            except (ValueError, IndexError):
+                raise ConfigError(f"{path}, line {k + 3 + i}: expected 'label x y z'") from None
+            symbols.append(fields[0])
+        frames.append(Frame(symbols, positions * scale, cell, int(step.group(1)) if step else None))
+        k += 2 + nat
+    return frames
+
+
+def is_ipi_xyz(path: Path) -> bool:
+    with open(path, errors="replace") as f:
+        f.readline()
+        return "CELL(" in f.readline()
+
+
+def read_frames(path: str | Path, fmt: str | None = None) -> list[Frame]:
+    """Every frame of one trajectory file (i-PI xyz or anything ASE reads)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"trajectory {path}: no such file")
+    if fmt in (None, "ipi") and path.suffix == ".xyz" and is_ipi_xyz(path):
+        return read_ipi_xyz(path)
+    if fmt == "ipi":
+        raise ConfigError(f"trajectory {path}: not an i-PI xyz file (no CELL(...) on its second line)")
+    import ase.io
+
+    try:
+        images = ase.io.read(path, index=":", format=fmt)
+    except Exception as exc:  # ASE raises many kinds
+        raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
+    frames = []
+    for atoms in images:
+        periodic = bool(atoms.pbc.any())
+        step = atoms.info.get("step", atoms.info.get("timestep"))
+        if step is None and isinstance(atoms.info.get("ipi_comment"), str):
+            # i-PI's format='ase' (extxyz) keeps its own comment line here: "Step: N  Bead: b ..."
+            found = _STEP.search(atoms.info["ipi_comment"])
+            step = found.group(1) if found else None
+        frames.append(Frame(atoms.get_chemical_symbols(), atoms.positions.copy(),
+                            atoms.cell.array.copy() if periodic else None,
+                            int(step) if step is not None else None))
+    return frames
+
+
+@dataclass(frozen=True)
+class DeviSettings:
+    trajectories: tuple[str, ...]
+    models: tuple[str, ...]
+    fmt: str | None = None
+    stride: int = 1
+    type_map: tuple[str, ...] | None = None
+    out_file: str = "model_devi.out"
+    bead_files: str = "dpgen"
+    atomic: bool = False
+    relative: float | None = None
+    relative_v: float | None = None
+    overwrite: bool = False
+    append: bool = False
+    trust: TrustLevels | None = None
+    batch: int = 8
+
+    def validated(self) -> "DeviSettings":
+        if len(self.models) < 2:
+            raise ConfigError("devi needs two or more --models (the deviation is their spread)")
+        if not self.trajectories:
+            raise ConfigError("no trajectory given")
+        if self.stride < 1:
+            raise ConfigError(f"--stride must be >= 1, got {self.stride}")
+        if self.overwrite and self.append:
+            raise ConfigError("--overwrite and --append exclude each other")
+        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        return self
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    if sys.stderr.isatty():
+        rate = done / max(time.monotonic() - started, 1e-9)
+        left = (total - done) / rate if rate else 0
+        sys.stderr.write(f"\r  {done}/{total} frames on rank 0, {rate:.1f}/s, ~{left:.0f} s left ")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class DeviLayout:
+    """How ``devi`` splits its work over R ranks and M models: the ranks form G =
+    max(1, R // M) groups (rank r is in group r % G); each group takes every G-th frame,
+    and within a group of k ranks the rank at position p holds models p, p + k, ... (none
+    when p >= M). So with R <= M the models are split and every rank sees every frame;
+    with R >= 2M the frames are split too."""
+
+    groups: int
+    group: int
+    position: int
+    size: int
+    models: tuple[int, ...]
+
+    @classmethod
+    def of(cls, rank: int, n_ranks: int, n_models: int) -> "DeviLayout":
+        groups = max(1, n_ranks // n_models)
+        group = rank % groups
+        size = len(range(group, n_ranks, groups))
+        position = rank // groups
+        return cls(groups, group, position, size, tuple(range(position, n_models, size)))
+
+
+def _on_rank(exc: DriverError, rank: int) -> DriverError:
+    """An error met by one rank alone: it prints it itself, naming the rank."""
+    error = DriverError(f"rank {rank}: {exc}")
+    error.exit_status = exc.exit_status
+    error.print_here = True
+    return error
+
+
+def run_devi(settings: DeviSettings, comm=None) -> int:
+    """Compute and write the deviation of every frame of every trajectory. Returns 0."""
+    settings.validated()
+    comm = comm if comm is not None else parallel.world()
+    for path in settings.models:
+        check_model_file(path)
+    series = [read_frames(t, settings.fmt) for t in settings.trajectories]
+    for path, frames in zip(settings.trajectories, series):
+        if not frames:
+            raise ConfigError(f"trajectory {path}: no frames")
+        for k, f in enumerate(frames):
+            if f.symbols != frames[0].symbols:
+                raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
+    n_models = len(settings.models)
+    layout = DeviLayout.of(comm.rank, comm.size, n_models)
+    group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
+    try:
+        rows = _evaluate(settings, series, layout, group)
+    except DriverError as exc:
+        raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
+    gathered = comm.gather(rows, root=0) if comm.size > 1 else [rows]
+    if comm.rank != 0:
+        return 0
+    for part in gathered:
+        rows.update(part)
+    _write(settings, series, rows)
+    return 0
+
+
+def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group) -> dict:
+    """This rank's share: its models on its group's frames, in chunks of one series (one
+    model call per chunk and model); the group's first rank gathers the chunk's forces
+    and virials of all models and keeps the rows."""
+    n_models = len(settings.models)
+    models = {m: DeepPotModel(settings.models[m], type_map=settings.type_map) for m in layout.models}
+    types = {(s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
+             for s, frames in enumerate(series) for m in models}
+    tasks = [(s, k) for s, frames in enumerate(series) for k in range(len(frames))]
+    mine = tasks[layout.group :: layout.groups]
+    rows: dict[tuple[int, int], object] = {}
+    started = time.monotonic()
+    k = 0
+    while k < len(mine):
+        s = mine[k][0]
+        chunk = [t for t in mine[k : k + settings.batch] if t[0] == s]
+        frames = [series[s][i] for _, i in chunk]
+        positions = np.stack([f.positions for f in frames])
+        cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
+        forces, virials = {}, {}
+        for m, model in models.items():
+            result = model.evaluate_batch(positions, cells, types[(s, m)])
+            if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
+                raise ModelError(f"model {settings.models[m]} returned non-finite forces or virial on "
+                                 f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}")
+            forces[m], virials[m] = result.forces, result.virial
+        if layout.size > 1:
+            parts = group.gather((forces, virials), root=0)
+            if layout.position != 0:
+                k += len(chunk)
+                continue
+            for f, v in parts:
+                forces.update(f)
+                virials.update(v)
+        stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
+        stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
+        for j, task in enumerate(chunk):
+            rows[task] = model_deviation(stacked_f[j], stacked_v[j], relative=settings.relative,
+                                         relative_v=settings.relative_v, atomic=settings.atomic)
+        k += len(chunk)
+        if layout.group == 0 and layout.position == 0:
+            _progress(k, len(mine), started)
+    return rows
+
+
+def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) -> None:
+    names = bead_file_names(settings.out_file, settings.bead_files, len(series))
+    mode = "append" if settings.append else "overwrite" if settings.overwrite else "new"
+    selection = None
+    if settings.trust is not None:
+        selection = Selection(settings.trust, candidate_file_names(names), summary_file_name(names), mode=mode)
+    files = BeadFiles(names, atomic=settings.atomic, mode=mode)
+    try:
+        for s, frames in enumerate(series):
+            if selection is not None:
+                selection.symbols = frames[0].symbols
+            for k, frame in enumerate(frames):
+                step = frame.step if frame.step is not None else k * settings.stride
+                row = rows[(s, k)]
+                files.write(s, step, row)
+                if selection is not None:
+                    selection.add(s, step, row, frame.positions, frame.cell)
+    finally:
+        files.close()
+        if selection is not None:
+            selection.close()
+    total = sum(len(f) for f in series)
+    print(f"wrote {total} deviation rows to {', '.join(names) if len(names) <= 4 else names[0] + ' .. ' + names[-1]}")
+    if selection is not None:
+        print(f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+              f"counts in {selection.summary_file}")
