@@ -4,7 +4,8 @@
 
 Runs ``ensemble-driver run`` in this process under ``cProfile`` (model 0, no deviation)
 against a real i-PI, then prints the functions by own time and, per step, the time the
-driver spends outside ``DeepPot.eval`` (socket, unit conversion, bookkeeping).
+driver spends outside the model call (socket, unit conversion, bookkeeping, and waiting
+for i-PI).
 """
 
 from __future__ import annotations
@@ -64,14 +65,16 @@ def main() -> int:
     stats.sort_stats("tottime").print_stats(args.top)
     print("the driver's own functions, by cumulative time:")
     stats.sort_stats("cumulative").print_stats("ensemble_driver", args.top)
-    evals = [(k, v) for k, v in stats.stats.items() if k[2] == "eval" and "deep_eval" in k[0]]
-    in_eval = max((v[3] for k, v in evals), default=0.0)  # cumulative time of DeepPot.eval
+    # the model's share: DeepPotModel.evaluate_batch (the direct PyTorch path or DeepPot.eval)
+    evals = [(k, v) for k, v in stats.stats.items() if k[2] == "evaluate_batch" and k[0].endswith("model.py")]
+    in_eval = max((v[3] for k, v in evals), default=0.0)
     calls = max((v[1] for k, v in evals), default=0)
     loop = [(k, v) for k, v in stats.stats.items() if k[2] == "run" and k[0].endswith("client.py")]
     in_loop = loop[0][1][3] if loop else float("nan")
-    print(f"wall {wall:.2f} s; Session.run {in_loop:.2f} s; DeepPot.eval {in_eval:.2f} s in {calls} calls")
+    print(f"wall {wall:.2f} s; Session.run {in_loop:.2f} s; model calls {in_eval:.2f} s in {calls} calls "
+          "(times include cProfile's own overhead)")
     if calls:
-        print(f"per step: {1000 * in_eval / calls:.3f} ms in DeepPot.eval, "
+        print(f"per step: {1000 * in_eval / calls:.3f} ms in the model call, "
               f"{1000 * (in_loop - in_eval) / calls:.3f} ms elsewhere in the session (waiting on i-PI included)")
     return 0
 
