@@ -109,3 +109,18 @@ def test_no_inet_server_names_host_and_port(model_paths):
     [line] = error_lines(proc)
     assert f"could not connect to INET socket localhost:{port} within 1 s" in line
     assert "Connection refused" in line
+
+
+@pytest.mark.parametrize("script", ["step_cost.py", "deviation_cost.py", "pimd_batch.py", "profile_step.py", "soak.py"])
+def test_benchmark_scripts_parse_their_options(script):
+    """The benchmarks are not run in CI (they take minutes and their numbers need a quiet
+    machine); this keeps them importable and their --help true to their docstring."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage:"), proc.stdout[:500]
