@@ -40,6 +40,20 @@ def test_run_help_teaches():
         assert needed in proc.stdout
 
 
+@pytest.mark.parametrize("command", ["run", "devi", "plot", "demo"])
+def test_help_paragraphs_fit_the_terminal(command):
+    """Descriptions and prose in the epilogs wrap to the terminal's width; indented lines
+    (example commands) are kept as written."""
+    import os
+
+    proc = subprocess.run([tool("ensemble-driver"), command, "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "72"})
+    assert proc.returncode == 0
+    prose = [line for line in proc.stdout.splitlines() if line and not line[0].isspace()]
+    assert len(prose) > 2
+    assert max(len(line) for line in prose) <= 72, max(prose, key=len)
+
+
 def test_python_dash_m_works():
     proc = subprocess.run([sys.executable, "-m", "ensemble_driver", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("ensemble-driver ")

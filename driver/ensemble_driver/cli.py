@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -52,13 +53,27 @@ exit status:
 """
 
 
+class _ParagraphFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps each unindented line of a description or epilog as a paragraph to the
+    terminal's width; indented lines (commands, tables) are kept as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for line in text.splitlines():
+            if line and not line[0].isspace():
+                out.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
+            else:
+                out.append(indent + line if line else "")
+        return "\n".join(out)
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="serve an i-PI protocol server with DeePMD models",
         description="Serve an i-PI protocol server with DeePMD models.",
         epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_ParagraphFormatter,
     )
     p.add_argument(
         "--models",
@@ -178,7 +193,7 @@ def _plot_parser(sub: argparse._SubParsersAction) -> None:
         "histogram of max_devi_f over all rows. With trust levels, the accurate, candidate and "
         "failed ranges are shaded and the share of rows in each is printed.",
         epilog="example:\n  ensemble-driver plot model_devi*.out --trust-lo 0.05 --trust-hi 0.15 -o devi.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_ParagraphFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="deviation files (one per bead)")
     p.add_argument("-o", "--output", default="devi.png", help="image to write; the suffix picks the "
@@ -203,7 +218,7 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
         "  # a LAMMPS dump, every frame 10 steps apart, with candidates:\n"
         "  mpiexec -n 4 ensemble-driver devi traj.dump --format lammps-dump-text --stride 10 \\\n"
         "      --models m*.pth --trust-lo 0.05 --trust-hi 0.15",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_ParagraphFormatter,
     )
     p.add_argument("trajectories", nargs="+", metavar="TRAJ", help="trajectory files, one per bead, in bead order")
     p.add_argument("--models", nargs="+", required=True, metavar="FILE", help="two or more DeePMD models")
