@@ -78,3 +78,35 @@ def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkey
     first = model.evaluate(positions[0], cells[0], types)
     assert model._direct is None
     assert model.evaluate(positions[0], cells[0], types).energy == first.energy
+
+
+def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
+    """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment
+    (README, "Comparison with deepmd-kit's dp_ipi"): run in .venv-tf with
+    ENSEMBLE_DRIVER_TEST_PB=path/to/model.pb (a Cu/Au model, e.g. the one
+    examples/compare_dp_ipi/compare_dp_ipi.py trains)."""
+    import os
+
+    pb = os.environ.get("ENSEMBLE_DRIVER_TEST_PB")
+    if not pb:
+        pytest.skip("ENSEMBLE_DRIVER_TEST_PB is not set")
+    pytest.importorskip("deepmd.tf")
+    from ensemble_driver.model import DeepPotModel, _TFDirect
+
+    frames, positions, cells = structures
+    model = DeepPotModel(pb)
+    assert isinstance(model._direct, _TFDirect) and not model._direct.checked
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    model.evaluate(positions[0], cells[0], types)
+    assert model._direct is not None and model._direct.checked
+    dp = model._dp
+    for cell_or_none in (cells, None):  # periodic, then not (deepmd-kit's stand-in box)
+        got = model.evaluate_batch(positions, cell_or_none, types)
+        boxes = None if cell_or_none is None else cell_or_none.reshape(len(cells), 9)
+        e, f, v = dp.eval(positions.reshape(len(positions), -1), boxes, types)[:3]
+        np.testing.assert_allclose(got.energy, np.ravel(e), rtol=1e-12)
+        np.testing.assert_allclose(got.forces, np.reshape(f, positions.shape), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.virial, np.reshape(v, (-1, 3, 3)), rtol=1e-10, atol=1e-11)
+        assert not np.allclose(got.forces[0], got.forces[1])
+    monkeypatch.setenv("ENSEMBLE_DRIVER_PLAIN_EVAL", "1")
+    assert DeepPotModel(pb)._direct is None

@@ -108,7 +108,7 @@ class DeepPotModel:
                     "which the i-PI protocol cannot carry"
                 )
         self.rcut = float(self._dp.get_rcut())
-        self._direct = _TorchDirect.for_model(self._dp)
+        self._direct = _direct_evaluator(self._dp)
         log.debug("loaded %s: type map %s, rcut %.2f A", self.path, self.type_map, self.rcut)
 
     def atom_types(self, elements: Sequence[str], template: str = "the template") -> np.ndarray:
@@ -148,7 +148,40 @@ class DeepPotModel:
         return result
 
 
-class _TorchDirect:
+class _Direct:
+    """A backend's evaluator called below ``DeepPot.eval``; used only once checked."""
+
+    backend = "?"
+    checked = False
+
+    def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+        raise NotImplementedError
+
+    def verified_against(self, expected: BatchEvaluation, positions, cells, atom_types, path: str) -> "_Direct | None":
+        """Self, marked checked, if it reproduces ``expected`` (``DeepPot.eval`` on the same
+        structures) to rounding (1e-10 of each quantity's largest value); None otherwise."""
+        try:
+            got = self(positions, cells, atom_types)
+            # TorchScript's first (profiling) runs may round differently in the last bit, and
+            # TensorFlow sums a virial of many atoms in another order when fewer outputs are
+            # fetched: compare to rounding on the scale of each quantity
+            same = True
+            for k in ("energy", "forces", "virial"):
+                want = getattr(expected, k)
+                scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+                same &= bool(np.allclose(getattr(got, k), want, rtol=1e-10, atol=1e-10 * scale))
+        except Exception as exc:
+            log.debug("%s: direct %s evaluation failed (%s); using DeepPot.eval", path, self.backend, one_line(exc))
+            return None
+        if not same:
+            log.debug("%s: direct %s evaluation differs from DeepPot.eval; using DeepPot.eval", path, self.backend)
+            return None
+        self.checked = True
+        log.debug("%s: direct %s evaluation matches DeepPot.eval; using it", path, self.backend)
+        return self
+
+
+class _TorchDirect(_Direct):
     """deepmd-kit's PyTorch evaluator called one level below ``DeepPot.eval``.
 
     ``DeepPot.eval`` does, on every call, work that a driver evaluating the same atoms
@@ -168,19 +201,16 @@ class _TorchDirect:
     ``ENSEMBLE_DRIVER_PLAIN_EVAL=1`` turns it off.
     """
 
+    backend = "PyTorch"
+
     def __init__(self, deep_eval, torch, device):
         self._de = deep_eval
         self._torch = torch
         self._device = device
         self._types: dict[tuple[int, int], object] = {}
-        self.checked = False
 
     @classmethod
     def for_model(cls, deep_pot) -> "_TorchDirect | None":
-        import os
-
-        if os.environ.get("ENSEMBLE_DRIVER_PLAIN_EVAL", "") not in ("", "0"):
-            return None
         de = getattr(deep_pot, "deep_eval", None)
         if type(de).__module__ != "deepmd.pt.infer.deep_eval":
             return None
@@ -229,20 +259,89 @@ class _TorchDirect:
             virial=out["virial"].detach().cpu().numpy().astype(np.float64, copy=False).reshape(nframes, 3, 3),
         )
 
-    def verified_against(self, expected: BatchEvaluation, positions, cells, atom_types, path: str) -> "_TorchDirect | None":
-        """Self, marked checked, if it reproduces ``expected`` (``DeepPot.eval`` on the same
-        structures) to rounding (1e-10); None otherwise."""
+
+class _TFDirect(_Direct):
+    """deepmd-kit's TensorFlow session run directly, below ``DeepPot.eval``.
+
+    For a ``.pb`` model ``DeepPot.eval`` (deepmd-kit 3.2, ``deepmd/tf/infer/deep_eval.py``)
+    does on every call: converts and reshapes its inputs, sorts the atoms by type
+    (``lexsort``), counts them per type, builds the mesh and the feed dictionary, goes
+    through its automatic batch splitter, fetches five outputs (the per-atom energy and
+    virial too) and maps each back to the input order. A driver's atoms keep their types
+    for the whole run, so here the sort order and every input but the coordinates and the
+    cell are made once per shape, by deepmd-kit's own ``_prepare_feed_dict``, and only the
+    energy, forces and virial are fetched. Used, like ``_TorchDirect``, for plain energy
+    models (no spin, modifier, external field, fparam or aparam) and only after the first
+    structure gave ``DeepPot.eval``'s results to rounding.
+    """
+
+    backend = "TensorFlow"
+
+    def __init__(self, deep_eval):
+        self._de = deep_eval
+        out = deep_eval.output_tensors
+        self._fetch = [out["energy_redu"], out["energy_derv_r"], out["energy_derv_c_redu"]]
+        self._coord = deep_eval.tensors["coord"]
+        self._box = deep_eval.tensors["box"]
+        self._box_rank = len(self._box.shape)
+        self._key: tuple | None = None
+        self._types: np.ndarray | None = None
+        self._feed: dict = {}
+        self._imap = np.zeros(0, dtype=int)
+
+    @classmethod
+    def for_model(cls, deep_pot) -> "_TFDirect | None":
+        de = getattr(deep_pot, "deep_eval", None)
+        if type(de).__module__ != "deepmd.tf.infer.deep_eval":
+            return None
         try:
-            got = self(positions, cells, atom_types)
-            # TorchScript's first (profiling) runs may round differently in the last bit
-            same = all(np.allclose(getattr(got, k), getattr(expected, k), rtol=1e-10, atol=1e-10)
-                       for k in ("energy", "forces", "virial"))
-        except Exception as exc:
-            log.debug("%s: direct PyTorch evaluation failed (%s); using DeepPot.eval", path, one_line(exc))
+            usable = (
+                getattr(de, "neighbor_list", True) is None
+                and getattr(de, "modifier_type", True) is None
+                and not getattr(de, "has_spin", True)
+                and not getattr(de, "has_efield", True)
+                and not getattr(de, "has_fparam", True)
+                and not getattr(de, "has_aparam", True)
+                and callable(getattr(de, "_prepare_feed_dict", None))
+                and all(k in de.output_tensors for k in ("energy_redu", "energy_derv_r", "energy_derv_c_redu"))
+                and len(de.tensors["box"].shape) in (1, 2)
+            )
+            return cls(de) if usable else None
+        except Exception as exc:  # an other deepmd-kit: keep DeepPot.eval
+            log.debug("direct TensorFlow evaluation not available: %s", one_line(exc))
             return None
-        if not same:
-            log.debug("%s: direct PyTorch evaluation differs from DeepPot.eval; using DeepPot.eval", path)
-            return None
-        self.checked = True
-        log.debug("%s: direct PyTorch evaluation matches DeepPot.eval; using it", path)
-        return self
+
+    def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+        nframes, nat = positions.shape[:2]
+        key = (nframes, nat, cells is None)
+        if key != self._key or not np.array_equal(atom_types, self._types):
+            # once per shape: deepmd-kit's own sorted types, atom counts and mesh (and,
+            # without a cell, its stand-in box)
+            feed, imap = self._de._prepare_feed_dict(
+                positions.reshape(nframes, nat * 3), None if cells is None else cells.reshape(nframes, 9),
+                np.tile(atom_types, (nframes, 1)),
+            )[:2]
+            self._feed, self._imap = feed, np.asarray(imap)
+            self._key, self._types = key, np.array(atom_types, copy=True)
+        feed = self._feed
+        feed[self._coord] = positions[:, self._imap, :].astype(np.float64, copy=False).reshape(-1)
+        if cells is not None:
+            box = np.asarray(cells, dtype=np.float64)
+            feed[self._box] = box.reshape(-1) if self._box_rank == 1 else box.reshape(nframes, 9)
+        energy, force, virial = self._de.sess.run(self._fetch, feed_dict=feed)
+        forces = np.empty((nframes, nat, 3))
+        forces[:, self._imap, :] = np.asarray(force, dtype=np.float64).reshape(nframes, nat, 3)
+        return BatchEvaluation(
+            energy=np.asarray(energy, dtype=np.float64).reshape(nframes),
+            forces=forces,
+            virial=np.asarray(virial, dtype=np.float64).reshape(nframes, 3, 3),
+        )
+
+
+def _direct_evaluator(deep_pot) -> _Direct | None:
+    """The direct evaluator for this model's backend, None for DeepPot.eval."""
+    import os
+
+    if os.environ.get("ENSEMBLE_DRIVER_PLAIN_EVAL", "") not in ("", "0"):
+        return None
+    return _TorchDirect.for_model(deep_pot) or _TFDirect.for_model(deep_pot)
