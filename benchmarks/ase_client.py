@@ -21,6 +21,9 @@ class DPForSocket(DP):
 
 
 def main() -> int:
+    if len(sys.argv) != 4 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
     model, structure, address = sys.argv[1:4]
     atoms = ase.io.read(structure)
     atoms.calc = DPForSocket(model)

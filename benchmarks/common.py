@@ -51,10 +51,10 @@ def write_structures(directory: Path, natoms: int) -> tuple[Path, Path]:
 class Client:
     name: str
     argv: list[str]  # "ADDRESS" is replaced by the socket name of the run
-    model_ms: float | None  # the model's share for this client's model, None for dummy
     ok_status: frozenset = frozenset({0})
     files: dict[str, str] = field(default_factory=dict)  # written in the run directory, "ADDRESS" replaced
     env: dict[str, str] = field(default_factory=dict)  # added to the environment
+    model: tuple[str, Path] | None = None  # (python, model file): time the model's share in each round
 
     def environ(self) -> dict[str, str] | None:
         return {**os.environ, **self.env} if self.env else None

@@ -68,7 +68,7 @@ def main() -> int:
     started = time.time()
     rows = []
     for name, models, ranks, compressed in CONFIGS:
-        client = Client(name, driver(models, ranks, work if compressed else None), None, env=ONE_THREAD)
+        client = Client(name, driver(models, ranks, work if compressed else None), env=ONE_THREAD)
         seconds = time_per_step(work / f"m{models}r{ranks}", client, ipi_xyz, args.steps, timeout=3600)
         rows.append({"config": name, "models": models, "ranks": ranks, "compressed": compressed,
                      "ms_per_step": seconds * 1000})

@@ -15,6 +15,9 @@ from deepmd.infer import DeepPot
 
 
 def main() -> int:
+    if len(sys.argv) not in (3, 4) or sys.argv[1] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
     model, structure = sys.argv[1:3]
     calls = int(sys.argv[3]) if len(sys.argv) > 3 else 30
     atoms = ase.io.read(structure)

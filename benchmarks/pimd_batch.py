@@ -49,11 +49,11 @@ def main() -> int:
     rows = []
     for nbeads in args.beads:
         configs = [
-            ("one driver, a request per bead", Client("single", driver, None), 1, None),
-            ("two drivers, a request per bead", Client("two", driver, None, env=ONE_THREAD), 2, None),
-            (f"one driver, batches of {nbeads}", Client("batched", driver, None), 1, nbeads),
-            ("compressed: one driver, a request per bead", Client("c-single", compressed, None), 1, None),
-            (f"compressed: one driver, batches of {nbeads}", Client("c-batched", compressed, None), 1, nbeads),
+            ("one driver, a request per bead", Client("single", driver), 1, None),
+            ("two drivers, a request per bead", Client("two", driver, env=ONE_THREAD), 2, None),
+            (f"one driver, batches of {nbeads}", Client("batched", driver), 1, nbeads),
+            ("compressed: one driver, a request per bead", Client("c-single", compressed), 1, None),
+            (f"compressed: one driver, batches of {nbeads}", Client("c-batched", compressed), 1, nbeads),
         ]
         for name, client, copies, batch in configs:
             seconds = time_per_step(work / f"p{nbeads}_{client.name}", client, ipi_xyz, args.steps, timeout=3600,

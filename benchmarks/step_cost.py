@@ -11,7 +11,9 @@ default consolidated messages) with, one after another:
 
 i-PI measures the time per step itself (``verbosity='medium'``: the mean over each 100
 steps); the windows up to step 100 (warm-up) are dropped. The model's share is ``DeepPot.eval`` in a
-fresh process of the same environment (``model_time.py``). Reported per client: the time
+fresh process of the same environment (``model_time.py``), timed again in every round just
+before the first client that uses the model (the machine's speed drifts by 10-20% over
+minutes), and its median over the rounds is used. Reported per client: the time
 per step, the time it adds on top of i-PI's own share, that divided by the model's share
 (1.00 is the floor: the client adds nothing but the model), and its time relative to
 ensemble-driver's. A table (Markdown) and a PNG plot are written to ``--out``.
@@ -45,18 +47,16 @@ def clients_for(natoms: int, structures: tuple[Path, Path], work: Path, args) ->
     m0 = ROOT / "examples" / "models" / "m0.pth"
     m0c = compress(m0, work / "m0_compressed.pth")
     py = sys.executable
-    m0_ms = model_ms(py, m0, ase_xyz)
     ours = [str(BIN / "ensemble-driver"), "run", "--template", "init.xyz", "--unix", "--address", "ADDRESS", "-q"]
     clients = [
-        Client("i-PI alone (dummy client)", [str(BIN / "i-pi-py_driver"), "-m", "dummy", "-u", "-a", "ADDRESS"], None),
-        Client("ensemble-driver", ours[:2] + ["--models", str(m0)] + ours[2:], m0_ms),
-        Client("ensemble-driver, compressed", ours[:2] + ["--models", str(m0c)] + ours[2:], model_ms(py, m0c, ase_xyz)),
+        Client("i-PI alone (dummy client)", [str(BIN / "i-pi-py_driver"), "-m", "dummy", "-u", "-a", "ADDRESS"]),
+        Client("ensemble-driver", ours[:2] + ["--models", str(m0)] + ours[2:], model=(py, m0)),
+        Client("ensemble-driver, compressed", ours[:2] + ["--models", str(m0c)] + ours[2:], model=(py, m0c)),
         Client("ASE SocketClient + deepmd DP", [py, str(HERE / "ase_client.py"), str(m0), str(ase_xyz), "ADDRESS"],
-               m0_ms),
+               model=(py, m0)),
     ]
     if args.tf_python and args.pb:
         tf_bin = Path(args.tf_python).parent
-        pb_ms = model_ms(args.tf_python, args.pb, ase_xyz)
         type_map = subprocess.run(
             [args.tf_python, "-c", f"from deepmd.infer import DeepPot; print(' '.join(DeepPot('{args.pb}').get_type_map()))"],
             capture_output=True, text=True, check=True).stdout.split()
@@ -66,10 +66,10 @@ def clients_for(natoms: int, structures: tuple[Path, Path], work: Path, args) ->
         })
         clients += [
             # dp_ipi exits 1 when i-PI sends EXIT
-            Client("dp_ipi (C++, .pb)", [str(tf_bin / "dp_ipi"), "dp_ipi.json"], pb_ms, frozenset({0, 1}),
-                   files={"dp_ipi.json": config}),
+            Client("dp_ipi (C++, .pb)", [str(tf_bin / "dp_ipi"), "dp_ipi.json"], frozenset({0, 1}),
+                   files={"dp_ipi.json": config}, model=(args.tf_python, args.pb)),
             Client("ensemble-driver (.pb)", [str(tf_bin / "ensemble-driver"), "run", "--models", str(args.pb),
-                                             *ours[2:]], pb_ms),
+                                             *ours[2:]], model=(args.tf_python, args.pb)),
         ]
     return clients
 
@@ -87,6 +87,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.pb:
         args.pb = args.pb.resolve()
+    if args.tf_python:  # absolute but not resolved: the venv's bin/ (dp_ipi) sits beside its python link
+        args.tf_python = str(Path(args.tf_python).absolute())
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +100,14 @@ def main() -> int:
         clients = clients_for(natoms, structures, work, args)
         rounds = args.rounds or (1 if natoms >= 2048 else 2)
         samples: dict[str, list[float]] = {c.name: [] for c in clients}
+        model_samples: dict[str, list[float]] = {c.name: [] for c in clients}
         for r in range(rounds):  # interleaved, so that a slow spell of the machine hits every client
+            timed: dict[tuple, float] = {}  # the model's share, timed once per round, before its first client
             for client in clients:
+                if client.model is not None:
+                    if client.model not in timed:
+                        timed[client.model] = model_ms(client.model[0], client.model[1], structures[1])
+                    model_samples[client.name].append(timed[client.model])
                 t = time_per_step(work / f"n{natoms}" / "runs" / client.name.split()[0], client,
                                   structures[0], steps, timeout=3600)
                 samples[client.name].append(t)
@@ -109,13 +117,14 @@ def main() -> int:
         ours = per_step["ensemble-driver"]
         for client in clients:
             total = per_step[client.name]
+            model = statistics.median(model_samples[client.name]) if model_samples[client.name] else None
             row = {"natoms": natoms, "client": client.name, "ms_per_step": total * 1000,
                    "rounds_ms": [t * 1000 for t in samples[client.name]],
-                   "model_ms": client.model_ms, "added_ms": None, "added_over_model": None,
-                   "relative_to_ours": total / ours}
-            if client.model_ms is not None:
+                   "model_ms": model, "model_rounds_ms": model_samples[client.name],
+                   "added_ms": None, "added_over_model": None, "relative_to_ours": total / ours}
+            if model is not None:
                 row["added_ms"] = (total - alone) * 1000
-                row["added_over_model"] = row["added_ms"] / client.model_ms
+                row["added_over_model"] = row["added_ms"] / model
             rows.append(row)
     stamp = time.strftime("%Y-%m-%d")
     table = render(rows, stamp, time.time() - started)
