@@ -43,6 +43,22 @@ def test_ase_templates(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "models, argv, expected",
+    [
+        (("m0.pth",), [], False),  # one model: no request ids needed, no INIT per step
+        (("m0.pth", "m1.pth"), [], True),  # per-bead deviation rows need them
+        (("m0.pth",), ["--init-each"], True),
+        (("m0.pth", "m1.pth"), ["--no-init-each"], False),
+    ],
+)
+def test_init_each_default_follows_the_models(models, argv, expected):
+    from ensemble_driver.cli import _settings_from_args, build_parser
+
+    args = build_parser().parse_args(["run", "--models", *models, "--template", "t.xyz", *argv])
+    assert build_config({}, _settings_from_args(args)).init_each is expected
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         (None, "no such file"),

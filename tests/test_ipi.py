@@ -51,7 +51,9 @@ def check_run_against_model(run, model, reference, steps: int = STEPS) -> None:
 @pytest.mark.parametrize("consolidate", [True, False], ids=["consolidated", "legacy"])
 @pytest.mark.parametrize("xml, nbeads", [("nvt.xml", 1), ("pimd.xml", 4), ("npt.xml", 1)])
 def test_shipped_inputs_agree_with_model(tmp_path, address, model_paths, reference, xml, nbeads, consolidate):
-    run = run_ipi(tmp_path, xml, address=address, steps=STEPS, models=model_paths[:1], consolidate=consolidate)
+    # one model: no INIT after every evaluation by default; with beads, ask for it, to count per bead
+    run = run_ipi(tmp_path, xml, address=address, steps=STEPS, models=model_paths[:1], consolidate=consolidate,
+                  driver_args=("--init-each",) if nbeads > 1 else ())
     assert run.nbeads == nbeads
     check_run_against_model(run, model_paths[0], reference)
     # every bead was asked for exactly once per step, initial structure included

@@ -207,7 +207,7 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
         with sock:
             session = Session(
                 Wire(sock, template.natoms), leader,
-                init_every_step=config.init_every_step, after_reply=leader.after_reply, signals=signals,
+                init_every_step=config.init_each, after_reply=leader.after_reply, signals=signals,
             )
             reason = session.run()
             log.info("run ended: %s", reason.value)
@@ -219,7 +219,9 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
     error = leader.finish(error)
     if session is not None:
         counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
-        log.info("evaluations per request id: %s", dict(sorted(counts.items())))
+        log.info("evaluations per request id: %s%s", dict(sorted(counts.items())),
+                 "" if config.init_each else " (one series: without --init-each the request ids "
+                 "after the first are not asked for)")
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
     if error is not None:

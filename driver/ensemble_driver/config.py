@@ -48,7 +48,7 @@ class RunConfig:
     type_map: tuple[str, ...] | None = None
     atom_type: Mapping[str, int] | None = field(default=None, hash=False)
     pbc: bool | None = None  # None: from the template
-    init_every_step: bool = True
+    init_every_step: bool | None = None  # None: only with two or more models (see init_each)
     verbose: int = 0
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
@@ -78,6 +78,13 @@ class RunConfig:
         from .selection import TrustLevels
 
         return TrustLevels(self.trust_lo, self.trust_hi, self.trust_lo_v, self.trust_hi_v)
+
+    @property
+    def init_each(self) -> bool:
+        """Ask for INIT after every evaluation? The request ids it brings (bead indices)
+        are needed only for per-bead deviation rows, so by default only with two or more
+        models; under i-PI each INIT costs ~0.3 ms of a step (benchmarks/overhead.py)."""
+        return self.init_every_step if self.init_every_step is not None else len(self.models) > 1
 
     def validated(self) -> RunConfig:
         """Check what can be checked without touching files; return self."""
