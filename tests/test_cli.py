@@ -125,7 +125,8 @@ def test_no_inet_server_names_host_and_port(model_paths):
     assert "Connection refused" in line
 
 
-@pytest.mark.parametrize("script", ["step_cost.py", "deviation_cost.py", "pimd_batch.py", "profile_step.py", "soak.py"])
+@pytest.mark.parametrize("script", ["step_cost.py", "overhead.py", "deviation_cost.py", "pimd_batch.py", "profile_step.py",
+                                    "soak.py"])
 def test_benchmark_scripts_parse_their_options(script):
     """The benchmarks are not run in CI (they take minutes and their numbers need a quiet
     machine); this keeps them importable and their --help true to their docstring."""
