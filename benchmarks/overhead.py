@@ -1,6 +1,6 @@
 """What the driver adds to a step besides the model, with the model timed inside the run.
 
-    .venv/bin/python benchmarks/overhead.py [--sizes 32 256 2048] [--rounds 3]
+    .venv/bin/python benchmarks/overhead.py [--sizes 32 256 2048] [--rounds 3] [--init-each] [--sleeping-model]
     .venv/bin/python benchmarks/overhead.py --tf-python .venv-tf/bin/python --pb model.pb
 
 ``step_cost.py`` divides the time a client adds to i-PI's step by the model's share timed
@@ -15,10 +15,16 @@ the drift cancels:
     added / model = (median period - i-PI alone) / median model call
 
 where "i-PI alone" is i-PI's time per step with its zero-cost dummy client (as in
-step_cost.py). 1.00 means the driver costs nothing but the model call; what is above it
-is the socket, unit conversion and bookkeeping. Each configuration runs ``--rounds``
-times, interleaved; the median of the runs is reported. A table (Markdown, JSON) and a
-PNG go to ``--out``.
+step_cost.py). 1.00 means the driver costs nothing but the model call. What is above it
+is the driver's own work and whatever makes i-PI's turn slower than with the dummy, so
+the driver's own work is also measured alone: the CPU time of its thread from the end
+of one model call to the start of the next (socket reads and writes, unit conversions,
+bookkeeping), which leaves out the time it waits for i-PI or is preempted by it.
+``--init-each`` adds a row with an INIT before every structure (as with two or more
+models); ``--sleeping-model`` one with the model replaced by a sleep as long as its call
+(the driver's path unchanged, no CPU spent on a model, zero forces). Each configuration
+runs ``--rounds`` times, interleaved; the median of the runs is reported. A table
+(Markdown, JSON) and a PNG go to ``--out``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, REPEATS, ROOT, Client, compress, grouped_bars, time_per_step, write_structures  # noqa: E402
 
@@ -41,7 +49,7 @@ STEPS = {32: 401, 256: 301, 2048: 201}
 WARMUP = 100  # steps dropped: TorchScript's first calls are slow
 
 
-def child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
+def child(model: str, natoms: int, workdir: Path, steps: int, flags: list[str] | None = None) -> dict:
     """Run the driver in this process against a real i-PI; the clocked model calls."""
     from ensemble_driver import model as model_module
     from ensemble_driver.cli import _cmd_run, build_parser
@@ -56,18 +64,26 @@ def child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
                   socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
                   steps=steps, prefix="o", outputs=[])
     shutil.copy(structure, workdir / "init.xyz")
-    calls: list[tuple[float, float]] = []
+    calls: list[tuple[float, float, float, float]] = []
     evaluate = model_module.DeepPotModel.evaluate_batch
 
     def clocked(self, *args):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         result = evaluate(self, *args)
-        calls.append((start, time.perf_counter()))
+        calls.append((start, time.perf_counter(), cpu_start, time.thread_time()))
         return result
 
+    flags = list(flags or [])
+    sleep = [float(f.split("=", 1)[1]) / 1000 for f in flags if f.startswith("sleep=")]
+    if sleep:  # the model replaced by a sleep of the same length: no CPU, zero forces
+        def evaluate(self, positions, cells, atom_types):
+            time.sleep(sleep[0])
+            n = len(positions)
+            return model_module.BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
+        flags = [f for f in flags if not f.startswith("sleep=")]
     model_module.DeepPotModel.evaluate_batch = clocked
     args = build_parser().parse_args(["run", "--models", model, "--template", str(workdir / "init.xyz"),
-                                      "--unix", "--address", address, "-q"])
+                                      "--unix", "--address", address, "-q", *flags])
     with ProcessGroup(workdir / "logs") as group:
         group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
         watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
@@ -81,8 +97,13 @@ def child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
     if len(steady) < 20:
         raise SystemExit(f"only {len(calls)} model calls")
     periods = [b[0] - a[0] for a, b in zip(steady, steady[1:])]
+    # CPU time of the driver's thread from the end of one model call to the start of the
+    # next: its own work (socket, conversions, bookkeeping), without the time it waits for
+    # i-PI or is preempted by it
+    own = [b[2] - a[3] for a, b in zip(steady, steady[1:])]
     return {"period_ms": statistics.median(periods) * 1000,
-            "model_ms": statistics.median([end - start for start, end in steady]) * 1000,
+            "model_ms": statistics.median([c[1] - c[0] for c in steady]) * 1000,
+            "own_cpu_ms": statistics.median(own) * 1000,
             "steps": len(periods)}
 
 
@@ -93,65 +114,80 @@ def main() -> int:
                         "(default: %(default)s)")
     parser.add_argument("--tf-python", help="python of a TensorFlow environment (README), for --pb")
     parser.add_argument("--pb", type=Path, help="a TensorFlow model of Cu/Au: adds its rows")
+    parser.add_argument("--init-each", action="store_true", help="add a row with --init-each (an INIT before "
+                        "every structure, as with two or more models) beside the default")
+    parser.add_argument("--sleeping-model", action="store_true", help="add a row with the model replaced by "
+                        "a sleep as long as the model's call (no CPU used): how much slower i-PI's turn gets "
+                        "when the client is slow, whatever the client")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NATOMS", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-flag", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model, natoms, workdir = args.child
-        print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)])))
+        print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag)))
         return 0
     work = (args.workdir / "overhead").resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     m0 = ROOT / "examples" / "models" / "m0.pth"
-    configs = [("ensemble-driver", sys.executable, m0),
-               ("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"))]
+    configs = [("ensemble-driver", sys.executable, m0, [])]
+    if args.init_each:
+        configs.append(("ensemble-driver, --init-each", sys.executable, m0, ["--init-each"]))
+    if args.sleeping_model:
+        configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, ["sleep=MODEL"]))
+    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), []))
     if args.pb:
         if not args.tf_python:
             parser.error("--pb needs --tf-python")
-        configs.append(("ensemble-driver (.pb)", str(Path(args.tf_python).absolute()), args.pb.resolve()))
+        configs.append(("ensemble-driver (.pb)", str(Path(args.tf_python).absolute()), args.pb.resolve(), []))
     dummy = Client("dummy", [str(BIN / "i-pi-py_driver"), "-m", "dummy", "-u", "-a", "ADDRESS"])
     rows = []
     started = time.time()
     for natoms in args.sizes:
         ipi_xyz, _ = write_structures(work / f"n{natoms}", natoms)
-        runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+        runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}
         alone: list[float] = []
         for r in range(args.rounds):
             alone.append(time_per_step(work / f"n{natoms}" / "dummy", dummy, ipi_xyz, STEPS[natoms], 3600) * 1000)
             print(f"{natoms:5d} atoms  round {r + 1}  i-PI alone {alone[-1]:8.2f} ms/step", flush=True)
-            for name, python, model in configs:
-                out = subprocess.run([python, __file__, "--child", str(model), str(natoms), str(work / f"n{natoms}" / "run")],
+            for name, python, model, flags in configs:
+                command = [python, __file__, "--child", str(model), str(natoms), str(work / f"n{natoms}" / "run")]
+                flags = [f"sleep={runs['ensemble-driver'][-1]['model_ms']}" if f == "sleep=MODEL" else f for f in flags]
+                out = subprocess.run(command + [f"--child-flag={flag}" for flag in flags],
                                      capture_output=True, text=True, timeout=3600)
                 if out.returncode:
                     raise SystemExit(f"{name}, {natoms} atoms: {out.stderr[-3000:]}")
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 res = runs[name][-1]
                 print(f"{natoms:5d} atoms  round {r + 1}  {name:30s} period {res['period_ms']:8.2f}  "
-                      f"model {res['model_ms']:8.2f} ms", flush=True)
+                      f"model {res['model_ms']:8.2f}  own CPU {res['own_cpu_ms']:6.3f} ms", flush=True)
         ipi_alone = statistics.median(alone)
-        for name, _, _ in configs:
+        for name, *_ in configs:
             ratios = [(x["period_ms"] - ipi_alone) / x["model_ms"] for x in runs[name]]
             rows.append({"natoms": natoms, "client": name, "ipi_alone_ms": ipi_alone,
                          "period_ms": statistics.median(x["period_ms"] for x in runs[name]),
                          "model_ms": statistics.median(x["model_ms"] for x in runs[name]),
+                         "own_cpu_ms": statistics.median(x["own_cpu_ms"] for x in runs[name]),
                          "added_over_model": statistics.median(ratios), "rounds": ratios})
     lines = [f"What the driver adds besides the model, the model timed inside the run; measured "
              f"{time.strftime('%Y-%m-%d')} in {(time.time() - started) / 60:.0f} min, median of "
              f"{args.rounds} interleaved runs.", "",
-             "| atoms | client | i-PI alone ms | step ms | model call ms | added / model (runs) |",
-             "|---|---|---|---|---|---|"]
+             "| atoms | client | i-PI alone ms | step ms | model call ms | driver's own CPU ms | own / model | "
+             "added / model (runs) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         each = ", ".join(f"{x:.3f}" for x in r["rounds"])
         lines.append(f"| {r['natoms']} | {r['client']} | {r['ipi_alone_ms']:.2f} | {r['period_ms']:.2f} | "
-                     f"{r['model_ms']:.2f} | {r['added_over_model']:.3f} ({each}) |")
+                     f"{r['model_ms']:.2f} | {r['own_cpu_ms']:.3f} | {r['own_cpu_ms'] / r['model_ms']:.3f} | "
+                     f"{r['added_over_model']:.3f} ({each}) |")
     table = "\n".join(lines) + "\n"
     print()
     print(table)
     (args.out / "overhead.md").write_text(table)
     (args.out / "overhead.json").write_text(json.dumps(rows, indent=1) + "\n")
-    names = [name for name, _, _ in configs]
+    names = [name for name, *_ in configs]
     grouped_bars(args.out / "overhead.png", [f"{n} atoms" for n in args.sizes],
                  {name: [r["added_over_model"] for r in rows if r["client"] == name] for name in names},
                  ylabel="(step - i-PI alone) / model call", hline=1.0,

@@ -18,7 +18,7 @@ per step, the time it adds on top of i-PI's own share, that divided by the model
 (1.00 is the floor: the client adds nothing but the model), and its time relative to
 ensemble-driver's. A table (Markdown) and a PNG plot are written to ``--out``.
 
-    .venv/bin/python benchmarks/step_cost.py                    # about 25 minutes on 2 cores
+    .venv/bin/python benchmarks/step_cost.py                    # 20-40 minutes on 2 cores
     .venv/bin/python benchmarks/step_cost.py --sizes 32 --steps 301
     .venv/bin/python benchmarks/step_cost.py --tf-python .venv-tf/bin/python \\
         --pb compare_dp_ipi_output/train/model.pb
