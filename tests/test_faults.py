@@ -128,7 +128,10 @@ def test_server_killed(tmp_path, address, model_paths, moment):
     with ProcessGroup(tmp_path / "logs") as group:
         server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address,
                                         str(ncalc)])
-        driver = group.start("driver", mpi_driver(3, model_paths, structure, address, "--out-freq", "1",
+        # the row of the step being computed must be written within the 5 s the leader
+        # waits for rows in flight: with two models on one rank (3 ranks) it took longer
+        # on a slow day (two 2048-atom evaluations, each first checked against DeepPot.eval)
+        driver = group.start("driver", mpi_driver(4, model_paths, structure, address, "--out-freq", "1",
                                                   "--out-file", str(tmp_path / "model_devi.out"), "-v"))
         if moment == "waiting":
             wait_until(lambda: "idle" in server.log_path.read_text(), 300, "the server to be idle")
