@@ -16,10 +16,12 @@ before the first client that uses the model (the machine's speed drifts by 10-20
 minutes), and its median over the rounds is used. Reported per client: the time
 per step, the time it adds on top of i-PI's own share, that divided by the model's share
 (1.00 is the floor: the client adds nothing but the model), and its time relative to
-ensemble-driver's. A table (Markdown) and a PNG plot are written to ``--out``.
+ensemble-driver's. The clients run in turn, round after round, every other round in the
+reverse order. A table (Markdown) and a PNG plot are written to ``--out``.
 
     .venv/bin/python benchmarks/step_cost.py                    # 20-40 minutes on 2 cores
     .venv/bin/python benchmarks/step_cost.py --sizes 32 --steps 301
+    .venv/bin/python benchmarks/step_cost.py --sizes 2048 --rounds 3 --only ASE --out results/ase_2048
     .venv/bin/python benchmarks/step_cost.py --tf-python .venv-tf/bin/python \\
         --pb compare_dp_ipi_output/train/model.pb
 """
@@ -82,6 +84,8 @@ def main() -> int:
     parser.add_argument("--pb", type=Path, help="TensorFlow model of Cu/Au for dp_ipi")
     parser.add_argument("--rounds", type=int, help="runs of each client, interleaved; the median is "
                         "reported (default: 2, 1 for 2048 atoms)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only the clients whose names start with "
+                        "one of these (e.g. ASE dp_ipi); i-PI alone and ensemble-driver always run")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the table and plot go")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     args = parser.parse_args()
@@ -98,12 +102,17 @@ def main() -> int:
         structures = write_structures(work / f"n{natoms}", natoms)
         steps = args.steps or {32: 401, 256: 301, 2048: 201}[natoms]
         clients = clients_for(natoms, structures, work, args)
+        if args.only:
+            clients = [c for i, c in enumerate(clients)
+                       if i == 0 or c.name == "ensemble-driver" or c.name.startswith(tuple(args.only))]
         rounds = args.rounds or (1 if natoms >= 2048 else 2)
         samples: dict[str, list[float]] = {c.name: [] for c in clients}
         model_samples: dict[str, list[float]] = {c.name: [] for c in clients}
         for r in range(rounds):  # interleaved, so that a slow spell of the machine hits every client
             timed: dict[tuple, float] = {}  # the model's share, timed once per round, before its first client
-            for client in clients:
+            # every other round in the reverse order (A B, B A, A B, ...): the machine's
+            # speed drifts over minutes, and a fixed order would favour whoever runs first
+            for client in (clients if r % 2 == 0 else clients[::-1]):
                 if client.model is not None:
                     if client.model not in timed:
                         timed[client.model] = model_ms(client.model[0], client.model[1], structures[1])
