@@ -49,8 +49,10 @@ STEPS = {32: 401, 256: 301, 2048: 201}
 WARMUP = 100  # steps dropped: TorchScript's first calls are slow
 
 
-def child(model: str, natoms: int, workdir: Path, steps: int, flags: list[str] | None = None) -> dict:
-    """Run the driver in this process against a real i-PI; the clocked model calls."""
+def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, ...] | list[str] = (),
+          sleep_ms: float | None = None) -> dict:
+    """Run the driver in this process against a real i-PI; the clocked model calls. With
+    ``sleep_ms`` the model call is replaced by a sleep that long (no CPU, zero forces)."""
     from ensemble_driver import model as model_module
     from ensemble_driver.cli import _cmd_run, build_parser
     from ensemble_driver.ipi_input import SocketSettings, prepare_input
@@ -66,6 +68,11 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: list[str] |
     shutil.copy(structure, workdir / "init.xyz")
     calls: list[tuple[float, float, float, float]] = []
     evaluate = model_module.DeepPotModel.evaluate_batch
+    if sleep_ms is not None:
+        def evaluate(self, positions, cells, atom_types):
+            time.sleep(sleep_ms / 1000)
+            n = len(positions)
+            return model_module.BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
 
     def clocked(self, *args):
         start, cpu_start = time.perf_counter(), time.thread_time()
@@ -73,14 +80,6 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: list[str] |
         calls.append((start, time.perf_counter(), cpu_start, time.thread_time()))
         return result
 
-    flags = list(flags or [])
-    sleep = [float(f.split("=", 1)[1]) / 1000 for f in flags if f.startswith("sleep=")]
-    if sleep:  # the model replaced by a sleep of the same length: no CPU, zero forces
-        def evaluate(self, positions, cells, atom_types):
-            time.sleep(sleep[0])
-            n = len(positions)
-            return model_module.BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
-        flags = [f for f in flags if not f.startswith("sleep=")]
     model_module.DeepPotModel.evaluate_batch = clocked
     args = build_parser().parse_args(["run", "--models", model, "--template", str(workdir / "init.xyz"),
                                       "--unix", "--address", address, "-q", *flags])
@@ -123,25 +122,29 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NATOMS", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-flag", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--child-sleep-ms", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model, natoms, workdir = args.child
-        print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag)))
+        print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag,
+                                     args.child_sleep_ms)))
         return 0
     work = (args.workdir / "overhead").resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     m0 = ROOT / "examples" / "models" / "m0.pth"
-    configs = [("ensemble-driver", sys.executable, m0, [])]
+    # (name, python, model, driver flags, sleep as long as the model's call in the round)
+    configs = [("ensemble-driver", sys.executable, m0, [], False)]
     if args.init_each:
-        configs.append(("ensemble-driver, --init-each", sys.executable, m0, ["--init-each"]))
+        configs.append(("ensemble-driver, --init-each", sys.executable, m0, ["--init-each"], False))
     if args.sleeping_model:
-        configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, ["sleep=MODEL"]))
-    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), []))
+        configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, [], True))
+    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), [],
+                    False))
     if args.pb:
         if not args.tf_python:
             parser.error("--pb needs --tf-python")
-        configs.append(("ensemble-driver (.pb)", str(Path(args.tf_python).absolute()), args.pb.resolve(), []))
+        configs.append(("ensemble-driver (.pb)", str(Path(args.tf_python).absolute()), args.pb.resolve(), [], False))
     dummy = Client("dummy", [str(BIN / "i-pi-py_driver"), "-m", "dummy", "-u", "-a", "ADDRESS"])
     rows = []
     started = time.time()
@@ -152,10 +155,12 @@ def main() -> int:
         for r in range(args.rounds):
             alone.append(time_per_step(work / f"n{natoms}" / "dummy", dummy, ipi_xyz, STEPS[natoms], 3600) * 1000)
             print(f"{natoms:5d} atoms  round {r + 1}  i-PI alone {alone[-1]:8.2f} ms/step", flush=True)
-            for name, python, model, flags in configs:
-                command = [python, __file__, "--child", str(model), str(natoms), str(work / f"n{natoms}" / "run")]
-                flags = [f"sleep={runs['ensemble-driver'][-1]['model_ms']}" if f == "sleep=MODEL" else f for f in flags]
-                out = subprocess.run(command + [f"--child-flag={flag}" for flag in flags],
+            for name, python, model, flags, sleeping in configs:
+                command = [python, __file__, "--child", str(model), str(natoms), str(work / f"n{natoms}" / "run"),
+                           *[f"--child-flag={flag}" for flag in flags]]
+                if sleeping:
+                    command.append(f"--child-sleep-ms={runs['ensemble-driver'][-1]['model_ms']}")
+                out = subprocess.run(command,
                                      capture_output=True, text=True, timeout=3600)
                 if out.returncode:
                     raise SystemExit(f"{name}, {natoms} atoms: {out.stderr[-3000:]}")
