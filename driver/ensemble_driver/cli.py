@@ -391,6 +391,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """One line to stderr in one write: print() writes the text and its newline
+    separately, and under mpiexec another rank's log line can land between the two
+    (seen in CI: 'Broken pipe)21:56:42 ensemble-driver[2] DEBUG: ...')."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _guarded(command, args: argparse.Namespace) -> tuple[int, DriverError | None]:
     """Run a command; a DriverError becomes its one line and exit status."""
     try:
@@ -402,8 +410,8 @@ def _guarded(command, args: argparse.Namespace) -> tuple[int, DriverError | None
         from .parallel import launch_rank
 
         if getattr(exc, "print_here", launch_rank() == 0):
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            _say(f"{PROG}: error: {exc}")
         return exc.exit_status, exc
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _say(f"{PROG}: interrupted")
         return 130, None
