@@ -29,6 +29,26 @@ def test_ipi_xyz_with_labels_ase_cannot_read(tmp_path):
     assert read_template(path).labels == ("OW", "HW1", "HW2")
 
 
+def test_template_geometry_in_angstrom(tmp_path):
+    """The template's own structure (for warming the models up) in Angstrom, whatever
+    units the i-PI xyz comment line declares (atomic units when none)."""
+    from ensemble_driver.units import BOHR_ANGSTROM
+
+    path = tmp_path / "w.xyz"
+    path.write_text("2\n# CELL(H): 10 0 0 0 11 0 0 0 12 cell{angstrom}\nCu 1 2 3\nAu 0 0 1\n")
+    template = read_template(path)
+    np.testing.assert_allclose(template.positions, [[1 * BOHR_ANGSTROM, 2 * BOHR_ANGSTROM, 3 * BOHR_ANGSTROM],
+                                                    [0, 0, BOHR_ANGSTROM]])
+    np.testing.assert_allclose(template.cell, np.diag([10.0, 11.0, 12.0]))
+    path.write_text("1\n# CELL(abcABC): 5 6 7 90 90 90 positions{nanometer} cell{atomic_unit}\nCu 0.1 0 0\n")
+    template = read_template(path)
+    np.testing.assert_allclose(template.positions, [[1.0, 0, 0]])
+    np.testing.assert_allclose(template.cell, np.diag([5.0, 6.0, 7.0]) * BOHR_ANGSTROM, atol=1e-12)
+    path.write_text("1\n# CELL(abcABC): 5 5 5 90 90 90 positions{furlong}\nCu 0 0 0\n")
+    with pytest.raises(ConfigError, match=r"line 2: unit positions\{furlong\} not supported"):
+        read_template(path)
+
+
 def test_ase_templates(tmp_path):
     from ase.build import molecule
 
@@ -39,7 +59,10 @@ def test_ase_templates(tmp_path):
     water.cell = np.eye(3) * 8
     water.pbc = True
     water.write(tmp_path / "w.extxyz")
-    assert read_template(tmp_path / "w.extxyz").periodic
+    template = read_template(tmp_path / "w.extxyz")
+    assert template.periodic
+    np.testing.assert_allclose(template.positions, water.positions)
+    np.testing.assert_allclose(template.cell, water.cell.array)
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,37 @@ def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkey
     assert model.evaluate(positions[0], cells[0], types).energy == first.energy
 
 
+def test_warm_up_checks_the_direct_path_and_stops_when_warm(model_paths, structures):
+    from ensemble_driver.model import DeepPotModel
+
+    frames, positions, cells = structures
+    model = DeepPotModel(model_paths[2])
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    times = model.warm_up(positions[0], cells[0], types)
+    assert model._direct is not None and model._direct.checked
+    # TorchScript's profiling calls are slow, so at least two calls; it stops at the
+    # first call no faster than the one before, or after four
+    assert 2 <= len(times) <= 4
+    assert len(times) == 4 or times[-1] > 0.7 * times[-2]
+    assert all(later < 0.7 * earlier for earlier, later in zip(times[:-2], times[1:-1]))
+
+
+def test_a_non_finite_first_result_defers_the_check(model_paths, structures):
+    """Two atoms on one site give NaN: nothing to compare, so neither path is chosen
+    yet; the next (sound) structure decides."""
+    from ensemble_driver.model import DeepPotModel
+
+    frames, positions, cells = structures
+    model = DeepPotModel(model_paths[0])
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    broken = positions[0].copy()
+    broken[1] = broken[0]
+    assert not np.isfinite(model.evaluate(broken, cells[0], types).forces).all()
+    assert model._direct is not None and not model._direct.checked
+    model.evaluate(positions[0], cells[0], types)
+    assert model._direct is not None and model._direct.checked
+
+
 def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
     """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment
     (README, "Comparison with deepmd-kit's dp_ipi"): run in .venv-tf with

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from . import parallel
 from .client import Session
 from .config import RunConfig
@@ -24,7 +26,7 @@ from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
 from .protocol import Wire
 from .selection import Selection, candidate_file_names, summary_file_name
-from .signals import StopSignals
+from .signals import StopSignals, Stopped
 from .template import Template, read_template
 from .transport import connect, make_address
 
@@ -74,6 +76,29 @@ def template_elements(template: Template, atom_type: dict[str, int] | None, type
             )
         elements.append(type_map[index])
     return elements
+
+
+def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -> None:
+    """Evaluate every model of this rank on the template's structure until it is warm.
+
+    Not collective: a model that fails here is only logged, and fails again, with the
+    step and the bead named, on the server's first structure."""
+    if template.positions is None:
+        return
+    cell = template.cell if periodic else None
+    if cell is not None and abs(np.linalg.det(cell)) < 1e-6:
+        cell = None  # periodic by --pbc but the template has no cell: warm up without one
+    for member in members:
+        try:
+            times = member.model.warm_up(template.positions, cell, member.atom_types)
+        except Stopped:
+            raise
+        except Exception as exc:
+            log.warning("model %d (%s): warm-up on the template failed: %s", member.index, member.model.path,
+                        one_line(exc))
+            continue
+        log.debug("model %d warmed up on the template: calls of %s s", member.index,
+                  ", ".join(f"{t:.3f}" for t in times))
 
 
 def deviation_settings(config: RunConfig) -> DeviationSettings:
@@ -180,6 +205,8 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
 
     members = collective(comm, match)
     periodic = template.periodic if config.pbc is None else config.pbc
+    with signals.interruptible():
+        warm_up(members, template, periodic)
     if rank != 0:
         return follower_loop(comm, members, natoms=template.natoms, signals=signals)
 

@@ -37,18 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import parallel, units
+from . import parallel
 from .deviation import model_deviation
 from .errors import ConfigError, DriverError, ModelError
 from .model import DeepPotModel, check_model_file
 from .output import BeadFiles, bead_file_names
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
+from .template import ipi_cell, ipi_length_unit
 
 log = logging.getLogger(__name__)
 
-#: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
-LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
-_CELL = re.compile(r"CELL\((abcABC|GENH)\):\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
 _STEP = re.compile(r"Step:\s*(\d+)")
 
 
@@ -60,19 +58,8 @@ class Frame:
     step: int | None
 
 
-def _unit(comment: str, what: str, path: Path, lineno: int) -> float:
-    match = re.search(what + r"\{(\w+)\}", comment)
-    name = match.group(1) if match else "atomic_unit"  # i-PI's default
-    if name not in LENGTH_UNITS:
-        raise ConfigError(f"{path}, line {lineno}: unit {what}{{{name}}} not supported "
-                          f"(known: {', '.join(LENGTH_UNITS)})")
-    return LENGTH_UNITS[name]
-
-
 def read_ipi_xyz(path: Path) -> list[Frame]:
     """Frames of an i-PI xyz trajectory, in Angstrom."""
-    from ase.geometry import cellpar_to_cell
-
     lines = path.read_text().splitlines()
     frames = []
     k = 0
@@ -87,17 +74,11 @@ def read_ipi_xyz(path: Path) -> list[Frame]:
         if k + 2 + nat > len(lines):
             raise ConfigError(f"{path}, line {k + 1}: frame of {nat} atoms cut short (the file ends)")
         comment = lines[k + 1]
-        cell_match = _CELL.search(comment)
-        if not cell_match:
-            raise ConfigError(f"{path}, line {k + 2}: no CELL(abcABC) or CELL(GENH) in the comment line")
-        numbers = [float(x.replace("d", "e").replace("D", "e")) for x in cell_match.group(2).split()]
-        cell_scale = _unit(comment, "cell", path, k + 2)
-        if cell_match.group(1) == "abcABC":
-            cell = cellpar_to_cell([numbers[0] * cell_scale, numbers[1] * cell_scale, numbers[2] * cell_scale,
-                                    *numbers[3:6]])
-        else:  # GENH: i-PI's h, lattice vectors as columns, row-major
-            cell = np.array(numbers[:9]).reshape(3, 3).T * cell_scale
-        scale = _unit(comment, "positions", path, k + 2)
+        where = f"{path}, line {k + 2}"
+        cell = ipi_cell(comment, where)
+        if cell is None:
+            raise ConfigError(f"{where}: no CELL(abcABC), CELL(H) or CELL(GENH) in the comment line")
+        scale = ipi_length_unit(comment, "positions", where)
         step = _STEP.search(comment)
         symbols, positions = [], np.empty((nat, 3))
         for i in range(nat):

@@ -9,13 +9,47 @@ which ASE does not understand and this module reads itself.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from . import units
 from .errors import ConfigError
 
 # The cell tags i-PI writes and reads in xyz comments (ipi/utils/io/backends/io_xyz.py).
 _IPI_CELL = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:")
+_IPI_CELL_VALUES = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
+#: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
+LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
+
+
+def ipi_length_unit(comment: str, what: str, where: str) -> float:
+    """Angstrom per unit of ``what`` (``positions`` or ``cell``) declared in an i-PI xyz
+    comment line as ``what{unit}``; atomic units when none is declared (i-PI's default)."""
+    match = re.search(what + r"\{(\w+)\}", comment)
+    name = match.group(1) if match else "atomic_unit"
+    if name not in LENGTH_UNITS:
+        raise ConfigError(f"{where}: unit {what}{{{name}}} not supported (known: {', '.join(LENGTH_UNITS)})")
+    return LENGTH_UNITS[name]
+
+
+def ipi_cell(comment: str, where: str) -> np.ndarray | None:
+    """The cell of an i-PI xyz comment line (Angstrom, lattice vectors as rows), or None
+    when the line carries none."""
+    match = _IPI_CELL_VALUES.search(comment)
+    if not match:
+        return None
+    numbers = [float(x.replace("d", "e").replace("D", "e")) for x in match.group(2).split()]
+    scale = ipi_length_unit(comment, "cell", where)
+    if match.group(1) == "abcABC":
+        from ase.geometry import cellpar_to_cell
+
+        return cellpar_to_cell([numbers[0] * scale, numbers[1] * scale, numbers[2] * scale, *numbers[3:6]])
+    if len(numbers) < 9:
+        raise ConfigError(f"{where}: CELL({match.group(1)}) needs 9 numbers, got {len(numbers)}")
+    # H and GENH: i-PI's h, lattice vectors as columns, written row by row
+    return np.array(numbers[:9]).reshape(3, 3).T * scale
 
 
 @dataclass(frozen=True)
@@ -23,6 +57,10 @@ class Template:
     path: str
     labels: tuple[str, ...]
     periodic: bool
+    #: the template's own structure (Angstrom), used to warm the models up before the
+    #: run; the server's structures are the ones that count
+    positions: np.ndarray | None = field(default=None, compare=False, repr=False)
+    cell: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def natoms(self) -> int:
@@ -38,12 +76,19 @@ def _read_ipi_xyz(path: Path, lines: list[str]) -> Template:
     if nat <= 0 or len(body) < nat:
         raise ConfigError(f"template {path}: announces {nat} atoms but has {len(body)} atom lines")
     labels = []
+    positions = np.empty((nat, 3))
     for lineno, line in enumerate(body, start=3):
         fields = line.split()
+        try:
+            positions[lineno - 3] = [float(x) for x in fields[1:4]]
+        except ValueError:
+            fields = []
         if len(fields) < 4:
             raise ConfigError(f"template {path}, line {lineno}: expected 'label x y z', got {line.strip()!r}")
         labels.append(fields[0])
-    return Template(str(path), tuple(labels), periodic=True)
+    where = f"template {path}, line 2"
+    positions *= ipi_length_unit(lines[1], "positions", where)
+    return Template(str(path), tuple(labels), periodic=True, positions=positions, cell=ipi_cell(lines[1], where))
 
 
 def read_template(path: str | Path) -> Template:
@@ -69,4 +114,5 @@ def read_template(path: str | Path) -> Template:
     if len(atoms) == 0:
         raise ConfigError(f"template {path}: contains no atoms")
     periodic = bool(atoms.pbc.any()) and atoms.cell.rank == 3
-    return Template(str(path), tuple(atoms.get_chemical_symbols()), periodic=periodic)
+    return Template(str(path), tuple(atoms.get_chemical_symbols()), periodic=periodic,
+                    positions=atoms.get_positions(), cell=atoms.cell.array.copy() if periodic else None)
