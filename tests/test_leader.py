@@ -299,3 +299,20 @@ def test_batched_transport_refuses_extras(tmp_path):
     leader, _ = make_leader(tmp_path, [], parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, extras=True)
     with pytest.raises(UnsupportedTransport, match="--extras cannot be used"):
         leader.begin_batches(4, init_every_step=True)
+
+
+def test_drain_after_an_error_follows_the_latest_row(tmp_path):
+    """After an error the leader waits for the rows in flight: 5 s, or twice what the
+    latest row took from dispatch to written (large systems, slow models), at most 20 s."""
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    assert leader.abort_drain_s() == 5.0
+    for step, took in ((0, 6.0), (1, 40.0), (2, 0.5)):
+        leader(request(step))
+        leader._jobs[-1].dispatched -= took  # as if the follower had taken that long
+        comm.deliver(step, step, [request(step).positions], [np.eye(3)])
+        leader.after_reply()
+        assert [r[0] for r in rows(tmp_path)][-1] == str(step)
+        expected = {0: 12.0, 1: 20.0, 2: 5.0}[step]
+        assert leader.abort_drain_s() == pytest.approx(expected, abs=0.5)
+    assert leader.finish(None) is None

@@ -50,9 +50,12 @@ EXTRAS_SENTINEL = -1.0
 #: and for the rows in flight after a clean end.
 STOP_DEADLINE_S = 60.0
 #: How long the leader waits for the rows in flight when the run ends on an error
-#: (a signal, a lost server): long enough for a few evaluations, short enough for a
-#: batch system's grace period between SIGTERM and SIGKILL.
+#: (a signal, a lost server): at least ABORT_DRAIN_S, or twice the time the latest row
+#: took from dispatch to written when that is longer (large systems, slow models), but
+#: never more than ABORT_DRAIN_MAX_S: within a batch system's grace between SIGTERM and
+#: SIGKILL (Slurm's KillWait is 30 s by default) and the followers' own grace below.
 ABORT_DRAIN_S = 5.0
+ABORT_DRAIN_MAX_S = 20.0
 #: How long a follower that received SIGTERM/SIGINT waits for the leader's STOP.
 FOLLOWER_SIGNAL_GRACE_S = 30.0
 
@@ -99,6 +102,7 @@ class _Job:
     sends: list = field(default_factory=list)
     work_buffer: np.ndarray | None = None  # kept alive until the sends complete
     row: bool = True  # a deviation row is written for it (committee mode: not every step)
+    dispatched: float = field(default_factory=time.monotonic)
 
     def complete(self) -> bool:
         if self.local_todo or self.receives:
@@ -144,6 +148,7 @@ class Leader:
         self.deviation_on = settings.out_freq > 0 and self.n_models > 1
         self._jobs: deque[_Job] = deque()
         self._seq = 0
+        self.latest_row_s = 0.0  # dispatch to written, of the latest deviation job
         self._fatal: DriverError | None = None
         self._warned_rids: set[int] = set()
         self.rows_by_bead: dict[int, int] = {}
@@ -356,6 +361,7 @@ class Leader:
             self._write(self._jobs.popleft())
 
     def _write(self, job: _Job) -> Deviation | None:
+        self.latest_row_s = time.monotonic() - job.dispatched
         if not job.row:
             return None
         s = self.settings
@@ -398,7 +404,7 @@ class Leader:
         try:
             if self._fatal is None:
                 self._resolve_batch(next_rid=None)
-                wait = STOP_DEADLINE_S if error is None else ABORT_DRAIN_S
+                wait = STOP_DEADLINE_S if error is None else self.abort_drain_s()
                 self._write_until(None, deadline=time.monotonic() + wait)
                 if self._jobs and self._fatal is None:
                     log.warning("%d deviation row(s) in flight abandoned after %.0f s", len(self._jobs), wait)
@@ -413,6 +419,10 @@ class Leader:
             if self.files is not None:
                 self.files.close()
         return error
+
+    def abort_drain_s(self) -> float:
+        """How long to wait for the rows in flight after an error (see ABORT_DRAIN_S)."""
+        return min(ABORT_DRAIN_MAX_S, max(ABORT_DRAIN_S, 2.0 * self.latest_row_s))
 
     def _stop_followers(self, status: int) -> None:
         if not self.followers:
