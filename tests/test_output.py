@@ -59,7 +59,7 @@ def test_bead_file_names(naming, nbeads, expected):
 
 
 @pytest.mark.parametrize("naming, message", [("beads.out", "containing {bead}"), ("b{bead}{x}.out", "'x'"),
-                                             ("b{bead:d}.out{bead:.0s}", "")])
+                                             ("b{bead:d}.out{bead:.0s}", "Unknown format code 's'")])
 def test_bad_bead_patterns(naming, message):
     with pytest.raises(ConfigError, match=message):
         bead_file_names("model_devi.out", naming, 3)
