@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 # The cell tags i-PI writes and reads in xyz comments (ipi/utils/io/backends/io_xyz.py).
 _IPI_CELL = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:")
-_IPI_CELL_VALUES = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
+_IPI_CELL_VALUES = re.compile(_IPI_CELL.pattern + r"\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
 #: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
 LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
 
@@ -80,11 +80,9 @@ def _read_ipi_xyz(path: Path, lines: list[str]) -> Template:
     for lineno, line in enumerate(body, start=3):
         fields = line.split()
         try:
-            positions[lineno - 3] = [float(x) for x in fields[1:4]]
+            positions[lineno - 3] = [float(x) for x in fields[1:4]]  # ValueError too when fewer than 3
         except ValueError:
-            fields = []
-        if len(fields) < 4:
-            raise ConfigError(f"template {path}, line {lineno}: expected 'label x y z', got {line.strip()!r}")
+            raise ConfigError(f"template {path}, line {lineno}: expected 'label x y z', got {line.strip()!r}") from None
         labels.append(fields[0])
     where = f"template {path}, line 2"
     positions *= ipi_length_unit(lines[1], "positions", where)
