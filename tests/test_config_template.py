@@ -86,7 +86,7 @@ def test_init_each_default_follows_the_models(models, argv, expected):
     [
         (None, "no such file"),
         ("3\n# CELL(abcABC): 5 5 5 90 90 90\nCu 0 0 0\n", "announces 3 atoms but has 1 atom lines"),
-        ("x\n# CELL(abcABC): 5 5 5 90 90 90\n", "first line must be the number of atoms"),
+        ("x\n# CELL(abcABC): 5 5 5 90 90 90\n", "line 1: expected the number of atoms"),
         ("1\n# CELL(abcABC): 5 5 5 90 90 90\nCu 0 0\n", "line 3: expected 'label x y z'"),
         ("this is not a structure\n", "ASE cannot read it"),
     ],

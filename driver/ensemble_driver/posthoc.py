@@ -43,7 +43,7 @@ from .errors import ConfigError, DriverError, ModelError
 from .model import DeepPotModel, check_model_file
 from .output import BeadFiles, bead_file_names
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
-from .template import ipi_cell, ipi_length_unit
+from .template import read_ipi_frame
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +67,12 @@ def read_ipi_xyz(path: Path) -> list[Frame]:
         if not lines[k].strip():
             k += 1
             continue
-        try:
-            nat = int(lines[k].split()[0])
-        except ValueError:
-            raise ConfigError(f"{path}, line {k + 1}: expected the number of atoms, got {lines[k][:40]!r}") from None
-        if k + 2 + nat > len(lines):
-            raise ConfigError(f"{path}, line {k + 1}: frame of {nat} atoms cut short (the file ends)")
-        comment = lines[k + 1]
-        where = f"{path}, line {k + 2}"
-        cell = ipi_cell(comment, where)
-        if cell is None:
-            raise ConfigError(f"{where}: no CELL(abcABC), CELL(H) or CELL(GENH) in the comment line")
-        scale = ipi_length_unit(comment, "positions", where)
-        step = _STEP.search(comment)
-        symbols, positions = [], np.empty((nat, 3))
-        for i in range(nat):
-            fields = lines[k + 2 + i].split()
-            try:
-                positions[i] = [float(x) for x in fields[1:4]]
-            except (ValueError, IndexError):
-                raise ConfigError(f"{path}, line {k + 3 + i}: expected 'label x y z'") from None
-            symbols.append(fields[0])
-        frames.append(Frame(symbols, positions * scale, cell, int(step.group(1)) if step else None))
-        k += 2 + nat
+        frame = read_ipi_frame(lines, k, str(path))
+        if frame.cell is None:
+            raise ConfigError(f"{path}, line {k + 2}: no CELL(abcABC), CELL(H) or CELL(GENH) in the comment line")
+        step = _STEP.search(frame.comment)
+        frames.append(Frame(list(frame.labels), frame.positions, frame.cell, int(step.group(1)) if step else None))
+        k = frame.end
     return frames
 
 

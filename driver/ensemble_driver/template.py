@@ -67,26 +67,42 @@ class Template:
         return len(self.labels)
 
 
-def _read_ipi_xyz(path: Path, lines: list[str]) -> Template:
+@dataclass(frozen=True)
+class IpiFrame:
+    """One frame of an i-PI xyz file, lengths in Angstrom."""
+
+    labels: tuple[str, ...]
+    positions: np.ndarray  # (nat, 3)
+    cell: np.ndarray | None  # rows = lattice vectors; None: no cell on the comment line
+    comment: str
+    end: int  # index of the line after the frame
+
+
+def read_ipi_frame(lines: list[str], start: int, name: str) -> IpiFrame:
+    """The frame of an i-PI xyz file whose atom-count line is ``lines[start]``. ``name``
+    begins every error message (the file, and what it is to the driver)."""
     try:
-        nat = int(lines[0].split()[0])
+        nat = int(lines[start].split()[0])
     except (IndexError, ValueError):
-        raise ConfigError(f"template {path}: the first line must be the number of atoms") from None
-    body = lines[2 : 2 + nat]
-    if nat <= 0 or len(body) < nat:
-        raise ConfigError(f"template {path}: announces {nat} atoms but has {len(body)} atom lines")
+        raise ConfigError(f"{name}, line {start + 1}: expected the number of atoms, got {lines[start].strip()[:40]!r}") from None
+    if nat <= 0:
+        raise ConfigError(f"{name}, line {start + 1}: the number of atoms must be positive, got {nat}")
+    body = lines[start + 2 : start + 2 + nat]
+    if len(body) < nat:
+        raise ConfigError(f"{name}, line {start + 1}: announces {nat} atoms but has {len(body)} atom lines (the file ends)")
     labels = []
     positions = np.empty((nat, 3))
-    for lineno, line in enumerate(body, start=3):
+    for i, line in enumerate(body):
         fields = line.split()
         try:
-            positions[lineno - 3] = [float(x) for x in fields[1:4]]  # ValueError too when fewer than 3
+            positions[i] = [float(x) for x in fields[1:4]]  # ValueError too when fewer than 3
         except ValueError:
-            raise ConfigError(f"template {path}, line {lineno}: expected 'label x y z', got {line.strip()!r}") from None
+            raise ConfigError(f"{name}, line {start + 3 + i}: expected 'label x y z', got {line.strip()[:60]!r}") from None
         labels.append(fields[0])
-    where = f"template {path}, line 2"
-    positions *= ipi_length_unit(lines[1], "positions", where)
-    return Template(str(path), tuple(labels), periodic=True, positions=positions, cell=ipi_cell(lines[1], where))
+    comment = lines[start + 1]
+    where = f"{name}, line {start + 2}"
+    positions *= ipi_length_unit(comment, "positions", where)
+    return IpiFrame(tuple(labels), positions, ipi_cell(comment, where), comment, start + 2 + nat)
 
 
 def read_template(path: str | Path) -> Template:
@@ -101,7 +117,8 @@ def read_template(path: str | Path) -> Template:
         raise ConfigError(f"template {path}: {exc.strerror}") from None
     if len(head) == 2 and _IPI_CELL.search(head[1]):
         with open(path, encoding="utf-8", errors="replace") as handle:
-            return _read_ipi_xyz(path, handle.read().splitlines())
+            frame = read_ipi_frame(handle.read().splitlines(), 0, f"template {path}")
+        return Template(str(path), frame.labels, periodic=True, positions=frame.positions, cell=frame.cell)
 
     import ase.io  # only here: ASE's io pulls in a lot
 
