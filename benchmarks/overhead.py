@@ -1,6 +1,6 @@
 """What the driver adds to a step besides the model, with the model timed inside the run.
 
-    .venv/bin/python benchmarks/overhead.py [--sizes 32 256 2048] [--rounds 3] [--init-each] [--sleeping-model]
+    .venv/bin/python benchmarks/overhead.py [--sizes 32 256 2048] [--rounds 3] [--init-each] [--sleeping-model] [--ase]
     .venv/bin/python benchmarks/overhead.py --tf-python .venv-tf/bin/python --pb model.pb
 
 ``step_cost.py`` divides the time a client adds to i-PI's step by the model's share timed
@@ -20,7 +20,10 @@ is the driver's own work and whatever makes i-PI's turn slower than with the dum
 the driver's own work is also measured alone: the CPU time of its thread from the end
 of one model call to the start of the next (socket reads and writes, unit conversions,
 bookkeeping), which leaves out the time it waits for i-PI or is preempted by it.
-``--init-each`` adds a row with an INIT before every structure (as with two or more
+``--ase`` adds ASE's ``SocketClient`` with deepmd-kit's ASE calculator, clocked the same
+way around its ``DeepPot.eval`` (the same model, so the two rows compare what each client
+does besides the model without the drift between processes that ``step_cost.py`` is
+exposed to). ``--init-each`` adds a row with an INIT before every structure (as with two or more
 models); ``--sleeping-model`` one with the model replaced by a sleep as long as its call
 (the driver's path unchanged, no CPU spent on a model, zero forces). Each configuration
 runs ``--rounds`` times, interleaved; the median of the runs is reported. A table
@@ -47,6 +50,7 @@ from common import BIN, REPEATS, ROOT, Client, compress, grouped_bars, time_per_
 
 STEPS = {32: 401, 256: 301, 2048: 201}
 WARMUP = 100  # steps dropped: TorchScript's first calls are slow
+ASE = "ase-client"  # the child's flag for ASE's client instead of the driver
 
 
 def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, ...] | list[str] = (),
@@ -55,17 +59,9 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, 
     ``sleep_ms`` the model call is replaced by a sleep that long (no CPU, zero forces)."""
     from ensemble_driver import model as model_module
     from ensemble_driver.cli import _cmd_run, build_parser
-    from ensemble_driver.ipi_input import SocketSettings, prepare_input
     from ensemble_driver.launch import ProcessGroup
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    structure, _ = write_structures(workdir / "structure", natoms)
-    address = f"overhead-{os.getpid()}"
-    prepare_input(ROOT / "ipi_inputs" / "nvt.xml", workdir / "input.xml",
-                  socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
-                  steps=steps, prefix="o", outputs=[])
-    shutil.copy(structure, workdir / "init.xyz")
+    address = _prepare(workdir, natoms, steps)
     calls: list[tuple[float, float, float, float]] = []
     evaluate = model_module.DeepPotModel.evaluate_batch
     if sleep_ms is not None:
@@ -92,6 +88,65 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, 
     Path("/tmp/ipi_" + address).unlink(missing_ok=True)
     if status:
         raise SystemExit(f"the driver ended with status {status}")
+    return _clocked_steps(calls)
+
+
+def ase_child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
+    """The same run and clock with ASE's SocketClient and deepmd-kit's ASE calculator
+    (``ase_client.py``) in this process: its model call is ``DeepPot.eval``, the rest
+    (ASE's socket client, ``Atoms`` updates, the calculator's own work) is its own."""
+    import ase.io
+    from ase.calculators.socketio import SocketClient
+    from ase_client import DPForSocket
+    from ensemble_driver.launch import ProcessGroup
+
+    address = _prepare(workdir, natoms, steps)
+    atoms = ase.io.read(workdir / "structure" / "init.extxyz")
+    atoms.calc = calc = DPForSocket(model)
+    calls: list[tuple[float, float, float, float]] = []
+    evaluate = calc.dp.eval
+
+    def clocked(*args, **kwargs):
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        result = evaluate(*args, **kwargs)
+        calls.append((start, time.perf_counter(), cpu_start, time.thread_time()))
+        return result
+
+    calc.dp.eval = clocked
+    with ProcessGroup(workdir / "logs") as group:
+        group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
+        socket_file = Path("/tmp/ipi_" + address)
+        deadline = time.monotonic() + 120
+        while not socket_file.exists():  # ASE's client does not retry connecting
+            if time.monotonic() > deadline:
+                raise SystemExit(f"i-PI did not open {socket_file}")
+            time.sleep(0.05)
+        watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
+        SocketClient(unixsocket=address).run(atoms, use_stress=True)
+        watcher.start()
+        watcher.join(120)
+    Path("/tmp/ipi_" + address).unlink(missing_ok=True)
+    return _clocked_steps(calls)
+
+
+def _prepare(workdir: Path, natoms: int, steps: int) -> str:
+    """A fresh run directory with the i-PI input and structure; the socket's address."""
+    from ensemble_driver.ipi_input import SocketSettings, prepare_input
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    structure, _ = write_structures(workdir / "structure", natoms)
+    address = f"overhead-{os.getpid()}"
+    prepare_input(ROOT / "ipi_inputs" / "nvt.xml", workdir / "input.xml",
+                  socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
+                  steps=steps, prefix="o", outputs=[])
+    shutil.copy(structure, workdir / "init.xyz")
+    return address
+
+
+def _clocked_steps(calls: list[tuple[float, float, float, float]]) -> dict:
+    """Medians over the steps after WARMUP of the clocked model calls (start, end, thread
+    CPU at start, at end): the period between calls, the call, the client's own CPU."""
     steady = calls[WARMUP:]
     if len(steady) < 20:
         raise SystemExit(f"only {len(calls)} model calls")
@@ -118,6 +173,8 @@ def main() -> int:
     parser.add_argument("--sleeping-model", action="store_true", help="add a row with the model replaced by "
                         "a sleep as long as the model's call (no CPU used): how much slower i-PI's turn gets "
                         "when the client is slow, whatever the client")
+    parser.add_argument("--ase", action="store_true", help="add a row for ASE's SocketClient with deepmd-kit's "
+                        "ASE calculator, clocked the same way (its model call is DeepPot.eval)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NATOMS", "DIR"), help=argparse.SUPPRESS)
@@ -126,6 +183,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         model, natoms, workdir = args.child
+        if args.child_flag == [ASE]:
+            print(json.dumps(ase_child(model, int(natoms), Path(workdir), STEPS[int(natoms)])))
+            return 0
         print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag,
                                      args.child_sleep_ms)))
         return 0
@@ -141,6 +201,8 @@ def main() -> int:
         configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, [], True))
     configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), [],
                     False))
+    if args.ase:
+        configs.append(("ASE SocketClient + deepmd DP", sys.executable, m0, [ASE], False))
     if args.pb:
         if not args.tf_python:
             parser.error("--pb needs --tf-python")
@@ -179,7 +241,7 @@ def main() -> int:
     lines = [f"What the driver adds besides the model, the model timed inside the run; measured "
              f"{time.strftime('%Y-%m-%d')} in {(time.time() - started) / 60:.0f} min, median of "
              f"{args.rounds} interleaved runs.", "",
-             "| atoms | client | i-PI alone ms | step ms | model call ms | driver's own CPU ms | own / model | "
+             "| atoms | client | i-PI alone ms | step ms | model call ms | client's own CPU ms | own / model | "
              "added / model (runs) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -22,6 +22,7 @@ reverse order. A table (Markdown) and a PNG plot are written to ``--out``.
     .venv/bin/python benchmarks/step_cost.py                    # 20-40 minutes on 2 cores
     .venv/bin/python benchmarks/step_cost.py --sizes 32 --steps 301
     .venv/bin/python benchmarks/step_cost.py --sizes 2048 --rounds 3 --only ASE --out results/ase_2048
+    .venv/bin/python benchmarks/step_cost.py --sizes 2048 --steps 41 --skip 10 --rounds 10 --only ASE --plain-eval
     .venv/bin/python benchmarks/step_cost.py --tf-python .venv-tf/bin/python \\
         --pb compare_dp_ipi_output/train/model.pb
 """
@@ -44,6 +45,9 @@ from common import (  # noqa: E402
     BIN, HERE, REPEATS, ROOT, Client, compress, grouped_bars, model_ms, time_per_step, write_structures,
 )
 
+PLAIN = "ensemble-driver, DeepPot.eval"
+
+
 def clients_for(natoms: int, structures: tuple[Path, Path], work: Path, args) -> list[Client]:
     ipi_xyz, ase_xyz = structures
     m0 = ROOT / "examples" / "models" / "m0.pth"
@@ -57,6 +61,8 @@ def clients_for(natoms: int, structures: tuple[Path, Path], work: Path, args) ->
         Client("ASE SocketClient + deepmd DP", [py, str(HERE / "ase_client.py"), str(m0), str(ase_xyz), "ADDRESS"],
                model=(py, m0)),
     ]
+    if args.plain_eval:
+        clients.insert(2, Client(PLAIN, clients[1].argv, model=(py, m0), env={"ENSEMBLE_DRIVER_PLAIN_EVAL": "1"}))
     if args.tf_python and args.pb:
         tf_bin = Path(args.tf_python).parent
         type_map = subprocess.run(
@@ -86,6 +92,11 @@ def main() -> int:
                         "reported (default: 2, 1 for 2048 atoms)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only the clients whose names start with "
                         "one of these (e.g. ASE dp_ipi); i-PI alone and ensemble-driver always run")
+    parser.add_argument("--skip", type=int, default=100, help="steps dropped at the start of each run (default "
+                        "100); under 100 i-PI times every step and the median after SKIP is used: with short "
+                        "runs (--steps 41 --skip 10) many alternated rounds fit in the time of a few")
+    parser.add_argument("--plain-eval", action="store_true", help="add ensemble-driver with "
+                        "ENSEMBLE_DRIVER_PLAIN_EVAL=1 (DeepPot.eval, the path ASE's calculator takes)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the table and plot go")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     args = parser.parse_args()
@@ -103,8 +114,8 @@ def main() -> int:
         steps = args.steps or {32: 401, 256: 301, 2048: 201}[natoms]
         clients = clients_for(natoms, structures, work, args)
         if args.only:
-            clients = [c for i, c in enumerate(clients)
-                       if i == 0 or c.name == "ensemble-driver" or c.name.startswith(tuple(args.only))]
+            clients = [c for i, c in enumerate(clients) if i == 0 or c.name == "ensemble-driver"
+                       or c.name == PLAIN or c.name.startswith(tuple(args.only))]
         rounds = args.rounds or (1 if natoms >= 2048 else 2)
         samples: dict[str, list[float]] = {c.name: [] for c in clients}
         model_samples: dict[str, list[float]] = {c.name: [] for c in clients}
@@ -118,7 +129,7 @@ def main() -> int:
                         timed[client.model] = model_ms(client.model[0], client.model[1], structures[1])
                     model_samples[client.name].append(timed[client.model])
                 t = time_per_step(work / f"n{natoms}" / "runs" / client.name.split()[0], client,
-                                  structures[0], steps, timeout=3600)
+                                  structures[0], steps, timeout=3600, skip=args.skip)
                 samples[client.name].append(t)
                 print(f"{natoms:5d} atoms  round {r + 1}  {client.name:32s} {t * 1000:9.2f} ms/step", flush=True)
         per_step = {name: statistics.median(ts) for name, ts in samples.items()}
@@ -127,8 +138,12 @@ def main() -> int:
         for client in clients:
             total = per_step[client.name]
             model = statistics.median(model_samples[client.name]) if model_samples[client.name] else None
+            # paired: each round's time over ensemble-driver's in the same round, whose runs
+            # were minutes apart at most (the overall medians can come from different rounds)
+            paired = [t / o for t, o in zip(samples[client.name], samples["ensemble-driver"])]
             row = {"natoms": natoms, "client": client.name, "ms_per_step": total * 1000,
                    "rounds_ms": [t * 1000 for t in samples[client.name]],
+                   "paired_ratios": paired, "paired_median": statistics.median(paired),
                    "model_ms": model, "model_rounds_ms": model_samples[client.name],
                    "added_ms": None, "added_over_model": None, "relative_to_ours": total / ours}
             if model is not None:
@@ -151,15 +166,17 @@ def render(rows: list[dict], stamp: str, seconds: float) -> str:
         f"({os.cpu_count()} cores), all runs in one session of {seconds / 60:.0f} min: each client run "
         "several times, interleaved; ms/step is the median, the runs are in brackets.",
         "",
-        "| atoms | client | ms/step (runs) | model ms | added ms | added / model | time vs ensemble-driver |",
-        "|---|---|---|---|---|---|---|",
+        "| atoms | client | ms/step (runs) | model ms | added ms | added / model | time vs ensemble-driver "
+        "| same, round by round: median (range) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fmt = (lambda x, f: "" if x is None else f % x)
         runs = ", ".join(f"{t:.1f}" for t in r["rounds_ms"])
         lines.append(f"| {r['natoms']} | {r['client']} | {r['ms_per_step']:.2f} ({runs}) | {fmt(r['model_ms'], '%.2f')} | "
                      f"{fmt(r['added_ms'], '%.2f')} | {fmt(r['added_over_model'], '%.3f')} | "
-                     f"{r['relative_to_ours']:.3f} |")
+                     f"{r['relative_to_ours']:.3f} | {r['paired_median']:.3f} "
+                     f"({min(r['paired_ratios']):.3f}-{max(r['paired_ratios']):.3f}) |")
     return "\n".join(lines) + "\n"
 
 
