@@ -61,6 +61,20 @@ def test_direct_path_can_be_turned_off(model_paths, monkeypatch):
     assert DeepPotModel(model_paths[0])._direct is None
 
 
+def test_torch_huge_pages_on_unless_the_user_chose(model_paths, monkeypatch):
+    import os
+
+    from ensemble_driver.model import DeepPotModel
+
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "placeholder")  # so that teardown restores the original
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    DeepPotModel(model_paths[0])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    DeepPotModel(model_paths[0])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
 def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkeypatch):
     """A deepmd-kit whose internals changed meaning must cost speed, never correctness."""
     from ensemble_driver import model as model_module
