@@ -60,6 +60,17 @@ class Client:
         return {**os.environ, **self.env} if self.env else None
 
 
+def wait_for_socket(ipi, address: str, timeout: float = 120) -> None:
+    """Wait until i-PI (a ProcessGroup member) has opened its UNIX socket: some clients
+    (i-PI's own, ASE's) do not retry connecting. Raises if i-PI ends or times out first."""
+    socket_file = Path("/tmp/ipi_" + address)
+    deadline = time.monotonic() + timeout
+    while not socket_file.exists():
+        if ipi.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"i-PI did not open {socket_file}: {ipi.tail()}")
+        time.sleep(0.05)
+
+
 def time_per_step(workdir: Path, client: Client, structure: Path, steps: int, timeout: float, *,
                   xml: str = "nvt.xml", nbeads: int | None = None, batch_size: int | None = None,
                   copies: int = 1, skip: int = 100) -> float:
@@ -84,12 +95,7 @@ def time_per_step(workdir: Path, client: Client, structure: Path, steps: int, ti
         (workdir / name).write_text(content.replace("ADDRESS", address))
     with ProcessGroup(workdir / "logs") as group:
         ipi = group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
-        socket_file = Path("/tmp/ipi_" + address)
-        deadline = time.monotonic() + 120
-        while not socket_file.exists():  # some clients (i-PI's own) do not retry connecting
-            if ipi.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"i-PI did not open {socket_file}: {ipi.tail()}")
-            time.sleep(0.05)
+        wait_for_socket(ipi, address)
         for k in range(copies):
             group.start(f"client{k}", argv, cwd=workdir, ok_status=client.ok_status, env=client.environ())
         group.wait(timeout)

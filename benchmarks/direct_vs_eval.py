@@ -38,14 +38,7 @@ def alternated(natoms: int, steps: int, workdir: Path) -> dict:
             return evaluate(self, positions, cells, atom_types)  # warm-up and the check
         direct = len(times["direct"]) == len(times["DeepPot.eval"])
         start = time.perf_counter()
-        if direct:
-            result = self._direct(positions, cells, atom_types)
-        else:
-            nframes, nat = positions.shape[:2]
-            e, f, v = self._dp.eval(positions.reshape(nframes, nat * 3),
-                                    None if cells is None else cells.reshape(nframes, 9), atom_types)[:3]
-            result = model_module.BatchEvaluation(np.asarray(e).reshape(nframes), np.asarray(f).reshape(nframes, nat, 3),
-                                                  np.asarray(v).reshape(nframes, 3, 3))
+        result = (self._direct if direct else self._plain_eval)(positions, cells, atom_types)
         times["direct" if direct else "DeepPot.eval"].append(time.perf_counter() - start)
         return result
 

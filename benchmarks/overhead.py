@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, REPEATS, ROOT, Client, compress, grouped_bars, time_per_step, write_structures  # noqa: E402
+from common import (  # noqa: E402
+    BIN, REPEATS, ROOT, Client, compress, grouped_bars, time_per_step, wait_for_socket, write_structures,
+)
 
 STEPS = {32: 401, 256: 301, 2048: 201}
 WARMUP = 100  # steps dropped: TorchScript's first calls are slow
@@ -114,13 +116,7 @@ def ase_child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
 
     calc.dp.eval = clocked
     with ProcessGroup(workdir / "logs") as group:
-        group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
-        socket_file = Path("/tmp/ipi_" + address)
-        deadline = time.monotonic() + 120
-        while not socket_file.exists():  # ASE's client does not retry connecting
-            if time.monotonic() > deadline:
-                raise SystemExit(f"i-PI did not open {socket_file}")
-            time.sleep(0.05)
+        wait_for_socket(group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir), address)
         watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
         SocketClient(unixsocket=address).run(atoms, use_stress=True)
         watcher.start()

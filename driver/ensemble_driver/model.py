@@ -62,12 +62,12 @@ def _torch_huge_pages() -> None:
     """Let torch back its large CPU tensors with transparent huge pages, unless the user
     chose otherwise (``THP_MEM_ALLOC_ENABLE=0``).
 
-    A model call allocates and frees hundreds of MB of tensors (at 2048 atoms: ~100,000
+    A model call allocates and frees hundreds of MB of tensors (at 2048 atoms: ~110,000
     minor page faults per call here, a third of the call's CPU time spent in the kernel
     mapping and zeroing 4 kB pages). With ``THP_MEM_ALLOC_ENABLE=1`` torch's CPU allocator
     (c10/core/alloc_cpu.cpp) aligns allocations of 2 MB and more to 2 MB and asks for huge
-    pages (``madvise(MADV_HUGEPAGE)``): 10x fewer faults, kernel time per call 345 -> 136 ms
-    (``benchmarks/page_faults.py``). torch reads the variable once, at its first large
+    pages (``madvise(MADV_HUGEPAGE)``): ~15x fewer faults, kernel time per call 361-402 ->
+    77-94 ms (``benchmarks/page_faults.py``, README "The hot path"). torch reads the variable once, at its first large
     allocation, so it is set before torch is imported; the results are the same bits."""
     import os
 
@@ -78,10 +78,11 @@ def _import_deep_pot(path: str):
     """Import deepmd's DeepPot. Unless debugging, silence the advice deepmd and torch log
     at WARNING level on import (thread settings, Triton): it drowns the driver's output.
     torch resets its loggers when imported, so it is imported first, for PyTorch models."""
-    if path.endswith((".pth", ".pt")):
+    torch_model = path.endswith((".pth", ".pt"))
+    if torch_model:
         _torch_huge_pages()
     if not log.isEnabledFor(logging.DEBUG):
-        if path.endswith((".pth", ".pt")):
+        if torch_model:
             import torch  # noqa: F401
 
             logging.getLogger("torch").setLevel(logging.ERROR)
@@ -172,18 +173,22 @@ class DeepPotModel:
         cells (nframes, 3, 3) or None."""
         if self._direct is not None and self._direct.checked:
             return self._direct(positions, cells, atom_types)
+        result = self._plain_eval(positions, cells, atom_types)
+        if self._direct is not None:
+            self._direct = self._direct.verified_against(result, positions, cells, atom_types, self.path)
+        return result
+
+    def _plain_eval(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+        """``DeepPot.eval`` on a batch (the path when the direct one is off or unchecked)."""
         nframes, nat = positions.shape[:2]
         coords = positions.reshape(nframes, nat * 3)
         boxes = None if cells is None else cells.reshape(nframes, 9)
         energy, forces, virial = self._dp.eval(coords, boxes, atom_types)[:3]
-        result = BatchEvaluation(
+        return BatchEvaluation(
             energy=np.asarray(energy, dtype=np.float64).reshape(nframes),
             forces=np.asarray(forces, dtype=np.float64).reshape(nframes, nat, 3),
             virial=np.asarray(virial, dtype=np.float64).reshape(nframes, 3, 3),
         )
-        if self._direct is not None:
-            self._direct = self._direct.verified_against(result, positions, cells, atom_types, self.path)
-        return result
 
 
 class _Direct:
