@@ -38,8 +38,10 @@ def write_structures(directory: Path, natoms: int) -> tuple[Path, Path]:
     ipi = directory / "init.xyz"
     lengths = atoms.cell.lengths()
     with open(ipi, "w") as f:
-        f.write(f"{natoms}\n# CELL(abcABC): {lengths[0]:.5f} {lengths[1]:.5f} {lengths[2]:.5f} 90 90 90 "
-                "positions{angstrom} cell{angstrom}\n")
+        f.write(
+            f"{natoms}\n# CELL(abcABC): {lengths[0]:.5f} {lengths[1]:.5f} {lengths[2]:.5f} 90 90 90 "
+            "positions{angstrom} cell{angstrom}\n"
+        )
         for s, p in zip(atoms.get_chemical_symbols(), atoms.positions):
             f.write(f"{s:>4s} {p[0]:.8f} {p[1]:.8f} {p[2]:.8f}\n")
     ase_file = directory / "init.extxyz"
@@ -71,9 +73,19 @@ def wait_for_socket(ipi, address: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def time_per_step(workdir: Path, client: Client, structure: Path, steps: int, timeout: float, *,
-                  xml: str = "nvt.xml", nbeads: int | None = None, batch_size: int | None = None,
-                  copies: int = 1, skip: int = 100) -> float:
+def time_per_step(
+    workdir: Path,
+    client: Client,
+    structure: Path,
+    steps: int,
+    timeout: float,
+    *,
+    xml: str = "nvt.xml",
+    nbeads: int | None = None,
+    batch_size: int | None = None,
+    copies: int = 1,
+    skip: int = 100,
+) -> float:
     """Mean seconds per i-PI step (its own timing, ``verbosity='medium'``: means over
     steps 0, 1-100, 101-200, ...; the windows up to step 100, with TorchScript's slow
     first calls, are dropped) with ``copies`` instances of ``client`` connected.
@@ -85,10 +97,16 @@ def time_per_step(workdir: Path, client: Client, structure: Path, steps: int, ti
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     address = f"bench-{os.getpid()}-{abs(hash(str(workdir))) % 100000}"
-    prepare_input(ROOT / "ipi_inputs" / xml, workdir / "input.xml",
-                  socket=SocketSettings(address=address, consolidate_messages=True, timeout=0, batch_size=batch_size),
-                  steps=steps, nbeads=nbeads, prefix="bench", outputs=[],
-                  verbosity="medium" if skip >= 100 else "high")
+    prepare_input(
+        ROOT / "ipi_inputs" / xml,
+        workdir / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=True, timeout=0, batch_size=batch_size),
+        steps=steps,
+        nbeads=nbeads,
+        prefix="bench",
+        outputs=[],
+        verbosity="medium" if skip >= 100 else "high",
+    )
     shutil.copy(structure, workdir / "init.xyz")  # after: prepare_input copies the input's own init.xyz
     argv = [a.replace("ADDRESS", address) for a in client.argv]
     for name, content in client.files.items():
@@ -108,22 +126,38 @@ def time_per_step(workdir: Path, client: Client, structure: Path, steps: int, ti
 
 
 def model_ms(python: str, model: Path, structure: Path) -> float:
-    out = subprocess.run([python, str(HERE / "model_time.py"), str(model), str(structure)],
-                         capture_output=True, text=True, check=True, timeout=1800)
+    out = subprocess.run(
+        [python, str(HERE / "model_time.py"), str(model), str(structure)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def compress(model: Path, out: Path) -> Path:
     if not out.exists():
-        subprocess.run([str(BIN / "dp"), "--pt", "compress", "-i", str(model), "-o", str(out)], cwd=out.parent,
-                       check=True, capture_output=True, timeout=1800)
+        subprocess.run(
+            [str(BIN / "dp"), "--pt", "compress", "-i", str(model), "-o", str(out)],
+            cwd=out.parent,
+            check=True,
+            capture_output=True,
+            timeout=1800,
+        )
     return out
 
 
-
-
-def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], *, ylabel: str, title: str,
-                 hline: float | None = None, figsize=(8, 4.5)) -> None:
+def grouped_bars(
+    path: Path,
+    groups: list[str],
+    series: dict[str, list[float]],
+    *,
+    ylabel: str,
+    title: str,
+    hline: float | None = None,
+    figsize=(8, 4.5),
+) -> None:
     """A PNG of bars: one group per entry of ``groups``, one bar per series in each."""
     import matplotlib
 

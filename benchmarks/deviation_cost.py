@@ -37,8 +37,23 @@ def driver(models: int, ranks: int, compressed_dir: Path | None = None) -> list[
     paths = [str(ROOT / "examples" / "models" / f"m{k}.pth") for k in range(models)]
     if compressed_dir is not None:
         paths = [str(compress(Path(p), compressed_dir / f"m{k}_compressed.pth")) for k, p in enumerate(paths)]
-    command = [sys.executable, "-m", "ensemble_driver", "run", "--models", *paths, "--template", "init.xyz",
-               "--unix", "--address", "ADDRESS", "-q", "--out-freq", "1", "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "ensemble_driver",
+        "run",
+        "--models",
+        *paths,
+        "--template",
+        "init.xyz",
+        "--unix",
+        "--address",
+        "ADDRESS",
+        "-q",
+        "--out-freq",
+        "1",
+        "--overwrite",
+    ]
     return [str(BIN / "mpiexec"), "-n", str(ranks), *command] if ranks > 1 else command
 
 
@@ -70,10 +85,13 @@ def main() -> int:
     for name, models, ranks, compressed in CONFIGS:
         client = Client(name, driver(models, ranks, work if compressed else None), env=ONE_THREAD)
         seconds = time_per_step(work / f"m{models}r{ranks}", client, ipi_xyz, args.steps, timeout=3600)
-        rows.append({"config": name, "models": models, "ranks": ranks, "compressed": compressed,
-                     "ms_per_step": seconds * 1000})
+        rows.append(
+            {"config": name, "models": models, "ranks": ranks, "compressed": compressed, "ms_per_step": seconds * 1000}
+        )
         print(f"{name:40s} {seconds * 1000:8.2f} ms/step", flush=True)
-    plain = {c: next(r["ms_per_step"] for r in rows if r["compressed"] == c and r["models"] == 1) for c in (False, True)}
+    plain = {
+        c: next(r["ms_per_step"] for r in rows if r["compressed"] == c and r["models"] == 1) for c in (False, True)
+    }
     lines = [
         f"Deviation at every step (--out-freq 1), {args.natoms} atoms, i-PI NVT, one thread per process; "
         f"measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), one session of "

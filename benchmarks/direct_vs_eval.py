@@ -54,9 +54,13 @@ def alternated(natoms: int, steps: int, workdir: Path) -> dict:
     plain = np.array(times["DeepPot.eval"][skip:n])
     if len(direct) < 10:
         raise SystemExit(f"{natoms} atoms: only {len(direct)} pairs; raise --steps")
-    return {"pairs": len(direct), "direct_ms": 1e3 * float(np.median(direct)),
-            "eval_ms": 1e3 * float(np.median(plain)), "ratio": float(np.median(direct / plain)),
-            "direct_faster": float(np.mean(direct < plain))}
+    return {
+        "pairs": len(direct),
+        "direct_ms": 1e3 * float(np.median(direct)),
+        "eval_ms": 1e3 * float(np.median(plain)),
+        "ratio": float(np.median(direct / plain)),
+        "direct_faster": float(np.mean(direct < plain)),
+    }
 
 
 def main() -> int:
@@ -67,9 +71,12 @@ def main() -> int:
     args = parser.parse_args()
     for natoms in args.sizes:
         r = alternated(natoms, args.steps, (args.workdir / "direct_vs_eval" / f"n{natoms}").resolve())
-        print(f"{natoms:5d} atoms  {r['pairs']:4d} pairs  direct {r['direct_ms']:8.2f} ms  DeepPot.eval "
-              f"{r['eval_ms']:8.2f} ms  direct / DeepPot.eval {r['ratio']:.3f} (pair medians; direct faster "
-              f"in {100 * r['direct_faster']:.0f}% of pairs)", flush=True)
+        print(
+            f"{natoms:5d} atoms  {r['pairs']:4d} pairs  direct {r['direct_ms']:8.2f} ms  DeepPot.eval "
+            f"{r['eval_ms']:8.2f} ms  direct / DeepPot.eval {r['ratio']:.3f} (pair medians; direct faster "
+            f"in {100 * r['direct_faster']:.0f}% of pairs)",
+            flush=True,
+        )
     return 0
 
 

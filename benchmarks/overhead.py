@@ -47,7 +47,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BIN, REPEATS, ROOT, Client, compress, grouped_bars, time_per_step, wait_for_socket, write_structures,
+    BIN,
+    REPEATS,
+    ROOT,
+    Client,
+    compress,
+    grouped_bars,
+    time_per_step,
+    wait_for_socket,
+    write_structures,
 )
 
 STEPS = {32: 401, 256: 301, 2048: 201}
@@ -55,8 +63,14 @@ WARMUP = 100  # steps dropped: TorchScript's first calls are slow
 ASE = "ase-client"  # the child's flag for ASE's client instead of the driver
 
 
-def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, ...] | list[str] = (),
-          sleep_ms: float | None = None) -> dict:
+def child(
+    model: str,
+    natoms: int,
+    workdir: Path,
+    steps: int,
+    flags: tuple[str, ...] | list[str] = (),
+    sleep_ms: float | None = None,
+) -> dict:
     """Run the driver in this process against a real i-PI; the clocked model calls. With
     ``sleep_ms`` the model call is replaced by a sleep that long (no CPU, zero forces)."""
     from ensemble_driver import model as model_module
@@ -67,6 +81,7 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, 
     calls: list[tuple[float, float, float, float]] = []
     evaluate = model_module.DeepPotModel.evaluate_batch
     if sleep_ms is not None:
+
         def evaluate(self, positions, cells, atom_types):
             time.sleep(sleep_ms / 1000)
             n = len(positions)
@@ -79,8 +94,20 @@ def child(model: str, natoms: int, workdir: Path, steps: int, flags: tuple[str, 
         return result
 
     model_module.DeepPotModel.evaluate_batch = clocked
-    args = build_parser().parse_args(["run", "--models", model, "--template", str(workdir / "init.xyz"),
-                                      "--unix", "--address", address, "-q", *flags])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--models",
+            model,
+            "--template",
+            str(workdir / "init.xyz"),
+            "--unix",
+            "--address",
+            address,
+            "-q",
+            *flags,
+        ]
+    )
     with ProcessGroup(workdir / "logs") as group:
         group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
         watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
@@ -100,6 +127,7 @@ def ase_child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
     import ase.io
     from ase.calculators.socketio import SocketClient
     from ase_client import DPForSocket
+
     from ensemble_driver.launch import ProcessGroup
 
     address = _prepare(workdir, natoms, steps)
@@ -133,9 +161,14 @@ def _prepare(workdir: Path, natoms: int, steps: int) -> str:
         shutil.rmtree(workdir)
     structure, _ = write_structures(workdir / "structure", natoms)
     address = f"overhead-{os.getpid()}"
-    prepare_input(ROOT / "ipi_inputs" / "nvt.xml", workdir / "input.xml",
-                  socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
-                  steps=steps, prefix="o", outputs=[])
+    prepare_input(
+        ROOT / "ipi_inputs" / "nvt.xml",
+        workdir / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
+        steps=steps,
+        prefix="o",
+        outputs=[],
+    )
     shutil.copy(structure, workdir / "init.xyz")
     return address
 
@@ -151,26 +184,41 @@ def _clocked_steps(calls: list[tuple[float, float, float, float]]) -> dict:
     # next: its own work (socket, conversions, bookkeeping), without the time it waits for
     # i-PI or is preempted by it
     own = [b[2] - a[3] for a, b in zip(steady, steady[1:])]
-    return {"period_ms": statistics.median(periods) * 1000,
-            "model_ms": statistics.median([c[1] - c[0] for c in steady]) * 1000,
-            "own_cpu_ms": statistics.median(own) * 1000,
-            "steps": len(periods)}
+    return {
+        "period_ms": statistics.median(periods) * 1000,
+        "model_ms": statistics.median([c[1] - c[0] for c in steady]) * 1000,
+        "own_cpu_ms": statistics.median(own) * 1000,
+        "steps": len(periods),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 2048], choices=sorted(REPEATS))
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration, interleaved "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each configuration, interleaved (default: %(default)s)"
+    )
     parser.add_argument("--tf-python", help="python of a TensorFlow environment (README), for --pb")
     parser.add_argument("--pb", type=Path, help="a TensorFlow model of Cu/Au: adds its rows")
-    parser.add_argument("--init-each", action="store_true", help="add a row with --init-each (an INIT before "
-                        "every structure, as with two or more models) beside the default")
-    parser.add_argument("--sleeping-model", action="store_true", help="add a row with the model replaced by "
-                        "a sleep as long as the model's call (no CPU used): how much slower i-PI's turn gets "
-                        "when the client is slow, whatever the client")
-    parser.add_argument("--ase", action="store_true", help="add a row for ASE's SocketClient with deepmd-kit's "
-                        "ASE calculator, clocked the same way (its model call is DeepPot.eval)")
+    parser.add_argument(
+        "--init-each",
+        action="store_true",
+        help="add a row with --init-each (an INIT before "
+        "every structure, as with two or more models) beside the default",
+    )
+    parser.add_argument(
+        "--sleeping-model",
+        action="store_true",
+        help="add a row with the model replaced by "
+        "a sleep as long as the model's call (no CPU used): how much slower i-PI's turn gets "
+        "when the client is slow, whatever the client",
+    )
+    parser.add_argument(
+        "--ase",
+        action="store_true",
+        help="add a row for ASE's SocketClient with deepmd-kit's "
+        "ASE calculator, clocked the same way (its model call is DeepPot.eval)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NATOMS", "DIR"), help=argparse.SUPPRESS)
@@ -182,8 +230,11 @@ def main() -> int:
         if args.child_flag == [ASE]:
             print(json.dumps(ase_child(model, int(natoms), Path(workdir), STEPS[int(natoms)])))
             return 0
-        print(json.dumps(child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag,
-                                     args.child_sleep_ms)))
+        print(
+            json.dumps(
+                child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag, args.child_sleep_ms)
+            )
+        )
         return 0
     work = (args.workdir / "overhead").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -195,8 +246,7 @@ def main() -> int:
         configs.append(("ensemble-driver, --init-each", sys.executable, m0, ["--init-each"], False))
     if args.sleeping_model:
         configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, [], True))
-    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), [],
-                    False))
+    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), [], False))
     if args.ase:
         configs.append(("ASE SocketClient + deepmd DP", sys.executable, m0, [ASE], False))
     if args.pb:
@@ -214,47 +264,72 @@ def main() -> int:
             alone.append(time_per_step(work / f"n{natoms}" / "dummy", dummy, ipi_xyz, STEPS[natoms], 3600) * 1000)
             print(f"{natoms:5d} atoms  round {r + 1}  i-PI alone {alone[-1]:8.2f} ms/step", flush=True)
             for name, python, model, flags, sleeping in configs:
-                command = [python, __file__, "--child", str(model), str(natoms), str(work / f"n{natoms}" / "run"),
-                           *[f"--child-flag={flag}" for flag in flags]]
+                command = [
+                    python,
+                    __file__,
+                    "--child",
+                    str(model),
+                    str(natoms),
+                    str(work / f"n{natoms}" / "run"),
+                    *[f"--child-flag={flag}" for flag in flags],
+                ]
                 if sleeping:
                     command.append(f"--child-sleep-ms={runs['ensemble-driver'][-1]['model_ms']}")
-                out = subprocess.run(command,
-                                     capture_output=True, text=True, timeout=3600)
+                out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
                 if out.returncode:
                     raise SystemExit(f"{name}, {natoms} atoms: {out.stderr[-3000:]}")
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 res = runs[name][-1]
-                print(f"{natoms:5d} atoms  round {r + 1}  {name:30s} period {res['period_ms']:8.2f}  "
-                      f"model {res['model_ms']:8.2f}  own CPU {res['own_cpu_ms']:6.3f} ms", flush=True)
+                print(
+                    f"{natoms:5d} atoms  round {r + 1}  {name:30s} period {res['period_ms']:8.2f}  "
+                    f"model {res['model_ms']:8.2f}  own CPU {res['own_cpu_ms']:6.3f} ms",
+                    flush=True,
+                )
         ipi_alone = statistics.median(alone)
         for name, *_ in configs:
             ratios = [(x["period_ms"] - ipi_alone) / x["model_ms"] for x in runs[name]]
-            rows.append({"natoms": natoms, "client": name, "ipi_alone_ms": ipi_alone,
-                         "period_ms": statistics.median(x["period_ms"] for x in runs[name]),
-                         "model_ms": statistics.median(x["model_ms"] for x in runs[name]),
-                         "own_cpu_ms": statistics.median(x["own_cpu_ms"] for x in runs[name]),
-                         "added_over_model": statistics.median(ratios), "rounds": ratios})
-    lines = [f"What the driver adds besides the model, the model timed inside the run; measured "
-             f"{time.strftime('%Y-%m-%d')} in {(time.time() - started) / 60:.0f} min, median of "
-             f"{args.rounds} interleaved runs.", "",
-             "| atoms | client | i-PI alone ms | step ms | model call ms | client's own CPU ms | own / model | "
-             "added / model (runs) |",
-             "|---|---|---|---|---|---|---|---|"]
+            rows.append(
+                {
+                    "natoms": natoms,
+                    "client": name,
+                    "ipi_alone_ms": ipi_alone,
+                    "period_ms": statistics.median(x["period_ms"] for x in runs[name]),
+                    "model_ms": statistics.median(x["model_ms"] for x in runs[name]),
+                    "own_cpu_ms": statistics.median(x["own_cpu_ms"] for x in runs[name]),
+                    "added_over_model": statistics.median(ratios),
+                    "rounds": ratios,
+                }
+            )
+    lines = [
+        f"What the driver adds besides the model, the model timed inside the run; measured "
+        f"{time.strftime('%Y-%m-%d')} in {(time.time() - started) / 60:.0f} min, median of "
+        f"{args.rounds} interleaved runs.",
+        "",
+        "| atoms | client | i-PI alone ms | step ms | model call ms | client's own CPU ms | own / model | "
+        "added / model (runs) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         each = ", ".join(f"{x:.3f}" for x in r["rounds"])
-        lines.append(f"| {r['natoms']} | {r['client']} | {r['ipi_alone_ms']:.2f} | {r['period_ms']:.2f} | "
-                     f"{r['model_ms']:.2f} | {r['own_cpu_ms']:.3f} | {r['own_cpu_ms'] / r['model_ms']:.3f} | "
-                     f"{r['added_over_model']:.3f} ({each}) |")
+        lines.append(
+            f"| {r['natoms']} | {r['client']} | {r['ipi_alone_ms']:.2f} | {r['period_ms']:.2f} | "
+            f"{r['model_ms']:.2f} | {r['own_cpu_ms']:.3f} | {r['own_cpu_ms'] / r['model_ms']:.3f} | "
+            f"{r['added_over_model']:.3f} ({each}) |"
+        )
     table = "\n".join(lines) + "\n"
     print()
     print(table)
     (args.out / "overhead.md").write_text(table)
     (args.out / "overhead.json").write_text(json.dumps(rows, indent=1) + "\n")
     names = [name for name, *_ in configs]
-    grouped_bars(args.out / "overhead.png", [f"{n} atoms" for n in args.sizes],
-                 {name: [r["added_over_model"] for r in rows if r["client"] == name] for name in names},
-                 ylabel="(step - i-PI alone) / model call", hline=1.0,
-                 title="What the driver adds besides the model (1.00: nothing)")
+    grouped_bars(
+        args.out / "overhead.png",
+        [f"{n} atoms" for n in args.sizes],
+        {name: [r["added_over_model"] for r in rows if r["client"] == name] for name in names},
+        ylabel="(step - i-PI alone) / model call",
+        hline=1.0,
+        title="What the driver adds besides the model (1.00: nothing)",
+    )
     print(f"wrote {args.out / 'overhead.md'} and {args.out / 'overhead.png'}")
     return 0
 

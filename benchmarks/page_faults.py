@@ -30,6 +30,7 @@ from common import REPEATS, ROOT  # noqa: E402
 
 def measure(natoms: int, calls: int) -> dict:
     from ase.build import bulk
+
     from ensemble_driver.model import DeepPotModel
 
     atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat(REPEATS[natoms])
@@ -50,11 +51,14 @@ def measure(natoms: int, calls: int) -> dict:
         forces = model.evaluate(positions, cell, types).forces
         walls.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"faults": (after.ru_minflt - before.ru_minflt) / calls,
-            "user_ms": 1e3 * (after.ru_utime - before.ru_utime) / calls,
-            "sys_ms": 1e3 * (after.ru_stime - before.ru_stime) / calls,
-            "wall_ms": 1e3 * float(np.median(walls)), "forces_sum": float(np.abs(forces).sum()),
-            "forces_hash": hash(forces.tobytes())}
+    return {
+        "faults": (after.ru_minflt - before.ru_minflt) / calls,
+        "user_ms": 1e3 * (after.ru_utime - before.ru_utime) / calls,
+        "sys_ms": 1e3 * (after.ru_stime - before.ru_stime) / calls,
+        "wall_ms": 1e3 * float(np.median(walls)),
+        "forces_sum": float(np.abs(forces).sum()),
+        "forces_hash": hash(forces.tobytes()),
+    }
 
 
 def main() -> int:
@@ -71,16 +75,23 @@ def main() -> int:
     for natoms in args.sizes:
         runs: dict[str, list[dict]] = {name: [] for name in configs}
         for r in range(args.rounds):
-            for name, value in (configs.items() if r % 2 == 0 else reversed(configs.items())):
-                out = subprocess.run([sys.executable, __file__, "--child", str(natoms), "--calls", str(args.calls)],
-                                     env={**os.environ, "THP_MEM_ALLOC_ENABLE": value, "PYTHONHASHSEED": "0"},
-                                     capture_output=True, text=True, timeout=1800)
+            for name, value in configs.items() if r % 2 == 0 else reversed(configs.items()):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(natoms), "--calls", str(args.calls)],
+                    env={**os.environ, "THP_MEM_ALLOC_ENABLE": value, "PYTHONHASHSEED": "0"},
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                )
                 if out.returncode:
                     raise SystemExit(out.stderr[-3000:])
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 x = runs[name][-1]
-                print(f"{natoms:5d} atoms  {name:38s} faults/call {x['faults']:8.0f}  user {x['user_ms']:7.1f}  "
-                      f"kernel {x['sys_ms']:7.1f}  wall {x['wall_ms']:7.1f} ms/call", flush=True)
+                print(
+                    f"{natoms:5d} atoms  {name:38s} faults/call {x['faults']:8.0f}  user {x['user_ms']:7.1f}  "
+                    f"kernel {x['sys_ms']:7.1f}  wall {x['wall_ms']:7.1f} ms/call",
+                    flush=True,
+                )
         hashes = {x["forces_hash"] for rs in runs.values() for x in rs}
         print(f"{natoms:5d} atoms  forces of all runs identical bit for bit: {len(hashes) == 1}", flush=True)
     return 0

@@ -41,8 +41,20 @@ def main() -> int:
     work = args.workdir.resolve() / "pimd"
     ipi_xyz, _ = write_structures(work, 32)
     args.out.mkdir(parents=True, exist_ok=True)
-    driver = [sys.executable, "-m", "ensemble_driver", "run", "--models", str(args.model), "--template", "init.xyz",
-              "--unix", "--address", "ADDRESS", "-q"]
+    driver = [
+        sys.executable,
+        "-m",
+        "ensemble_driver",
+        "run",
+        "--models",
+        str(args.model),
+        "--template",
+        "init.xyz",
+        "--unix",
+        "--address",
+        "ADDRESS",
+        "-q",
+    ]
     compressed = list(driver)
     compressed[5] = str(compress(args.model, work / "m0_compressed.pth"))
     started = time.time()
@@ -56,8 +68,17 @@ def main() -> int:
             (f"compressed: one driver, batches of {nbeads}", Client("c-batched", compressed), 1, nbeads),
         ]
         for name, client, copies, batch in configs:
-            seconds = time_per_step(work / f"p{nbeads}_{client.name}", client, ipi_xyz, args.steps, timeout=3600,
-                                    xml="pimd.xml", nbeads=nbeads, batch_size=batch, copies=copies)
+            seconds = time_per_step(
+                work / f"p{nbeads}_{client.name}",
+                client,
+                ipi_xyz,
+                args.steps,
+                timeout=3600,
+                xml="pimd.xml",
+                nbeads=nbeads,
+                batch_size=batch,
+                copies=copies,
+            )
             rows.append({"beads": nbeads, "kind": client.name, "config": name, "ms_per_step": seconds * 1000})
             print(f"P={nbeads:3d}  {name:34s} {seconds * 1000:9.2f} ms/step", flush=True)
     lines = [
@@ -83,12 +104,25 @@ def main() -> int:
 
 def plot(rows, path: Path) -> None:
     beads = sorted({r["beads"] for r in rows})
-    labels = {"single": "one driver, a request per bead", "two": "two drivers", "batched": "one driver, batched",
-              "c-single": "compressed, a request per bead", "c-batched": "compressed, batched"}
-    series = {label: [next(r["ms_per_step"] for r in rows if r["beads"] == p and r["kind"] == kind) for p in beads]
-              for kind, label in labels.items()}
-    grouped_bars(path, [f"P = {p}" for p in beads], series, ylabel="ms per i-PI step",
-                 title="PIMD, 32 atoms: requests per bead vs i-PI's batched transport", figsize=(7, 4))
+    labels = {
+        "single": "one driver, a request per bead",
+        "two": "two drivers",
+        "batched": "one driver, batched",
+        "c-single": "compressed, a request per bead",
+        "c-batched": "compressed, batched",
+    }
+    series = {
+        label: [next(r["ms_per_step"] for r in rows if r["beads"] == p and r["kind"] == kind) for p in beads]
+        for kind, label in labels.items()
+    }
+    grouped_bars(
+        path,
+        [f"P = {p}" for p in beads],
+        series,
+        ylabel="ms per i-PI step",
+        title="PIMD, 32 atoms: requests per bead vs i-PI's batched transport",
+        figsize=(7, 4),
+    )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,18 @@ def main() -> int:
         shutil.rmtree(work)
     structure, _ = write_structures(work / "structure", args.natoms)
     address = f"profile-{os.getpid()}"
-    prepare_input(ROOT / "ipi_inputs" / "nvt.xml", work / "input.xml",
-                  socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
-                  steps=args.steps, prefix="prof", outputs=[])
+    prepare_input(
+        ROOT / "ipi_inputs" / "nvt.xml",
+        work / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=True, timeout=0),
+        steps=args.steps,
+        prefix="prof",
+        outputs=[],
+    )
     shutil.copy(structure, work / "init.xyz")
     driver_args = build_parser().parse_args(
-        ["run", "--models", args.model, "--template", str(work / "init.xyz"), "--unix", "--address", address, "-q"])
+        ["run", "--models", args.model, "--template", str(work / "init.xyz"), "--unix", "--address", address, "-q"]
+    )
     profile = cProfile.Profile()
     with ProcessGroup(work / "logs") as group:
         group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=work)
@@ -71,11 +77,15 @@ def main() -> int:
     calls = max((v[1] for k, v in evals), default=0)
     loop = [(k, v) for k, v in stats.stats.items() if k[2] == "run" and k[0].endswith("client.py")]
     in_loop = loop[0][1][3] if loop else float("nan")
-    print(f"wall {wall:.2f} s; Session.run {in_loop:.2f} s; model calls {in_eval:.2f} s in {calls} calls "
-          "(times include cProfile's own overhead)")
+    print(
+        f"wall {wall:.2f} s; Session.run {in_loop:.2f} s; model calls {in_eval:.2f} s in {calls} calls "
+        "(times include cProfile's own overhead)"
+    )
     if calls:
-        print(f"per step: {1000 * in_eval / calls:.3f} ms in the model call, "
-              f"{1000 * (in_loop - in_eval) / calls:.3f} ms elsewhere in the session (waiting on i-PI included)")
+        print(
+            f"per step: {1000 * in_eval / calls:.3f} ms in the model call, "
+            f"{1000 * (in_loop - in_eval) / calls:.3f} ms elsewhere in the session (waiting on i-PI included)"
+        )
     return 0
 
 

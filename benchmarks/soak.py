@@ -76,13 +76,35 @@ def main() -> int:
     workdir.mkdir(parents=True)
     address = f"soak-{os.getpid()}"
     prepare_input(
-        ROOT / "ipi_inputs" / "pimd.xml", workdir / "input.xml",
-        socket=SocketSettings(address=address, consolidate_messages=True), steps=args.steps, prefix="soak",
+        ROOT / "ipi_inputs" / "pimd.xml",
+        workdir / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=True),
+        steps=args.steps,
+        prefix="soak",
         outputs=["<properties stride='10' filename='out'> [ step, potential{electronvolt} ] </properties>"],
     )
     models = [str(ROOT / "examples" / "models" / f"m{k}.pth") for k in range(4)]
-    driver = [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "ensemble_driver", "run", "--models", *models,
-              "--template", "init.xyz", "--unix", "--address", address, "--nbeads", "4", "--out-freq", "10", "-q"]
+    driver = [
+        str(BIN / "mpiexec"),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "ensemble_driver",
+        "run",
+        "--models",
+        *models,
+        "--template",
+        "init.xyz",
+        "--unix",
+        "--address",
+        address,
+        "--nbeads",
+        "4",
+        "--out-freq",
+        "10",
+        "-q",
+    ]
     start_step = 250  # 1,000 evaluations: past the models' warm-up
     samples: dict[int, list[tuple[int, float, int]]] = {}
     t0 = time.perf_counter()
@@ -106,18 +128,24 @@ def main() -> int:
             time.sleep(1.0)
     wall = time.perf_counter() - t0
     evaluations = 4 * (args.steps + 1)
-    print(f"soak: {evaluations} evaluations (i-PI PIMD, 4 beads, {args.steps} steps; 4 models on 2 ranks, "
-          f"deviation every 10 steps) in {wall:.0f} s")
-    print(f"{'rank':>4} {'from step':>10} {'to step':>8} {'RSS start MB':>13} {'RSS end MB':>11} {'growth MB':>10} "
-          f"{'fds start':>10} {'fds end':>8}")
+    print(
+        f"soak: {evaluations} evaluations (i-PI PIMD, 4 beads, {args.steps} steps; 4 models on 2 ranks, "
+        f"deviation every 10 steps) in {wall:.0f} s"
+    )
+    print(
+        f"{'rank':>4} {'from step':>10} {'to step':>8} {'RSS start MB':>13} {'RSS end MB':>11} {'growth MB':>10} "
+        f"{'fds start':>10} {'fds end':>8}"
+    )
     worst_rss, worst_fd = 0.0, 0
     for rank in sorted(samples):
         (s0, rss0, fd0), (s1, rss1, fd1) = samples[rank][0], samples[rank][-1]
         worst_rss, worst_fd = max(worst_rss, rss1 - rss0), max(worst_fd, fd1 - fd0)
         print(f"{rank:>4} {s0:>10} {s1:>8} {rss0:>13.1f} {rss1:>11.1f} {rss1 - rss0:>10.1f} {fd0:>10} {fd1:>8}")
     ok = worst_rss < 5.0 and worst_fd == 0
-    print(f"soak: largest growth {worst_rss:.1f} MB and {worst_fd} descriptors: {'within' if ok else 'OUTSIDE'} "
-          "the aim (< 5 MB, 0 descriptors)")
+    print(
+        f"soak: largest growth {worst_rss:.1f} MB and {worst_fd} descriptors: {'within' if ok else 'OUTSIDE'} "
+        "the aim (< 5 MB, 0 descriptors)"
+    )
     return 0 if ok else 1
 
 

@@ -91,3 +91,11 @@ def compressed_model(tmp_path_factory, model_paths) -> Path:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def symbols():
+    """The element of every atom of the shipped i-PI inputs' structure, in i-PI's order."""
+    from ensemble_driver.template import read_template
+
+    return list(read_template(IPI_INPUTS / "init.xyz").labels)

@@ -48,11 +48,17 @@ class IpiRun:
 
 def driver_command(models: Sequence[Path], template: Path, address: str, *extra: str) -> list[str]:
     return [
-        tool("ensemble-driver"), "run",
-        "--models", *map(str, models),
-        "--template", str(template),
-        "--unix", "--address", address,
-        "--connect-timeout", "120",
+        tool("ensemble-driver"),
+        "run",
+        "--models",
+        *map(str, models),
+        "--template",
+        str(template),
+        "--unix",
+        "--address",
+        address,
+        "--connect-timeout",
+        "120",
         *extra,
     ]
 

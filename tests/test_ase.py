@@ -86,9 +86,20 @@ def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extr
 
     template = tmp_path / "template.extxyz"
     base.write(template)
+
     def build(unixsocket, port):
-        return [tool("ensemble-driver"), "run", "--models", str(model), "--template", str(template),
-                "--connect-timeout", "120", *extra, *driver_args(unixsocket, port)]
+        return [
+            tool("ensemble-driver"),
+            "run",
+            "--models",
+            str(model),
+            "--template",
+            str(template),
+            "--connect-timeout",
+            "120",
+            *extra,
+            *driver_args(unixsocket, port),
+        ]
 
     launcher = Launcher(build, tmp_path / "driver.log")
     reference = DP(str(model))

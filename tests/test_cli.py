@@ -35,8 +35,18 @@ def test_help_does_not_import_the_ml_stack():
 def test_run_help_teaches():
     proc = run_cli("run", "--help")
     assert proc.returncode == 0
-    for needed in ("--models", "--template", "--unix", "--sockets-prefix", "--connect-timeout",
-                   "--config", "dp_ipi", "examples:", "exit status:", "NEEDINIT"):
+    for needed in (
+        "--models",
+        "--template",
+        "--unix",
+        "--sockets-prefix",
+        "--connect-timeout",
+        "--config",
+        "dp_ipi",
+        "examples:",
+        "exit status:",
+        "NEEDINIT",
+    ):
         assert needed in proc.stdout
 
 
@@ -46,8 +56,13 @@ def test_help_paragraphs_fit_the_terminal(command):
     (example commands) are kept as written."""
     import os
 
-    proc = subprocess.run([tool("ensemble-driver"), command, "--help"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "72"})
+    proc = subprocess.run(
+        [tool("ensemble-driver"), command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "72"},
+    )
     assert proc.returncode == 0
     prose = [line for line in proc.stdout.splitlines() if line and not line[0].isspace()]
     assert len(prose) > 2
@@ -55,20 +70,40 @@ def test_help_paragraphs_fit_the_terminal(command):
 
 
 def test_python_dash_m_works():
-    proc = subprocess.run([sys.executable, "-m", "ensemble_driver", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ensemble_driver", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("ensemble-driver ")
 
 
 def test_missing_model_file_fails_fast(tmp_path):
-    proc = run_cli("run", "--models", str(tmp_path / "nope.pth"), "--template", str(IPI_INPUTS / "init.xyz"),
-                   "--unix", "--address", "x", timeout=30)
+    proc = run_cli(
+        "run",
+        "--models",
+        str(tmp_path / "nope.pth"),
+        "--template",
+        str(IPI_INPUTS / "init.xyz"),
+        "--unix",
+        "--address",
+        "x",
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert error_lines(proc) == [f"ensemble-driver: error: model {tmp_path / 'nope.pth'}: no such file"]
 
 
 def test_socket_path_too_long_fails_before_loading(model_paths):
-    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
-                   "--unix", "--address", "a" * 120, timeout=30)
+    proc = run_cli(
+        "run",
+        "--models",
+        str(model_paths[0]),
+        "--template",
+        str(IPI_INPUTS / "init.xyz"),
+        "--unix",
+        "--address",
+        "a" * 120,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "the operating system allows at most 107" in error_lines(proc)[0]
     assert "deepmd" not in proc.stderr.lower()  # failed before the model was loaded
@@ -76,8 +111,18 @@ def test_socket_path_too_long_fails_before_loading(model_paths):
 
 @pytest.mark.timeout(180)
 def test_no_server_gives_up_after_connect_timeout(model_paths, address):
-    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
-                   "--unix", "--address", address, "--connect-timeout", "1")
+    proc = run_cli(
+        "run",
+        "--models",
+        str(model_paths[0]),
+        "--template",
+        str(IPI_INPUTS / "init.xyz"),
+        "--unix",
+        "--address",
+        address,
+        "--connect-timeout",
+        "1",
+    )
     assert proc.returncode == 3
     [line] = error_lines(proc)
     assert f"could not connect to UNIX socket /tmp/ipi_{address} within 1 s" in line
@@ -102,8 +147,20 @@ def test_output_path_errors_come_before_models_load(tmp_path, model_paths, out_f
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a model")
     out = out_file.format(tmp=tmp_path)
-    proc = run_cli("run", "--models", str(model_paths[0]), str(broken), "--template", str(IPI_INPUTS / "init.xyz"),
-                   "--unix", "--address", "x", "--out-file", out, timeout=60)
+    proc = run_cli(
+        "run",
+        "--models",
+        str(model_paths[0]),
+        str(broken),
+        "--template",
+        str(IPI_INPUTS / "init.xyz"),
+        "--unix",
+        "--address",
+        "x",
+        "--out-file",
+        out,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     [line] = error_lines(proc)
     assert message.format(tmp=tmp_path) in line
@@ -117,16 +174,28 @@ def test_no_inet_server_names_host_and_port(model_paths):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    proc = run_cli("run", "--models", str(model_paths[0]), "--template", str(IPI_INPUTS / "init.xyz"),
-                   "--address", "localhost", "--port", str(port), "--connect-timeout", "1")
+    proc = run_cli(
+        "run",
+        "--models",
+        str(model_paths[0]),
+        "--template",
+        str(IPI_INPUTS / "init.xyz"),
+        "--address",
+        "localhost",
+        "--port",
+        str(port),
+        "--connect-timeout",
+        "1",
+    )
     assert proc.returncode == 3
     [line] = error_lines(proc)
     assert f"could not connect to INET socket localhost:{port} within 1 s" in line
     assert "Connection refused" in line
 
 
-@pytest.mark.parametrize("script", ["step_cost.py", "overhead.py", "deviation_cost.py", "pimd_batch.py", "profile_step.py",
-                                    "soak.py"])
+@pytest.mark.parametrize(
+    "script", ["step_cost.py", "overhead.py", "deviation_cost.py", "pimd_batch.py", "profile_step.py", "soak.py"]
+)
 def test_benchmark_scripts_parse_their_options(script):
     """The benchmarks are not run in CI (they take minutes and their numbers need a quiet
     machine); this keeps them importable and their --help true to their docstring."""
@@ -135,7 +204,8 @@ def test_benchmark_scripts_parse_their_options(script):
 
     from conftest import ROOT
 
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage:"), proc.stdout[:500]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from harness import driver_command, run_ipi
-from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary, symbols  # noqa: F401 (fixture)
+from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
 from ensemble_driver import units
 
@@ -30,8 +30,9 @@ def read_uncertainty(path) -> list[float]:
 
 
 def test_ipi_committee_uncertainty_is_the_models_energy_std(tmp_path, address, model_paths, reference, symbols):
-    command = mpiexec(2, driver_command(model_paths, tmp_path / "init.xyz", address, "--committee-json",
-                                        "--out-freq", "3"))
+    command = mpiexec(
+        2, driver_command(model_paths, tmp_path / "init.xyz", address, "--committee-json", "--out-freq", "3")
+    )
     run = run_ipi(tmp_path, "committee.xml", address=address, steps=STEPS, drivers=[command], outputs=OUTPUTS)
     frames = read_ipi_binary(tmp_path / f"{run.prefix}.bin_0.bin", STEPS + 1)
     uncertainty = read_uncertainty(next(tmp_path.glob(f"{run.prefix}.unc*")))

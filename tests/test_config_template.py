@@ -37,8 +37,9 @@ def test_template_geometry_in_angstrom(tmp_path):
     path = tmp_path / "w.xyz"
     path.write_text("2\n# CELL(H): 10 0 0 0 11 0 0 0 12 cell{angstrom}\nCu 1 2 3\nAu 0 0 1\n")
     template = read_template(path)
-    np.testing.assert_allclose(template.positions, [[1 * BOHR_ANGSTROM, 2 * BOHR_ANGSTROM, 3 * BOHR_ANGSTROM],
-                                                    [0, 0, BOHR_ANGSTROM]])
+    np.testing.assert_allclose(
+        template.positions, [[1 * BOHR_ANGSTROM, 2 * BOHR_ANGSTROM, 3 * BOHR_ANGSTROM], [0, 0, BOHR_ANGSTROM]]
+    )
     np.testing.assert_allclose(template.cell, np.diag([10.0, 11.0, 12.0]))
     path.write_text("1\n# CELL(abcABC): 5 6 7 90 90 90 positions{nanometer} cell{atomic_unit}\nCu 0.1 0 0\n")
     template = read_template(path)
@@ -103,11 +104,19 @@ def test_bad_templates_name_the_file(tmp_path, content, message):
 def test_dp_ipi_file_is_accepted(tmp_path):
     """The keys of deepmd-kit's dp_ipi input map onto ours."""
     path = tmp_path / "dp_ipi.json"
-    path.write_text(json.dumps({
-        "verbose": False, "use_unix": True, "port": 31415, "host": "water",
-        "graph_file": "graph.pb", "coord_file": "conf.xyz",
-        "atom_type": {"OW": 0, "HW1": 1, "HW2": 1},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "verbose": False,
+                "use_unix": True,
+                "port": 31415,
+                "host": "water",
+                "graph_file": "graph.pb",
+                "coord_file": "conf.xyz",
+                "atom_type": {"OW": 0, "HW1": 1, "HW2": 1},
+            }
+        )
+    )
     config = build_config(load_config_file(path), {})
     assert config.models == ("graph.pb",)
     assert config.template == "conf.xyz"

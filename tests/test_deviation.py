@@ -9,10 +9,12 @@ from ensemble_driver.deviation import force_deviation, model_deviation, virial_d
 
 # Two models, two atoms. Atom 0: forces +-1 along x around a zero mean -> e_0 = 1.
 # Atom 1: (0,0,0) and (0,4,0), mean (0,2,0), +-2 along y -> e_1 = 2.
-FORCES = np.array([
-    [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
-    [[-1.0, 0.0, 0.0], [0.0, 4.0, 0.0]],
-])
+FORCES = np.array(
+    [
+        [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        [[-1.0, 0.0, 0.0], [0.0, 4.0, 0.0]],
+    ]
+)
 # Virials diag(2,0,0) and diag(-2,0,0): per atom (N=2) +-1 in xx -> d_xx = 1, others 0.
 VIRIALS = np.array([np.diag([2.0, 0.0, 0.0]), np.diag([-2.0, 0.0, 0.0])])
 

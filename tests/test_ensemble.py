@@ -54,8 +54,18 @@ def read_ipi_binary(path, nframes: int):
     return frames
 
 
-def expected_rows(run, model_paths, reference, symbols, *, steps=STEPS, out_freq=OUT_FREQ,
-                  relative=None, relative_v=None, atomic=False) -> dict[int, list[str]]:
+def expected_rows(
+    run,
+    model_paths,
+    reference,
+    symbols,
+    *,
+    steps=STEPS,
+    out_freq=OUT_FREQ,
+    relative=None,
+    relative_v=None,
+    atomic=False,
+) -> dict[int, list[str]]:
     """Every bead's rows recomputed from i-PI's binary positions: forces with deepmd's
     calc_model_devi_f; the virial with calc_model_devi_v, or, with relative_v, with the
     LAMMPS per-component definition d_ab / (|<W_ab>|/N + nu) written out here."""
@@ -93,25 +103,33 @@ def bead_file(workdir, bead: int):
     return workdir / f"model_devi{bead + 1}.out"  # --bead-files dpgen, P < 10
 
 
-@pytest.fixture(scope="module")
-def symbols():
-    from ensemble_driver.template import read_template
-
-    return list(read_template(IPI_INPUTS / "init.xyz").labels)
-
-
 _FILES_BY_RANKS: dict[int, list[str]] = {}  # what each -n wrote, compared across the runs
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 3])
 def test_pimd_rows_match_deepmd_and_ranks_agree(tmp_path_factory, address, model_paths, reference, symbols, nranks):
     workdir = tmp_path_factory.mktemp(f"ranks{nranks}")
-    command = mpiexec(nranks, driver_command(
-        model_paths, workdir / "init.xyz", address,
-        "--nbeads", str(NBEADS), "--out-freq", str(OUT_FREQ),
-    ))
-    run = run_ipi(workdir, "pimd.xml", address=address, steps=STEPS, nbeads=NBEADS, drivers=[command],
-                  outputs=(*CHECK_OUTPUTS, BIN_OUTPUT))
+    command = mpiexec(
+        nranks,
+        driver_command(
+            model_paths,
+            workdir / "init.xyz",
+            address,
+            "--nbeads",
+            str(NBEADS),
+            "--out-freq",
+            str(OUT_FREQ),
+        ),
+    )
+    run = run_ipi(
+        workdir,
+        "pimd.xml",
+        address=address,
+        steps=STEPS,
+        nbeads=NBEADS,
+        drivers=[command],
+        outputs=(*CHECK_OUTPUTS, BIN_OUTPUT),
+    )
     # the dynamics are model 0's alone
     check_run_against_model(run, model_paths[0], reference, steps=STEPS)
     assert run.evaluations_per_rid() == {b: STEPS + 1 for b in range(NBEADS)}
@@ -134,14 +152,31 @@ def test_pimd_rows_match_deepmd_and_ranks_agree(tmp_path_factory, address, model
 
 def test_relative_and_atomic(tmp_path, address, model_paths, reference, symbols):
     steps, out_freq = 4, 2
-    command = mpiexec(2, driver_command(
-        model_paths, tmp_path / "init.xyz", address, "--nbeads", "2", "--out-freq", str(out_freq),
-        "--relative", "0.5", "--relative-v", "0.2", "--atomic", "--bead-files", "dpgen2",
-    ))
-    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=steps, nbeads=2, drivers=[command],
-                  outputs=(BIN_OUTPUT,))
-    expected = expected_rows(run, model_paths, reference, symbols, steps=steps, out_freq=out_freq,
-                             relative=0.5, relative_v=0.2, atomic=True)
+    command = mpiexec(
+        2,
+        driver_command(
+            model_paths,
+            tmp_path / "init.xyz",
+            address,
+            "--nbeads",
+            "2",
+            "--out-freq",
+            str(out_freq),
+            "--relative",
+            "0.5",
+            "--relative-v",
+            "0.2",
+            "--atomic",
+            "--bead-files",
+            "dpgen2",
+        ),
+    )
+    run = run_ipi(
+        tmp_path, "pimd.xml", address=address, steps=steps, nbeads=2, drivers=[command], outputs=(BIN_OUTPUT,)
+    )
+    expected = expected_rows(
+        run, model_paths, reference, symbols, steps=steps, out_freq=out_freq, relative=0.5, relative_v=0.2, atomic=True
+    )
     for bead in range(2):
         lines = (tmp_path / f"model_devi.{bead + 1}.out").read_text().splitlines(keepends=True)
         assert lines[0] == header_line(atomic=True)
@@ -152,8 +187,10 @@ def test_relative_and_atomic(tmp_path, address, model_paths, reference, symbols)
 def read_extras(path) -> dict[int, tuple[float, ...]]:
     """i-PI's extras trajectory: ' #EXTRAS(keys)# Step: N' then the values, per frame."""
     lines = path.read_text().splitlines()
-    return {int(head.split("Step:")[1]): tuple(float(x) for x in values.split())
-            for head, values in zip(lines[0::2], lines[1::2])}
+    return {
+        int(head.split("Step:")[1]): tuple(float(x) for x in values.split())
+        for head, values in zip(lines[0::2], lines[1::2])
+    }
 
 
 def test_shipped_extras_input(tmp_path, address, model_paths):
@@ -161,14 +198,32 @@ def test_shipped_extras_input(tmp_path, address, model_paths):
     values (max_devi_f, max_devi_v, avg_devi_f), and -1 on steps without a deviation
     (seen in an extra stride-1 output)."""
     steps, out_freq = 10, 5
-    command = mpiexec(2, driver_command(
-        model_paths[:3], tmp_path / "init.xyz", address,
-        "--nbeads", "2", "--out-freq", str(out_freq), "--extras",
-    ))
-    every_step = ("<trajectory filename='devi1' stride='1' extra_type='max_devi_f,max_devi_v,avg_devi_f'>"
-                  " extras </trajectory>")
-    run = run_ipi(tmp_path, "pimd_devi.xml", address=address, steps=steps, nbeads=2, drivers=[command],
-                  outputs=None, extra_outputs=(every_step,))
+    command = mpiexec(
+        2,
+        driver_command(
+            model_paths[:3],
+            tmp_path / "init.xyz",
+            address,
+            "--nbeads",
+            "2",
+            "--out-freq",
+            str(out_freq),
+            "--extras",
+        ),
+    )
+    every_step = (
+        "<trajectory filename='devi1' stride='1' extra_type='max_devi_f,max_devi_v,avg_devi_f'> extras </trajectory>"
+    )
+    run = run_ipi(
+        tmp_path,
+        "pimd_devi.xml",
+        address=address,
+        steps=steps,
+        nbeads=2,
+        drivers=[command],
+        outputs=None,
+        extra_outputs=(every_step,),
+    )
     for bead in range(2):
         rows = [line.split() for line in bead_file(tmp_path, bead).read_text().splitlines()[1:]]
         by_step = {int(r[0]): (float(r[4]), float(r[1]), float(r[6])) for r in rows}
@@ -190,10 +245,16 @@ def test_model_failing_on_rank_2_ends_every_rank(tmp_path, address, model_paths)
     """Layout for 4 models on 3 ranks: [[0], [1, 3], [2]]: model 2 lives on rank 2."""
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a model" * 100)
-    command = mpiexec(3, driver_command(
-        [model_paths[0], model_paths[1], bad, model_paths[3]], IPI_INPUTS / "init.xyz", address,
-        "--out-file", str(tmp_path / "model_devi.out"),
-    ))
+    command = mpiexec(
+        3,
+        driver_command(
+            [model_paths[0], model_paths[1], bad, model_paths[3]],
+            IPI_INPUTS / "init.xyz",
+            address,
+            "--out-file",
+            str(tmp_path / "model_devi.out"),
+        ),
+    )
     start = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=240)
     elapsed = time.monotonic() - start
@@ -207,12 +268,18 @@ def test_model_failing_on_rank_2_ends_every_rank(tmp_path, address, model_paths)
 
 
 def test_more_ranks_than_models_is_an_error(address, model_paths):
-    proc = subprocess.run(mpiexec(3, driver_command(model_paths[:2], IPI_INPUTS / "init.xyz", address)),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        mpiexec(3, driver_command(model_paths[:2], IPI_INPUTS / "init.xyz", address)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert errors == ["ensemble-driver: error: 3 MPI ranks for 2 models: each rank holds at least one model; "
-                      "use at most 2 ranks (mpiexec -n 2)"]
+    assert errors == [
+        "ensemble-driver: error: 3 MPI ranks for 2 models: each rank holds at least one model; "
+        "use at most 2 ranks (mpiexec -n 2)"
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -227,9 +294,25 @@ def test_ase_server_one_series(tmp_path, address, model_paths, reference):
     out = tmp_path / "model_devi.out"
 
     def build(unixsocket, port):
-        return mpiexec(2, [tool("ensemble-driver"), "run", "--models", *map(str, model_paths[:3]),
-                           "--template", str(tmp_path / "template.extxyz"), "--connect-timeout", "120",
-                           "--out-freq", "1", "--out-file", str(out), "--atomic", *driver_args(unixsocket, port)])
+        return mpiexec(
+            2,
+            [
+                tool("ensemble-driver"),
+                "run",
+                "--models",
+                *map(str, model_paths[:3]),
+                "--template",
+                str(tmp_path / "template.extxyz"),
+                "--connect-timeout",
+                "120",
+                "--out-freq",
+                "1",
+                "--out-file",
+                str(out),
+                "--atomic",
+                *driver_args(unixsocket, port),
+            ],
+        )
 
     launcher = Launcher(build, tmp_path / "driver.log")
     frames = structures(base, seed=8)
@@ -259,11 +342,29 @@ def test_batched_transport(tmp_path, address, model_paths, reference, symbols, n
     each step when 6 beads go in batches of 4), the dynamics stay model 0's, and every
     bead's deviation rows are those of its own structures."""
     steps, out_freq = 6, 3
-    command = mpiexec(2, driver_command(
-        model_paths[:3], tmp_path / "init.xyz", address, "--nbeads", str(nbeads), "--out-freq", str(out_freq),
-    ))
-    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=steps, nbeads=nbeads, drivers=[command],
-                  consolidate=True, batch_size=batch, outputs=(*CHECK_OUTPUTS, BIN_OUTPUT))
+    command = mpiexec(
+        2,
+        driver_command(
+            model_paths[:3],
+            tmp_path / "init.xyz",
+            address,
+            "--nbeads",
+            str(nbeads),
+            "--out-freq",
+            str(out_freq),
+        ),
+    )
+    run = run_ipi(
+        tmp_path,
+        "pimd.xml",
+        address=address,
+        steps=steps,
+        nbeads=nbeads,
+        drivers=[command],
+        consolidate=True,
+        batch_size=batch,
+        outputs=(*CHECK_OUTPUTS, BIN_OUTPUT),
+    )
     check_run_against_model(run, model_paths[0], reference, steps=steps)
     assert run.evaluations_per_rid() == {b: steps + 1 for b in range(nbeads)}
     expected = expected_rows(run, model_paths[:3], reference, symbols, steps=steps, out_freq=out_freq)

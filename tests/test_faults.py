@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,8 +79,14 @@ def mpi_driver(nranks: int, models, template, address: str, *extra: str) -> list
 
 def ipi_input(tmp_path: Path, address: str, steps: int, nbeads: int) -> None:
     # the shipped input: consolidate_messages=false and a <timeout>, as users get it
-    prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=SocketSettings(address=address),
-                  steps=steps, nbeads=nbeads, prefix="sim")
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
+        tmp_path / "input.xml",
+        socket=SocketSettings(address=address),
+        steps=steps,
+        nbeads=nbeads,
+        prefix="sim",
+    )
 
 
 def assert_all_gone(marker: str, timeout: float) -> None:
@@ -92,12 +97,12 @@ def test_exit_ends_every_rank(tmp_path, address, model_paths):
     ipi_input(tmp_path, address, steps=30, nbeads=2)
     with ProcessGroup(tmp_path / "logs") as group:
         ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
-        driver = group.start("driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2",
-                                                  "--out-freq", "5"), cwd=tmp_path)
+        driver = group.start(
+            "driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2", "--out-freq", "5"), cwd=tmp_path
+        )
         # i-PI sends EXIT and then writes its final state, so either may end first; a
         # driver that fails ends the wait at once
-        wait_until(lambda: ipi.popen.poll() is not None or driver.popen.poll() not in (None, 0), 300,
-                   "i-PI to finish")
+        wait_until(lambda: ipi.popen.poll() is not None or driver.popen.poll() not in (None, 0), 300, "i-PI to finish")
         assert ipi.popen.returncode == 0, ipi.tail() + driver.tail()
         # the leader first writes the rows still in flight (rank 1 holds two models); the
         # models are warmed up before the run, so the followers are not far behind (before
@@ -129,18 +134,34 @@ def test_server_killed(tmp_path, address, model_paths, moment):
     big_structure(structure)
     ncalc = 2 if moment == "waiting" else 3
     with ProcessGroup(tmp_path / "logs") as group:
-        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address,
-                                        str(ncalc)])
+        server = group.start(
+            "server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, str(ncalc)]
+        )
         # the row of the step being computed must be written within the 5 s the leader
         # waits for rows in flight: with two models on one rank (3 ranks) it took longer
         # on a slow day (two 2048-atom evaluations): one model per rank
-        driver = group.start("driver", mpi_driver(4, model_paths, structure, address, "--out-freq", "1",
-                                                  "--out-file", str(tmp_path / "model_devi.out"), "-v"))
+        driver = group.start(
+            "driver",
+            mpi_driver(
+                4,
+                model_paths,
+                structure,
+                address,
+                "--out-freq",
+                "1",
+                "--out-file",
+                str(tmp_path / "model_devi.out"),
+                "-v",
+            ),
+        )
         if moment == "waiting":
             wait_until(lambda: "idle" in server.log_path.read_text(), 300, "the server to be idle")
         else:
-            wait_until(lambda: "structure received: step 1 " in driver.log_path.read_text(), 300,
-                       "the driver to receive its second structure")
+            wait_until(
+                lambda: "structure received: step 1 " in driver.log_path.read_text(),
+                300,
+                "the driver to receive its second structure",
+            )
         server.popen.send_signal(signal.SIGKILL)
         driver.popen.wait(timeout=10)
         log = driver.log_path.read_text()
@@ -151,8 +172,10 @@ def test_server_killed(tmp_path, address, model_paths, moment):
             errors = [line for line in log.splitlines() if "error:" in line]
             # ASE's order: POSDATA, then STATUS; the driver answers HAVEDATA once it has
             # computed, and that is the first thing that cannot be delivered
-            assert errors == ["ensemble-driver: error: the server closed the connection while the driver sent "
-                              "its status (HAVEDATA) (Broken pipe)"], driver.tail()
+            assert errors == [
+                "ensemble-driver: error: the server closed the connection while the driver sent "
+                "its status (HAVEDATA) (Broken pipe)"
+            ], driver.tail()
     assert_all_gone(address, 10)
     table = rows(tmp_path / "model_devi.out")
     assert [int(r[0]) for r in table][: ncalc - 1] == list(range(ncalc - 1))
@@ -189,8 +212,9 @@ def test_follower_killed(tmp_path, address, model_paths):
     ipi_input(tmp_path, address, steps=100000, nbeads=2)
     with ProcessGroup(tmp_path / "logs") as group:
         group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
-        driver = group.start("driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2",
-                                                  "--out-freq", "1"), cwd=tmp_path)
+        driver = group.start(
+            "driver", mpi_driver(3, model_paths, "init.xyz", address, "--nbeads", "2", "--out-freq", "1"), cwd=tmp_path
+        )
         devi = tmp_path / "model_devi1.out"
         wait_until(lambda: devi.exists() and devi.read_text().count("\n") >= 3, 300, "two deviation rows")
         victim = rank_pid(address, 2)
@@ -208,15 +232,20 @@ def test_nan_is_never_sent(tmp_path, address, model_paths):
     structure = tmp_path / "overlap.extxyz"
     big_structure(structure, overlap=True)
     with ProcessGroup(tmp_path / "logs") as group:
-        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "1"],
-                             env={**os.environ, "ASE_SERVER_RATTLE": "0"})
+        server = group.start(
+            "server",
+            [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "1"],
+            env={**os.environ, "ASE_SERVER_RATTLE": "0"},
+        )
         driver = group.start("driver", driver_command(model_paths[:1], structure, address))
         assert driver.popen.wait(timeout=120) == 5, driver.tail()
         assert server.popen.wait(timeout=30) == 0, server.tail()
     assert "client closed the connection" in server.log_path.read_text()
     errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
-    assert errors == [f"ensemble-driver: error: model 0 ({model_paths[0]}) returned non-finite energy, forces or "
-                      "virial at step 0 of bead 0"], driver.tail()
+    assert errors == [
+        f"ensemble-driver: error: model 0 ({model_paths[0]}) returned non-finite energy, forces or "
+        "virial at step 0 of bead 0"
+    ], driver.tail()
 
 
 def test_nan_in_rows_is_impossible():
@@ -239,8 +268,14 @@ def test_nan_in_rows_is_impossible():
 def test_ipi_with_shipped_settings_survives_a_lost_driver(tmp_path, address, model_paths):
     """The shipped inputs' consolidate_messages=false and <timeout>: a driver killed -9
     mid-run, and a new one started, and i-PI finishes the run (timeout shortened here)."""
-    prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=SocketSettings(address=address, timeout=3),
-                  steps=40, nbeads=2, prefix="sim")
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
+        tmp_path / "input.xml",
+        socket=SocketSettings(address=address, timeout=3),
+        steps=40,
+        nbeads=2,
+        prefix="sim",
+    )
     props = tmp_path / "sim.out"
     with ProcessGroup(tmp_path / "logs") as group:
         ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
@@ -264,8 +299,11 @@ def test_signal_while_computing_answers_first(tmp_path, address, model_paths):
     with ProcessGroup(tmp_path / "logs") as group:
         server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "3"])
         driver = group.start("driver", driver_command(model_paths[:1], structure, address, "-v"))
-        wait_until(lambda: "structure received: step 1 " in driver.log_path.read_text(), 300,
-                   "the driver to receive its second structure")
+        wait_until(
+            lambda: "structure received: step 1 " in driver.log_path.read_text(),
+            300,
+            "the driver to receive its second structure",
+        )
         driver.popen.send_signal(signal.SIGTERM)
         assert driver.popen.wait(timeout=30) == 128 + signal.SIGTERM, driver.tail()
         assert server.popen.wait(timeout=30) == 0, server.tail()

@@ -111,7 +111,10 @@ def test_absurd_claims_are_refused_without_allocating():
     for stream in (
         encode_header("INIT") + struct.pack("=ii", 0, 2**31 - 1),
         encode_header("INIT") + struct.pack("=ii", 0, -5),
-        encode_header("INIT") + struct.pack("=ii", 0, 0) + encode_header("POSDATA") + b"\0" * 144
+        encode_header("INIT")
+        + struct.pack("=ii", 0, 0)
+        + encode_header("POSDATA")
+        + b"\0" * 144
         + struct.pack("=i", 2**31 - 1),
     ):
         tracemalloc.start()

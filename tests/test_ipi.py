@@ -42,9 +42,7 @@ def check_run_against_model(run, model, reference, steps: int = STEPS) -> None:
             virial_sum[k] += v_ref.T
             volumes[k] = frame.get_volume()
     # virial_md = sum over beads of the upper triangle / V, as [xx, yy, zz, xy, xz, yz]
-    expected = np.array(
-        [[v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]] for v in virial_sum]
-    ) / volumes[:, None]
+    expected = np.array([[v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]] for v in virial_sum]) / volumes[:, None]
     assert relative_error(props[:, 1 + nbeads :], expected) <= TOL
 
 
@@ -52,8 +50,15 @@ def check_run_against_model(run, model, reference, steps: int = STEPS) -> None:
 @pytest.mark.parametrize("xml, nbeads", [("nvt.xml", 1), ("pimd.xml", 4), ("npt.xml", 1)])
 def test_shipped_inputs_agree_with_model(tmp_path, address, model_paths, reference, xml, nbeads, consolidate):
     # one model: no INIT after every evaluation by default; with beads, ask for it, to count per bead
-    run = run_ipi(tmp_path, xml, address=address, steps=STEPS, models=model_paths[:1], consolidate=consolidate,
-                  driver_args=("--init-each",) if nbeads > 1 else ())
+    run = run_ipi(
+        tmp_path,
+        xml,
+        address=address,
+        steps=STEPS,
+        models=model_paths[:1],
+        consolidate=consolidate,
+        driver_args=("--init-each",) if nbeads > 1 else (),
+    )
     assert run.nbeads == nbeads
     check_run_against_model(run, model_paths[0], reference)
     # every bead was asked for exactly once per step, initial structure included
@@ -85,9 +90,11 @@ def test_atom_count_mismatch_is_one_clear_line(tmp_path, address, model_paths):
     assert failed.value.returncodes["driver0"] == 4
     log = (tmp_path / "logs" / "driver0.log").read_text()
     errors = [line for line in log.splitlines() if "error:" in line]
-    assert errors == ["ensemble-driver: error: the server sent 32 atoms in POSDATA but the template has 31; "
-                      "check --template (and that the server uses neither an <activelist> nor the 'shm' or "
-                      "batched transports)"]
+    assert errors == [
+        "ensemble-driver: error: the server sent 32 atoms in POSDATA but the template has 31; "
+        "check --template (and that the server uses neither an <activelist> nor the 'shm' or "
+        "batched transports)"
+    ]
     assert "Traceback" not in log
 
 
@@ -95,9 +102,7 @@ def test_unknown_element_fails_before_connecting(tmp_path, address, model_paths)
     text = (IPI_INPUTS / "init.xyz").read_text().replace(" Au ", " Ni ", 1)
     bad = tmp_path / "ni.xyz"
     bad.write_text(text)
-    proc = subprocess.run(
-        driver_command(model_paths[:1], bad, address), capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run(driver_command(model_paths[:1], bad, address), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 5
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("ensemble-driver: error: model ")
@@ -111,8 +116,12 @@ def test_batched_transport_with_extras_is_refused_clearly(tmp_path, address, mod
     from ensemble_driver.ipi_input import SocketSettings, prepare_input
     from ensemble_driver.launch import ProcessGroup
 
-    prepare_input(IPI_INPUTS / "pimd.xml", tmp_path / "input.xml",
-                  socket=SocketSettings(address=address, consolidate_messages=True, batch_size=2), steps=2)
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
+        tmp_path / "input.xml",
+        socket=SocketSettings(address=address, consolidate_messages=True, batch_size=2),
+        steps=2,
+    )
     command = driver_command(model_paths[:2], tmp_path / "init.xyz", address, "--nbeads", "4", "--extras")
     with ProcessGroup(tmp_path / "logs") as group:
         group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
@@ -128,10 +137,19 @@ def test_dp_ipi_config_file(tmp_path, address, model_paths, reference):
     Model 2 lists its types as [Au, Cu]: atom_type's indices refer to that order."""
     import json
 
-    (tmp_path / "dp_ipi.json").write_text(json.dumps({
-        "verbose": False, "use_unix": True, "port": 31415, "host": address,
-        "graph_file": str(model_paths[2]), "coord_file": "init.xyz", "atom_type": {"Au": 0, "Cu": 1},
-    }))
+    (tmp_path / "dp_ipi.json").write_text(
+        json.dumps(
+            {
+                "verbose": False,
+                "use_unix": True,
+                "port": 31415,
+                "host": address,
+                "graph_file": str(model_paths[2]),
+                "coord_file": "init.xyz",
+                "atom_type": {"Au": 0, "Cu": 1},
+            }
+        )
+    )
     command = [tool("ensemble-driver"), "run", "--config", "dp_ipi.json"]
     run = run_ipi(tmp_path, "nvt.xml", address=address, steps=STEPS, drivers=[command])
     check_run_against_model(run, model_paths[2], reference)

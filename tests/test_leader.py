@@ -88,8 +88,9 @@ def make_leader(tmp_path, events, layout, local_scales, **settings):
     comm = FakeComm(events)
     local = [LocalModel(i, FakeModel(events, f"m{i}", s), np.zeros(NAT, np.int32)) for i, s in local_scales]
     files = BeadFiles([str(tmp_path / "devi.out")], atomic=False, mode="new")
-    leader = Leader(comm, layout, local, natoms=NAT, periodic=False,
-                    settings=DeviationSettings(**settings), files=files)
+    leader = Leader(
+        comm, layout, local, natoms=NAT, periodic=False, settings=DeviationSettings(**settings), files=files
+    )
     return leader, comm
 
 
@@ -151,8 +152,7 @@ def test_rows_are_written_in_step_order(tmp_path):
 
 def test_one_rank_evaluates_the_others_after_replying(tmp_path):
     events: list = []
-    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)],
-                            out_freq=1)
+    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)], out_freq=1)
     leader(request(0))
     assert events == [("eval", "m0")]  # the reply is ready before models 1 and 2 run
     leader.after_reply()
@@ -278,7 +278,7 @@ def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
     for buf in work:
         rid, step = int(buf[2]), int(buf[3])
         expected = np.arange(6.0).reshape(NAT, 3) + 10 * rid + 0.1 * step
-        np.testing.assert_array_equal(buf[parallel.WORK_HEADER + 9:].reshape(NAT, 3), expected)
+        np.testing.assert_array_equal(buf[parallel.WORK_HEADER + 9 :].reshape(NAT, 3), expected)
 
 
 def test_batch_evaluates_each_distinct_structure_once(tmp_path):

@@ -41,7 +41,7 @@ def test_direct_path_equals_deeppot_eval(model_paths, reference, structures):
     assert model._direct is not None and model._direct.checked
     for k in range(1, len(frames)):  # the same atoms, new positions: one frame at a time
         got = model.evaluate(positions[k], cells[k], types)
-        e, f, v = plain(reference, model_paths[1], positions[k:k + 1], cells[k:k + 1], types)
+        e, f, v = plain(reference, model_paths[1], positions[k : k + 1], cells[k : k + 1], types)
         # to rounding: TorchScript's first runs round the last bit differently
         np.testing.assert_allclose(got.energy, e[0], rtol=1e-13)
         np.testing.assert_allclose(got.forces, f[0], rtol=1e-12, atol=1e-13)

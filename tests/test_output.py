@@ -58,8 +58,14 @@ def test_bead_file_names(naming, nbeads, expected):
     assert sorted(names) == names  # lexicographic order is bead order
 
 
-@pytest.mark.parametrize("naming, message", [("beads.out", "containing {bead}"), ("b{bead}{x}.out", "'x'"),
-                                             ("b{bead:d}.out{bead:.0s}", "Unknown format code 's'")])
+@pytest.mark.parametrize(
+    "naming, message",
+    [
+        ("beads.out", "containing {bead}"),
+        ("b{bead}{x}.out", "'x'"),
+        ("b{bead:d}.out{bead:.0s}", "Unknown format code 's'"),
+    ],
+)
 def test_bad_bead_patterns(naming, message):
     with pytest.raises(ConfigError, match=message):
         bead_file_names("model_devi.out", naming, 3)

@@ -42,10 +42,21 @@ def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, mo
     live = tmp_path / "live"
     live.mkdir()
     trust = ("--trust-lo", "0.05", "--trust-hi", "0.12")
-    command = mpiexec(2, driver_command(model_paths, live / "init.xyz", address, "--nbeads", str(NBEADS),
-                                        "--out-freq", str(OUT_FREQ), *trust))
-    run = run_ipi(live, "pimd.xml", address=address, steps=STEPS, nbeads=NBEADS, drivers=[command],
-                  outputs=(*CHECK_OUTPUTS, XYZ_OUTPUT, EXTXYZ_OUTPUT))
+    command = mpiexec(
+        2,
+        driver_command(
+            model_paths, live / "init.xyz", address, "--nbeads", str(NBEADS), "--out-freq", str(OUT_FREQ), *trust
+        ),
+    )
+    run = run_ipi(
+        live,
+        "pimd.xml",
+        address=address,
+        steps=STEPS,
+        nbeads=NBEADS,
+        drivers=[command],
+        outputs=(*CHECK_OUTPUTS, XYZ_OUTPUT, EXTXYZ_OUTPUT),
+    )
     for fmt, suffix, ranks, rtol in (("xyz", "xyz", 1, 2e-3), ("extxyz", "extxyz", 2, 1e-6)):
         trajectories = [live / f"{run.prefix}.{fmt}pos_{b}.{suffix}" for b in range(NBEADS)]
         assert [f.step for f in read_frames(trajectories[1])] == list(range(0, STEPS + 1, OUT_FREQ))
@@ -60,15 +71,19 @@ def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, mo
             np.testing.assert_array_equal(mine[:, 0], theirs[:, 0])
             np.testing.assert_allclose(mine[:, 1:], theirs[:, 1:], rtol=rtol, atol=1e-7, err_msg=f"{fmt} bead {bead}")
         if fmt == "extxyz":
-            assert json.loads((post / "devi_summary.json").read_text())["beads"] == \
-                json.loads((live / "devi_summary.json").read_text())["beads"]
+            assert (
+                json.loads((post / "devi_summary.json").read_text())["beads"]
+                == json.loads((live / "devi_summary.json").read_text())["beads"]
+            )
 
 
 def write_npy_system(directory, frames, type_map):
     """A deepmd/npy system (what dp model-devi reads) of ASE frames."""
     directory.mkdir()
     (directory / "type_map.raw").write_text("\n".join(type_map) + "\n")
-    (directory / "type.raw").write_text("\n".join(str(type_map.index(s)) for s in frames[0].get_chemical_symbols()) + "\n")
+    (directory / "type.raw").write_text(
+        "\n".join(str(type_map.index(s)) for s in frames[0].get_chemical_symbols()) + "\n"
+    )
     (directory / "set.000").mkdir()
     np.save(directory / "set.000" / "coord.npy", np.array([a.positions.ravel() for a in frames]))
     np.save(directory / "set.000" / "box.npy", np.array([a.cell.array.ravel() for a in frames]))
@@ -88,8 +103,13 @@ def test_devi_matches_dp_model_devi(tmp_path, model_paths):
     same_map = [p for p in model_paths if p.stem in ("m0", "m1")]
     write(tmp_path / "frames.extxyz", frames)
     write_npy_system(tmp_path / "system", frames, ["Cu", "Au"])
-    dp = subprocess.run([tool("dp"), "--pt", "model-devi", "-m", *map(str, same_map), "-s", "system",
-                         "-o", "dp_devi.out", "-f", "10"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    dp = subprocess.run(
+        [tool("dp"), "--pt", "model-devi", "-m", *map(str, same_map), "-s", "system", "-o", "dp_devi.out", "-f", "10"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert dp.returncode == 0, dp.stderr[-3000:]
     proc = devi("frames.extxyz", "--models", *same_map, "--out-file", "ours.out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -100,8 +120,7 @@ def test_devi_matches_dp_model_devi(tmp_path, model_paths):
     np.testing.assert_allclose(ours[:, 1:7], theirs[:, 1:7], rtol=1e-5)
     assert np.ptp(ours[:, 4]) > 0  # the frames differ in deviation
     # 4 ranks, 2 models: two groups of two ranks, the frames and the models split
-    proc = devi("frames.extxyz", "--models", *same_map, "--out-file", "split.out", "--batch", "2",
-                cwd=tmp_path, mpi=4)
+    proc = devi("frames.extxyz", "--models", *same_map, "--out-file", "split.out", "--batch", "2", cwd=tmp_path, mpi=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "split.out").read_bytes() == (tmp_path / "ours.out").read_bytes()
 
@@ -118,8 +137,10 @@ def test_devi_layout_covers_every_model_and_frame_once(ranks, models):
         assert sorted(lay.position for lay in members) == list(range(len(members)))
         held = sorted(m for lay in members for m in lay.models)
         assert held == list(range(models))  # each model exactly once in each group
-        assert max(len(lay.models) for lay in members) - min(len(lay.models) for lay in members) <= 1 \
+        assert (
+            max(len(lay.models) for lay in members) - min(len(lay.models) for lay in members) <= 1
             or len(members) > models
+        )
     if ranks <= models:
         assert g == 1 and all(lay.models for lay in layouts)  # every rank works
 
@@ -157,14 +178,20 @@ def test_plot_writes_a_png(tmp_path):
             lines.append(format_row(step, Deviation(0.01, 0.0, 0.005, f, f / 4, f / 2)))
         (tmp_path / f"model_devi{bead}.out").write_text("".join(lines))
     files = sorted(str(p) for p in tmp_path.glob("model_devi*.out"))
-    out = subprocess.run([tool("ensemble-driver"), "plot", *files, "--trust-lo", "0.05", "--trust-hi", "0.15",
-                          "-o", "devi.png"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [tool("ensemble-driver"), "plot", *files, "--trust-lo", "0.05", "--trust-hi", "0.15", "-o", "devi.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     data = (tmp_path / "devi.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
     everything = np.concatenate([rows(f)[:, 4] for f in files])
     expected = sum(1 for x in everything if 0.05 <= x < 0.15)
     assert f"candidate {expected} (" in out.stdout
-    bad = subprocess.run([tool("ensemble-driver"), "plot", "nothing.out"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [tool("ensemble-driver"), "plot", "nothing.out"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "deviation file nothing.out" in bad.stderr

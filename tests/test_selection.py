@@ -16,39 +16,51 @@ from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 from ensemble_driver import units
 from ensemble_driver.config import RunConfig
 from ensemble_driver.deviation import Deviation, model_deviation
-from ensemble_driver.posthoc import read_ipi_xyz
 from ensemble_driver.errors import ConfigError
+from ensemble_driver.posthoc import read_ipi_xyz
 from ensemble_driver.selection import (
-    ACCURATE, CANDIDATE, FAILED, Selection, TrustLevels, candidate_file_names, summary_file_name,
+    ACCURATE,
+    CANDIDATE,
+    FAILED,
+    Selection,
+    TrustLevels,
+    candidate_file_names,
+    summary_file_name,
 )
 
 F_ONLY = TrustLevels(0.10, 0.30)
 WITH_V = TrustLevels(0.10, 0.30, 0.02, 0.05)
 
 
-@pytest.mark.parametrize("levels, max_f, max_v, expected", [
-    (F_ONLY, 0.05, 0.0, ACCURATE),
-    (F_ONLY, 0.10, 0.0, CANDIDATE),  # the low level is in the band
-    (F_ONLY, 0.2999, 0.0, CANDIDATE),
-    (F_ONLY, 0.30, 0.0, FAILED),  # the high level is not
-    (F_ONLY, 0.05, 1e9, ACCURATE),  # no virial levels: the virial plays no part
-    (WITH_V, 0.05, 0.01, ACCURATE),
-    (WITH_V, 0.05, 0.02, CANDIDATE),  # the virial alone makes a candidate
-    (WITH_V, 0.05, 0.05, FAILED),  # ... or a failure
-    (WITH_V, 0.20, 0.07, CANDIDATE),  # DP-GEN tests "candidate" first: a band wins over a failure
-    (WITH_V, 0.40, 0.03, CANDIDATE),
-    (WITH_V, 0.40, 0.01, FAILED),
-])
+@pytest.mark.parametrize(
+    "levels, max_f, max_v, expected",
+    [
+        (F_ONLY, 0.05, 0.0, ACCURATE),
+        (F_ONLY, 0.10, 0.0, CANDIDATE),  # the low level is in the band
+        (F_ONLY, 0.2999, 0.0, CANDIDATE),
+        (F_ONLY, 0.30, 0.0, FAILED),  # the high level is not
+        (F_ONLY, 0.05, 1e9, ACCURATE),  # no virial levels: the virial plays no part
+        (WITH_V, 0.05, 0.01, ACCURATE),
+        (WITH_V, 0.05, 0.02, CANDIDATE),  # the virial alone makes a candidate
+        (WITH_V, 0.05, 0.05, FAILED),  # ... or a failure
+        (WITH_V, 0.20, 0.07, CANDIDATE),  # DP-GEN tests "candidate" first: a band wins over a failure
+        (WITH_V, 0.40, 0.03, CANDIDATE),
+        (WITH_V, 0.40, 0.01, FAILED),
+    ],
+)
 def test_classification_follows_dpgen(levels, max_f, max_v, expected):
     assert levels.classify(max_f, max_v) == expected
 
 
-@pytest.mark.parametrize("args, message", [
-    ((0.3, 0.1), "need 0 <= low <= high"),
-    ((-0.1, 0.1), "need 0 <= low <= high"),
-    ((0.1, float("nan")), "need 0 <= low <= high"),
-    ((0.1, 0.3, 0.02, None), "give both levels or neither"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0.3, 0.1), "need 0 <= low <= high"),
+        ((-0.1, 0.1), "need 0 <= low <= high"),
+        ((0.1, float("nan")), "need 0 <= low <= high"),
+        ((0.1, 0.3, 0.02, None), "give both levels or neither"),
+    ],
+)
 def test_bad_levels(args, message):
     with pytest.raises(ConfigError, match=message):
         TrustLevels(*args)
@@ -63,7 +75,9 @@ def test_levels_need_the_deviation():
 
 def test_file_names_stay_out_of_dpgen_glob():
     assert candidate_file_names(["run/model_devi1.out", "run/model_devi2.out"]) == [
-        "run/candidates1.xyz", "run/candidates2.xyz"]
+        "run/candidates1.xyz",
+        "run/candidates2.xyz",
+    ]
     assert candidate_file_names(["model_devi.01.out"]) == ["candidates.01.xyz"]
     assert candidate_file_names(["devi/bead0.out"]) == ["devi/bead0.candidates.xyz"]
     assert summary_file_name(["run/model_devi1.out"]) == "run/devi_summary.json"
@@ -90,7 +104,7 @@ def test_candidates_read_back_by_ase(tmp_path):
     assert not (tmp_path / "candidates1.xyz").exists()  # bead 0 had none: no file
     frames = read(names[1], index=":")
     assert [a.info["step"] for a in frames] == [s for s, _, _ in kept] == [10, 30]
-    for atoms, (step, f, positions) in zip(frames, kept):
+    for atoms, (_step, _f, positions) in zip(frames, kept):
         assert atoms.get_chemical_symbols() == ["Cu", "Au", "Au"]
         np.testing.assert_array_equal(atoms.positions, positions)  # bit for bit
         np.testing.assert_array_equal(atoms.cell.array, cell)
@@ -98,8 +112,7 @@ def test_candidates_read_back_by_ase(tmp_path):
         assert atoms.info["bead"] == 1 and atoms.info["max_devi_f"] == f
         assert atoms.info["devi_class"] == CANDIDATE
     counts = json.loads(open(summary).read())
-    assert counts["beads"][1] == {"bead": 1, "accurate": 1, "candidate": 2, "failed": 1,
-                                  "candidate_file": names[1]}
+    assert counts["beads"][1] == {"bead": 1, "accurate": 1, "candidate": 2, "failed": 1, "candidate_file": names[1]}
     assert counts["total"] == {"accurate": 1, "candidate": 2, "failed": 1}
     assert counts["trust_levels"] == {"f_lo": 0.1, "f_hi": 0.3, "v_lo": None, "v_hi": None}
     # a new run refuses to replace them; --overwrite removes them at once; --append keeps them
@@ -146,12 +159,31 @@ def test_pimd_candidates_are_the_structures_ipi_sent(tmp_path, address, model_pa
     # are close enough above it that the later rows that rise fall in the other classes.
     start = start_max_devi_f(model_paths, reference)
     levels = TrustLevels(start * 1.0001, start * 1.04)
-    command = mpiexec(2, driver_command(
-        model_paths, tmp_path / "init.xyz", address, "--nbeads", str(nbeads), "--out-freq", str(out_freq),
-        "--trust-lo", str(levels.f_lo), "--trust-hi", str(levels.f_hi),
-    ))
-    run = run_ipi(tmp_path, "pimd.xml", address=address, steps=steps, nbeads=nbeads, drivers=[command],
-                  outputs=(*CHECK_OUTPUTS, BIN_OUTPUT))
+    command = mpiexec(
+        2,
+        driver_command(
+            model_paths,
+            tmp_path / "init.xyz",
+            address,
+            "--nbeads",
+            str(nbeads),
+            "--out-freq",
+            str(out_freq),
+            "--trust-lo",
+            str(levels.f_lo),
+            "--trust-hi",
+            str(levels.f_hi),
+        ),
+    )
+    run = run_ipi(
+        tmp_path,
+        "pimd.xml",
+        address=address,
+        steps=steps,
+        nbeads=nbeads,
+        drivers=[command],
+        outputs=(*CHECK_OUTPUTS, BIN_OUTPUT),
+    )
     summary = json.loads((tmp_path / "devi_summary.json").read_text())
     seen = set()
     for bead in range(nbeads):
@@ -183,8 +215,19 @@ def test_active_learning_example_runs(tmp_path):
     from conftest import ROOT
 
     work = tmp_path / "al"
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "active_learning" / "run_example.py"),
-                           "--steps", "30", "--workdir", str(work)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "active_learning" / "run_example.py"),
+            "--steps",
+            "30",
+            "--workdir",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((work / "devi_summary.json").read_text())
     levels = TrustLevels(**{k: summary["trust_levels"][k] for k in ("f_lo", "f_hi")})

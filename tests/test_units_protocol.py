@@ -63,6 +63,7 @@ def test_parse_init_text(text, batch):
 
 # -- a scripted server over a socketpair ------------------------------------------------
 
+
 def posdata(h_columns: np.ndarray, positions_bohr: np.ndarray, nat: int | None = None) -> bytes:
     nat = len(positions_bohr) if nat is None else nat
     return (
@@ -264,7 +265,8 @@ def test_batched_transport_wire_layout():
     cells = [H * (1 + 0.1 * k) for k in range(batch)]
     positions = [POS + k for k in range(batch)]
     peer.send(
-        encode_header("POSDATA") + np.int32(NAT).tobytes()
+        encode_header("POSDATA")
+        + np.int32(NAT).tobytes()
         + b"".join(c.tobytes() + np.linalg.inv(c).tobytes() for c in cells)
         + b"".join(p.tobytes() for p in positions)
         + encode_header("GETFORCE")
@@ -330,7 +332,7 @@ def test_signal_during_evaluation_still_answers(consolidated):
     answer (i-PI waits forever for an abandoned request), then the session stops."""
     import signal
 
-    from ensemble_driver.signals import StopSignals, Stopped
+    from ensemble_driver.signals import Stopped, StopSignals
 
     signals = StopSignals()  # not installed: the handler is called by hand below
 

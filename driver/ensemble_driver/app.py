@@ -26,7 +26,7 @@ from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
 from .protocol import Wire
 from .selection import Selection, candidate_file_names, summary_file_name
-from .signals import StopSignals, Stopped
+from .signals import Stopped, StopSignals
 from .template import Template, read_template
 from .transport import connect, make_address
 
@@ -94,11 +94,13 @@ def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -
         except Stopped:
             raise
         except Exception as exc:
-            log.warning("model %d (%s): warm-up on the template failed: %s", member.index, member.model.path,
-                        one_line(exc))
+            log.warning(
+                "model %d (%s): warm-up on the template failed: %s", member.index, member.model.path, one_line(exc)
+            )
             continue
-        log.debug("model %d warmed up on the template: calls of %s s", member.index,
-                  ", ".join(f"{t:.3f}" for t in times))
+        log.debug(
+            "model %d warmed up on the template: calls of %s s", member.index, ", ".join(f"{t:.3f}" for t in times)
+        )
 
 
 def deviation_settings(config: RunConfig) -> DeviationSettings:
@@ -158,8 +160,13 @@ def _run(config_source, comm, signals: StopSignals) -> int:
             if levels is not None:
                 mode = "append" if config.append else "overwrite" if config.overwrite else "new"
                 names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
-                selection = Selection(levels, candidate_file_names(names), summary_file_name(names),
-                                      mode=mode, step_offset=config.step_offset)
+                selection = Selection(
+                    levels,
+                    candidate_file_names(names),
+                    summary_file_name(names),
+                    mode=mode,
+                    step_offset=config.step_offset,
+                )
             files = open_deviation_files(config)
         return config, layout, address, template, files, selection
 
@@ -176,8 +183,11 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         if selection is not None:
             selection.close()
             if selection.rows:
-                print(f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-                      f"counts in {selection.summary_file}", flush=True)
+                print(
+                    f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+                    f"counts in {selection.summary_file}",
+                    flush=True,
+                )
 
 
 def _run_checked(config, comm, layout, address, template, files, selection, signals: StopSignals) -> int:
@@ -199,8 +209,7 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
 
     def match():
         return [
-            LocalModel(i, m, m.atom_types(elements, template=f"template {template.path}"))
-            for i, m in zip(mine, models)
+            LocalModel(i, m, m.atom_types(elements, template=f"template {template.path}")) for i, m in zip(mine, models)
         ]
 
     members = collective(comm, match)
@@ -211,21 +220,34 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
         return follower_loop(comm, members, natoms=template.natoms, signals=signals)
 
     log.info(
-        "%d atoms (%s), %s; model 0: %s", template.natoms,
+        "%d atoms (%s), %s; model 0: %s",
+        template.natoms,
         ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
-        "periodic" if periodic else "not periodic", config.models[0],
+        "periodic" if periodic else "not periodic",
+        config.models[0],
     )
     settings = deviation_settings(config)
     if files is not None:
         log.info(
             "%d models on %d rank(s) %s; deviation every %d steps to %s",
-            layout.n_models, layout.n_ranks, [list(m) for m in layout.models_of], settings.out_freq,
+            layout.n_models,
+            layout.n_ranks,
+            [list(m) for m in layout.models_of],
+            settings.out_freq,
             ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
         )
     if selection is not None:
         selection.symbols = list(elements)
-    leader = Leader(comm, layout, members, natoms=template.natoms, periodic=periodic, settings=settings, files=files,
-                    selection=selection)
+    leader = Leader(
+        comm,
+        layout,
+        members,
+        natoms=template.natoms,
+        periodic=periodic,
+        settings=settings,
+        files=files,
+        selection=selection,
+    )
     error: DriverError | None = None
     session = None
     try:
@@ -233,8 +255,11 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
             sock = connect(address, config.connect_timeout)
         with sock:
             session = Session(
-                Wire(sock, template.natoms), leader,
-                init_every_step=config.init_each, after_reply=leader.after_reply, signals=signals,
+                Wire(sock, template.natoms),
+                leader,
+                init_every_step=config.init_each,
+                after_reply=leader.after_reply,
+                signals=signals,
             )
             reason = session.run()
             log.info("run ended: %s", reason.value)
@@ -246,9 +271,13 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
     error = leader.finish(error)
     if session is not None:
         counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
-        log.info("evaluations per request id: %s%s", dict(sorted(counts.items())),
-                 "" if config.init_each else " (one series: without --init-each the request ids "
-                 "after the first are not asked for)")
+        log.info(
+            "evaluations per request id: %s%s",
+            dict(sorted(counts.items())),
+            ""
+            if config.init_each
+            else " (one series: without --init-each the request ids after the first are not asked for)",
+        )
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
     if error is not None:

@@ -87,86 +87,171 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="structure with the element of every atom, in the server's atom order: any "
         "file ASE reads, or i-PI's xyz with a '# CELL(abcABC):' comment",
     )
-    p.add_argument("--config", metavar="FILE.json", help="JSON file with these settings; also "
-                   "accepts deepmd-kit dp_ipi's keys (graph_file, coord_file, use_unix, host, port, "
-                   "atom_type); options given on the command line win")
+    p.add_argument(
+        "--config",
+        metavar="FILE.json",
+        help="JSON file with these settings; also "
+        "accepts deepmd-kit dp_ipi's keys (graph_file, coord_file, use_unix, host, port, "
+        "atom_type); options given on the command line win",
+    )
     conn = p.add_argument_group("connection")
-    conn.add_argument("--unix", action="store_true", default=None,
-                      help="use a UNIX socket named SOCKETS_PREFIX + ADDRESS (default: INET)")
+    conn.add_argument(
+        "--unix",
+        action="store_true",
+        default=None,
+        help="use a UNIX socket named SOCKETS_PREFIX + ADDRESS (default: INET)",
+    )
     conn.add_argument("--address", help="UNIX socket name, or INET host name (default: localhost)")
     conn.add_argument("--port", type=int, help="INET port (required for INET; i-PI's default is 65535, ASE's 31415)")
-    conn.add_argument("--sockets-prefix", metavar="PREFIX",
-                      help=f"prefix of UNIX socket paths, as i-PI's sockets_prefix (default: {DEFAULT_SOCKETS_PREFIX})")
-    conn.add_argument("--connect-timeout", type=float, metavar="SECONDS",
-                      help="keep retrying to connect for this long (default: 60)")
-    conn.add_argument("--init-each", dest="init_every_step", action=argparse.BooleanOptionalAction,
-                      default=None,
-                      help="ask for INIT after every evaluation, so that every structure comes with "
-                      "its request id (the bead index): needed for per-bead deviation files and "
-                      "counts; costs ~0.3 ms per step under i-PI (default: on with two or more "
-                      "models, off with one)")
+    conn.add_argument(
+        "--sockets-prefix",
+        metavar="PREFIX",
+        help=f"prefix of UNIX socket paths, as i-PI's sockets_prefix (default: {DEFAULT_SOCKETS_PREFIX})",
+    )
+    conn.add_argument(
+        "--connect-timeout", type=float, metavar="SECONDS", help="keep retrying to connect for this long (default: 60)"
+    )
+    conn.add_argument(
+        "--init-each",
+        dest="init_every_step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask for INIT after every evaluation, so that every structure comes with "
+        "its request id (the bead index): needed for per-bead deviation files and "
+        "counts; costs ~0.3 ms per step under i-PI (default: on with two or more "
+        "models, off with one)",
+    )
     sysg = p.add_argument_group("system")
-    sysg.add_argument("--type-map", nargs="+", metavar="NAME",
-                      help="element names of the model's types, in type-index order, replacing "
-                      "the type map stored in the model(s)")
-    sysg.add_argument("--pbc", action=argparse.BooleanOptionalAction, default=None,
-                      help="periodic system or not (default: periodic if the template has a cell; "
-                      "i-PI xyz templates are periodic)")
+    sysg.add_argument(
+        "--type-map",
+        nargs="+",
+        metavar="NAME",
+        help="element names of the model's types, in type-index order, replacing the type map stored in the model(s)",
+    )
+    sysg.add_argument(
+        "--pbc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="periodic system or not (default: periodic if the template has a cell; i-PI xyz templates are periodic)",
+    )
     dev = p.add_argument_group(
         "ensemble and deviation",
         "With several --models, run under mpiexec: rank 0 talks to the server and evaluates "
         "model 0, which alone drives the dynamics; the other ranks hold the other models. "
         "Every OUT_FREQ steps all models evaluate the same structure and the deviation is "
-        "written as LAMMPS's pair_style deepmd writes it.")
-    dev.add_argument("--out-file", metavar="FILE", help="deviation file (default: model_devi.out); "
-                     "with --nbeads P > 1, the directory of the per-bead files")
-    dev.add_argument("--out-freq", type=int, metavar="N", help="deviation every N steps of each bead, "
-                     "step 0 included; 0: never (default: 100, as LAMMPS)")
-    dev.add_argument("--nbeads", type=int, metavar="P", help="number of path-integral beads: one "
-                     "deviation file per bead; request ids >= P (estimator clones) get no rows (default: 1)")
-    dev.add_argument("--bead-files", metavar="NAMING", help="per-bead file names: 'dpgen' "
-                     "(model_devi1.out .. for up to 9 beads, model_devi01.out .. for 10-99), 'dpgen2' (model_devi.1.out ..), or a pattern with "
-                     "{bead} counted from 0, e.g. 'devi/bead{bead:02d}.out' (default: dpgen)")
-    dev.add_argument("--atomic", action="store_true", default=None, help="also write the force "
-                     "deviation of every atom (LAMMPS's 'atomic')")
-    dev.add_argument("--relative", type=float, metavar="NU", help="relative force deviation: "
-                     "e_i / (|<F_i>| + NU) (LAMMPS's 'relative')")
-    dev.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation, per "
-                     "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)")
-    dev.add_argument("--extras", action="store_true", default=None, help="send the deviation to the "
-                     "server in the FORCEREADY extras (JSON; -1 on other steps); makes deviation "
-                     "steps wait for all models")
-    dev.add_argument("--committee-json", action="store_true", default=None, help="for i-PI's <ffcommittee> "
-                     "with <parse_json>true</parse_json>: every model evaluates every structure and the "
-                     "extras carry committee_pot, committee_force and committee_virial (atomic units), so "
-                     "that i-PI's committee (mean-driven dynamics, uncertainty) runs on this MPI ensemble")
+        "written as LAMMPS's pair_style deepmd writes it.",
+    )
+    dev.add_argument(
+        "--out-file",
+        metavar="FILE",
+        help="deviation file (default: model_devi.out); with --nbeads P > 1, the directory of the per-bead files",
+    )
+    dev.add_argument(
+        "--out-freq",
+        type=int,
+        metavar="N",
+        help="deviation every N steps of each bead, step 0 included; 0: never (default: 100, as LAMMPS)",
+    )
+    dev.add_argument(
+        "--nbeads",
+        type=int,
+        metavar="P",
+        help="number of path-integral beads: one "
+        "deviation file per bead; request ids >= P (estimator clones) get no rows (default: 1)",
+    )
+    dev.add_argument(
+        "--bead-files",
+        metavar="NAMING",
+        help="per-bead file names: 'dpgen' "
+        "(model_devi1.out .. for up to 9 beads, model_devi01.out .. for 10-99), 'dpgen2' (model_devi.1.out ..), or a pattern with "
+        "{bead} counted from 0, e.g. 'devi/bead{bead:02d}.out' (default: dpgen)",
+    )
+    dev.add_argument(
+        "--atomic",
+        action="store_true",
+        default=None,
+        help="also write the force deviation of every atom (LAMMPS's 'atomic')",
+    )
+    dev.add_argument(
+        "--relative",
+        type=float,
+        metavar="NU",
+        help="relative force deviation: e_i / (|<F_i>| + NU) (LAMMPS's 'relative')",
+    )
+    dev.add_argument(
+        "--relative-v",
+        type=float,
+        metavar="NU",
+        help="relative virial deviation, per "
+        "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)",
+    )
+    dev.add_argument(
+        "--extras",
+        action="store_true",
+        default=None,
+        help="send the deviation to the "
+        "server in the FORCEREADY extras (JSON; -1 on other steps); makes deviation "
+        "steps wait for all models",
+    )
+    dev.add_argument(
+        "--committee-json",
+        action="store_true",
+        default=None,
+        help="for i-PI's <ffcommittee> "
+        "with <parse_json>true</parse_json>: every model evaluates every structure and the "
+        "extras carry committee_pot, committee_force and committee_virial (atomic units), so "
+        "that i-PI's committee (mean-driven dynamics, uncertainty) runs on this MPI ensemble",
+    )
     dev.add_argument("--overwrite", action="store_true", default=None, help="replace existing deviation files")
-    dev.add_argument("--append", action="store_true", default=None, help="append to existing "
-                     "deviation files (a restarted run)")
-    dev.add_argument("--step-offset", type=int, metavar="K", help="add K to the step of every row "
-                     "(with --append: the step i-PI restarted from)")
+    dev.add_argument(
+        "--append", action="store_true", default=None, help="append to existing deviation files (a restarted run)"
+    )
+    dev.add_argument(
+        "--step-offset",
+        type=int,
+        metavar="K",
+        help="add K to the step of every row (with --append: the step i-PI restarted from)",
+    )
     sel = p.add_argument_group(
         "candidate selection",
         "With trust levels, every deviation row is classified as DP-GEN does it: candidate if "
         "TRUST_LO <= max_devi_f < TRUST_HI (or the same for the virial), else failed if at or above "
         "a high level, else accurate. Candidate structures are appended, per bead, to extended XYZ "
         "files beside the deviation files (model_devi1.out -> candidates1.xyz), which ASE and dpdata "
-        "read; the counts per class and bead are printed at the end and written to devi_summary.json.")
+        "read; the counts per class and bead are printed at the end and written to devi_summary.json.",
+    )
     add_trust_options(sel)
-    p.add_argument("-v", "--verbose", action="count", default=None,
-                   help="more output (-v: every message and evaluation; default: start and end lines)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=None,
+        help="more output (-v: every message and evaluation; default: start and end lines)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
 def add_trust_options(group, virial: bool = True) -> None:
     """DP-GEN's trust levels, for run, devi and plot."""
-    group.add_argument("--trust-lo", type=float, metavar="F_LO", help="low force trust level, eV/Angstrom "
-                       "(DP-GEN's model_devi_f_trust_lo)")
-    group.add_argument("--trust-hi", type=float, metavar="F_HI", help="high force trust level, eV/Angstrom "
-                       "(DP-GEN's model_devi_f_trust_hi)")
+    group.add_argument(
+        "--trust-lo",
+        type=float,
+        metavar="F_LO",
+        help="low force trust level, eV/Angstrom (DP-GEN's model_devi_f_trust_lo)",
+    )
+    group.add_argument(
+        "--trust-hi",
+        type=float,
+        metavar="F_HI",
+        help="high force trust level, eV/Angstrom (DP-GEN's model_devi_f_trust_hi)",
+    )
     if virial:
-        group.add_argument("--trust-lo-v", type=float, metavar="V_LO", help="low virial trust level, eV per atom "
-                           "(default: the virial is not used)")
+        group.add_argument(
+            "--trust-lo-v",
+            type=float,
+            metavar="V_LO",
+            help="low virial trust level, eV per atom (default: the virial is not used)",
+        )
         group.add_argument("--trust-hi-v", type=float, metavar="V_HI", help="high virial trust level, eV per atom")
 
 
@@ -184,7 +269,9 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beads", type=int, default=4, help="path-integral beads (default: %(default)s)")
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks for the 4 models (default: %(default)s)")
     p.add_argument("--out-freq", type=int, default=5, help="deviation every N steps (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)"
+    )
 
 
 def _plot_parser(sub: argparse._SubParsersAction) -> None:
@@ -199,8 +286,12 @@ def _plot_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=_ParagraphFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="deviation files (one per bead)")
-    p.add_argument("-o", "--output", default="devi.png", help="image to write; the suffix picks the "
-                   "format: .png, .pdf, .svg (default: %(default)s)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="devi.png",
+        help="image to write; the suffix picks the format: .png, .pdf, .svg (default: %(default)s)",
+    )
     add_trust_options(p, virial=False)
     p.add_argument("--title", help="title of the left panel")
 
@@ -225,15 +316,29 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("trajectories", nargs="+", metavar="TRAJ", help="trajectory files, one per bead, in bead order")
     p.add_argument("--models", nargs="+", required=True, metavar="FILE", help="two or more DeePMD models")
-    p.add_argument("--format", dest="fmt", help="ASE format name when the suffix does not tell "
-                   "(e.g. lammps-dump-text); 'ipi' for i-PI xyz (found by itself for .xyz files)")
-    p.add_argument("--stride", type=int, default=1, help="steps between frames, for trajectories that "
-                   "do not carry their steps (default: 1)")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        help="ASE format name when the suffix does not tell "
+        "(e.g. lammps-dump-text); 'ipi' for i-PI xyz (found by itself for .xyz files)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        help="steps between frames, for trajectories that do not carry their steps (default: 1)",
+    )
     p.add_argument("--type-map", nargs="+", metavar="NAME", help="element names of the models' types")
     p.add_argument("--batch", type=int, default=8, help="frames per model call (default: %(default)s)")
-    p.add_argument("--out-file", default="model_devi.out", help="deviation file for one trajectory; with "
-                   "several, the directory of the per-bead files (default: %(default)s)")
-    p.add_argument("--bead-files", default="dpgen", metavar="NAMING", help="per-bead names, as for run (default: dpgen)")
+    p.add_argument(
+        "--out-file",
+        default="model_devi.out",
+        help="deviation file for one trajectory; with "
+        "several, the directory of the per-bead files (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bead-files", default="dpgen", metavar="NAMING", help="per-bead names, as for run (default: dpgen)"
+    )
     p.add_argument("--atomic", action="store_true", help="also write the force deviation of every atom")
     p.add_argument("--relative", type=float, metavar="NU", help="relative force deviation (as run)")
     p.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation (as run)")
@@ -307,8 +412,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     setup_logging(0)
-    return run_demo(args.outdir, steps=args.steps, beads=args.beads, ranks=args.ranks, out_freq=args.out_freq,
-                    timeout=args.timeout)
+    return run_demo(
+        args.outdir, steps=args.steps, beads=args.beads, ranks=args.ranks, out_freq=args.out_freq, timeout=args.timeout
+    )
 
 
 #: How long a rank that knows the run failed waits for rank 0 to end the MPI job.
@@ -369,13 +475,24 @@ def _cmd_devi(args: argparse.Namespace) -> int:
     from .posthoc import DeviSettings, run_devi
 
     setup_logging(args.verbose)
-    levels = RunConfig(trust_lo=args.trust_lo, trust_hi=args.trust_hi, trust_lo_v=args.trust_lo_v,
-                       trust_hi_v=args.trust_hi_v).trust_levels()
+    levels = RunConfig(
+        trust_lo=args.trust_lo, trust_hi=args.trust_hi, trust_lo_v=args.trust_lo_v, trust_hi_v=args.trust_hi_v
+    ).trust_levels()
     settings = DeviSettings(
-        trajectories=tuple(args.trajectories), models=tuple(args.models), fmt=args.fmt, stride=args.stride,
-        type_map=tuple(args.type_map) if args.type_map else None, out_file=args.out_file,
-        bead_files=args.bead_files, atomic=args.atomic, relative=args.relative, relative_v=args.relative_v,
-        overwrite=args.overwrite, append=args.append, trust=levels, batch=max(1, args.batch),
+        trajectories=tuple(args.trajectories),
+        models=tuple(args.models),
+        fmt=args.fmt,
+        stride=args.stride,
+        type_map=tuple(args.type_map) if args.type_map else None,
+        out_file=args.out_file,
+        bead_files=args.bead_files,
+        atomic=args.atomic,
+        relative=args.relative,
+        relative_v=args.relative_v,
+        overwrite=args.overwrite,
+        append=args.append,
+        trust=levels,
+        batch=max(1, args.batch),
     )
     return run_devi(settings)
 
@@ -383,8 +500,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_deviation
 
-    counts = plot_deviation(args.files, args.output, trust_lo=args.trust_lo, trust_hi=args.trust_hi,
-                            title=args.title)
+    counts = plot_deviation(args.files, args.output, trust_lo=args.trust_lo, trust_hi=args.trust_hi, title=args.title)
     total = sum(counts.values())
     shares = ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items()) if total else ""
     print(f"wrote {args.output}" + (f": {shares}" if shares else ""))

@@ -155,7 +155,8 @@ class Session:
             if self.stats.batch_size > 1 or not hasattr(self.handler, "batch"):
                 raise UnsupportedTransport(
                     f"the server announced batch_size:{params.batch_size} after batch_size:{self.stats.batch_size}"
-                    if self.stats.batch_size > 1 else "this handler cannot take i-PI's batched transport"
+                    if self.stats.batch_size > 1
+                    else "this handler cannot take i-PI's batched transport"
                 )
             self.handler.begin_batches(params.batch_size, self.init_every_step)  # type: ignore[attr-defined]
             self.stats.batch_size = params.batch_size
@@ -197,7 +198,9 @@ class Session:
         batch = self.stats.batch_size
         h, positions = self.wire.read_posdata_batch(batch)
         if not (np.isfinite(h).all() and np.isfinite(positions).all()):
-            raise ProtocolError(f"the server sent a non-finite cell or positions (batch starting at request id {self._rid})")
+            raise ProtocolError(
+                f"the server sent a non-finite cell or positions (batch starting at request id {self._rid})"
+            )
         log.debug("batch of %d structures received, starting at request id %d", batch, self._rid)
         replies = self.handler.batch(  # type: ignore[attr-defined]
             BatchRequest(self._rid, units.cell_from_wire(h), units.positions_from_wire(positions))

@@ -112,8 +112,10 @@ class RunConfig:
         if self.committee_json and self.extras:
             raise ConfigError("--committee-json and --extras exclude each other (both fill the extras)")
         if self.trust_levels() is not None and (self.out_freq == 0 or len(self.models) < 2):
-            raise ConfigError("--trust-lo/--trust-hi select candidates by the deviation: they need "
-                              "two or more --models and --out-freq > 0")
+            raise ConfigError(
+                "--trust-lo/--trust-hi select candidates by the deviation: they need "
+                "two or more --models and --out-freq > 0"
+            )
         return self
 
 
@@ -144,8 +146,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise bad("a list of element names")
     if name == "atom_type":
         if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in value.items()
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items()
         ):
             return dict(value)
         raise bad('an object {"label": type index >= 0}')

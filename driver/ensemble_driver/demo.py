@@ -56,15 +56,28 @@ def run_demo(outdir: str | Path, *, steps: int, beads: int, ranks: int, out_freq
     outdir = Path(outdir).resolve()
     _prepare_outdir(outdir)
     address = f"demo-{os.getpid()}"
-    prepare_input(
-        xml, outdir / "pimd.xml", socket=SocketSettings(address=address), steps=steps, nbeads=beads
-    )
+    prepare_input(xml, outdir / "pimd.xml", socket=SocketSettings(address=address), steps=steps, nbeads=beads)
     driver_cmd = [
-        _find("mpiexec"), "-n", str(ranks),
-        sys.executable, "-m", "ensemble_driver", "run",
-        "--models", *map(str, models), "--template", "init.xyz",
-        "--unix", "--address", address, "--connect-timeout", "120",
-        "--nbeads", str(beads), "--out-freq", str(out_freq),
+        _find("mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "ensemble_driver",
+        "run",
+        "--models",
+        *map(str, models),
+        "--template",
+        "init.xyz",
+        "--unix",
+        "--address",
+        address,
+        "--connect-timeout",
+        "120",
+        "--nbeads",
+        str(beads),
+        "--out-freq",
+        str(out_freq),
     ]
     print(f"demo: i-PI path-integral run, {beads} beads, {steps} steps, 32-atom Cu-Au at 600 K, in {outdir}")
     print(f"demo: driver: mpiexec -n {ranks} ensemble-driver {' '.join(driver_cmd[6:])}")
@@ -101,19 +114,23 @@ def _summarise(outdir: Path, beads: int) -> None:
     driver_log = (outdir / "logs" / "driver.log").read_text()
     counts = re.search(r"evaluations per request id: (\{[^}]*\})", driver_log)
     pot, temp, step = col["potential"], col["temperature"], col["step"]
-    print(f"demo: done. Potential energy (eV): step 0 {props[0, pot]:.4f} -> step {int(props[-1, step])} "
-          f"{props[-1, pot]:.4f}; temperature {props[-1, temp]:.0f} K")
+    print(
+        f"demo: done. Potential energy (eV): step 0 {props[0, pot]:.4f} -> step {int(props[-1, step])} "
+        f"{props[-1, pot]:.4f}; temperature {props[-1, temp]:.0f} K"
+    )
     if counts:
         print(f"demo: evaluations per bead (request id: count): {counts.group(1)}")
     devi_files = sorted(outdir.glob("model_devi*.out"))
     for path in devi_files:
         table = np.atleast_2d(np.loadtxt(path))
-        print(f"demo: {path.name}: {len(table)} rows (steps {int(table[0, 0])}..{int(table[-1, 0])}), "
-              f"max_devi_f {table[:, 4].min():.3f}-{table[:, 4].max():.3f} eV/A")
+        print(
+            f"demo: {path.name}: {len(table)} rows (steps {int(table[0, 0])}..{int(table[-1, 0])}), "
+            f"max_devi_f {table[:, 4].min():.3f}-{table[:, 4].max():.3f} eV/A"
+        )
     print("demo: outputs:")
     described = {
         "model_devi*.out": "model deviation of the 4-model ensemble, one file per bead (LAMMPS format: "
-                           "step, max/min/avg_devi_v, max/min/avg_devi_f)",
+        "step, max/min/avg_devi_v, max/min/avg_devi_f)",
         "pimd.out": "i-PI properties, one row per step (columns described in its header)",
         "pimd.pos_*.extxyz": f"positions of each of the {beads} beads (extxyz, Angstrom), every 10 steps",
         "pimd.xml": "the i-PI input that ran (ipi_inputs/pimd.xml with this socket and step count)",

@@ -165,7 +165,9 @@ class Leader:
         check_cell(cell, f"bead {request.rid}, step {request.step}")
         job = None
         if self.settings.committee:  # every model on every structure
-            row = self.deviation_on and request.step % self.settings.out_freq == 0 and request.rid < self.settings.nbeads
+            row = (
+                self.deviation_on and request.step % self.settings.out_freq == 0 and request.rid < self.settings.nbeads
+            )
             job = self._dispatch(request, cell)
             job.row = row
         elif self.deviation_on and request.step % self.settings.out_freq == 0:
@@ -175,7 +177,9 @@ class Leader:
                 self._warned_rids.add(request.rid)
                 log.warning(
                     "request id %d >= --nbeads %d: no deviation rows for it (an estimator's clone, or "
-                    "pass --nbeads P for a path-integral run with P beads)", request.rid, self.settings.nbeads,
+                    "pass --nbeads P for a path-integral run with P beads)",
+                    request.rid,
+                    self.settings.nbeads,
                 )
         result = self.model0.evaluate(request.positions, cell, request.rid, request.step)
         extras = b""
@@ -240,10 +244,14 @@ class Leader:
         positions = request.positions
         # distinct consecutive structures only: padding, and step 0 where every bead is
         # the same, are copies of the structure before them
-        same = np.array([False] + [
-            np.array_equal(positions[k], positions[k - 1]) and (cells is None or np.array_equal(cells[k], cells[k - 1]))
-            for k in range(1, len(positions))
-        ])
+        same = np.array(
+            [False]
+            + [
+                np.array_equal(positions[k], positions[k - 1])
+                and (cells is None or np.array_equal(cells[k], cells[k - 1]))
+                for k in range(1, len(positions))
+            ]
+        )
         distinct = np.flatnonzero(~same)
         source = np.cumsum(~same) - 1  # the distinct structure each slot copies
         result = self.model0.model.evaluate_batch(
@@ -275,7 +283,9 @@ class Leader:
                     self._warned_batch_gap = True
                     log.warning(
                         "request ids %d..%d were not sent here: with i-PI's batched transport the deviation "
-                        "needs one client per <ffsocket> to tell the beads of a batch apart", first + size, next_rid - 1
+                        "needs one client per <ffsocket> to tell the beads of a batch apart",
+                        first + size,
+                        next_rid - 1,
                     )
                 real = size
         else:
@@ -302,8 +312,14 @@ class Leader:
         self._seq += 1
         n = self.n_models
         job = _Job(
-            seq, request.rid, request.step, cell, request.positions,
-            np.zeros(n), np.zeros((n, self.natoms, 3)), np.zeros((n, 3, 3)),
+            seq,
+            request.rid,
+            request.step,
+            cell,
+            request.positions,
+            np.zeros(n),
+            np.zeros((n, self.natoms, 3)),
+            np.zeros((n, 3, 3)),
             local_todo=list(self.local_extra),
         )
         if self.followers:
@@ -441,11 +457,13 @@ def committee_extras(job: _Job) -> bytes:
     forcefields.py FFCommittee.gather): every model's energy, forces (3N, flat) and virial
     (9, flat, i-PI's orientation), in atomic units, which i-PI takes as they are."""
     n = len(job.energies)
-    return json.dumps({
-        "committee_pot": units.energy_to_wire(job.energies).tolist(),
-        "committee_force": units.forces_to_wire(job.forces).reshape(n, -1).tolist(),
-        "committee_virial": units.virial_to_wire(job.virials).reshape(n, 9).tolist(),
-    }).encode()
+    return json.dumps(
+        {
+            "committee_pot": units.energy_to_wire(job.energies).tolist(),
+            "committee_force": units.forces_to_wire(job.forces).reshape(n, -1).tolist(),
+            "committee_virial": units.virial_to_wire(job.virials).reshape(n, 9).tolist(),
+        }
+    ).encode()
 
 
 def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: StopSignals | None = None) -> int:
@@ -484,7 +502,9 @@ def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: 
             results = [m.evaluate(item.positions, item.cell, item.rid, item.step) for m in members]
         except Exception as exc:  # a model failure, or a bug: report it, do not hang the leader
             failed = True
-            message = str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            message = (
+                str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            )
             comm.send(message, dest=0, tag=parallel.TAG_ERROR)
             continue
         if pending_send is not None:

@@ -90,7 +90,9 @@ class ProcessGroup:
             failed = [m for m in self.members if codes[m.name] is not None and codes[m.name] not in m.ok_status]
             if failed:
                 self.stop()
-                raise GroupFailed(self._report(f"{failed[0].name} exited with status {codes[failed[0].name]}"), self.poll())
+                raise GroupFailed(
+                    self._report(f"{failed[0].name} exited with status {codes[failed[0].name]}"), self.poll()
+                )
             if all(code is not None for code in codes.values()):
                 return {k: int(v) for k, v in codes.items()}
             if time.monotonic() > deadline:

@@ -18,6 +18,7 @@ def setup_logging(verbose: int, quiet: bool = False) -> None:
     name = f"{PROG}[{rank}]" if launched_by_mpi() else PROG
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format=f"%(asctime)s {name} %(levelname)s: %(message)s", datefmt="%H:%M:%S",
-                            stream=sys.stderr)
+        logging.basicConfig(
+            format=f"%(asctime)s {name} %(levelname)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+        )
     root.setLevel(level)

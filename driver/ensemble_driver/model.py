@@ -115,9 +115,7 @@ class DeepPotModel:
         ntypes = int(self._dp.get_ntypes())
         if type_map:
             if len(type_map) < ntypes:
-                raise ConfigError(
-                    f"--type-map names {len(type_map)} types but model {self.path} has {ntypes}"
-                )
+                raise ConfigError(f"--type-map names {len(type_map)} types but model {self.path} has {ntypes}")
             self.type_map = list(type_map)
         else:
             self.type_map = stored
@@ -147,8 +145,9 @@ class DeepPotModel:
         batch = self.evaluate_batch(positions[None], None if cell is None else cell[None], atom_types)
         return Evaluation(float(batch.energy[0]), batch.forces[0], batch.virial[0])
 
-    def warm_up(self, positions: np.ndarray, cell: np.ndarray | None, atom_types: np.ndarray,
-                max_calls: int = 4) -> list[float]:
+    def warm_up(
+        self, positions: np.ndarray, cell: np.ndarray | None, atom_types: np.ndarray, max_calls: int = 4
+    ) -> list[float]:
         """Evaluate one structure until the calls stop getting faster; return their times (s).
 
         A TorchScript model's first calls profile and optimise its graph (about 2.5 s and
@@ -200,7 +199,7 @@ class _Direct:
     def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
         raise NotImplementedError
 
-    def verified_against(self, expected: BatchEvaluation, positions, cells, atom_types, path: str) -> "_Direct | None":
+    def verified_against(self, expected: BatchEvaluation, positions, cells, atom_types, path: str) -> _Direct | None:
         """Self, marked checked, if it reproduces ``expected`` (``DeepPot.eval`` on the same
         structures) to rounding (1e-10 of each quantity's largest value); None otherwise."""
         if not all(np.isfinite(getattr(expected, k)).all() for k in ("energy", "forces", "virial")):
@@ -255,7 +254,7 @@ class _TorchDirect(_Direct):
         self._types: dict[tuple[int, int], object] = {}
 
     @classmethod
-    def for_model(cls, deep_pot) -> "_TorchDirect | None":
+    def for_model(cls, deep_pot) -> _TorchDirect | None:
         de = getattr(deep_pot, "deep_eval", None)
         if type(de).__module__ != "deepmd.pt.infer.deep_eval":
             return None
@@ -336,7 +335,7 @@ class _TFDirect(_Direct):
         self._imap = np.zeros(0, dtype=int)
 
     @classmethod
-    def for_model(cls, deep_pot) -> "_TFDirect | None":
+    def for_model(cls, deep_pot) -> _TFDirect | None:
         de = getattr(deep_pot, "deep_eval", None)
         if type(de).__module__ != "deepmd.tf.infer.deep_eval":
             return None
@@ -364,7 +363,8 @@ class _TFDirect(_Direct):
             # once per shape: deepmd-kit's own sorted types, atom counts and mesh (and,
             # without a cell, its stand-in box)
             feed, imap = self._de._prepare_feed_dict(
-                positions.reshape(nframes, nat * 3), None if cells is None else cells.reshape(nframes, 9),
+                positions.reshape(nframes, nat * 3),
+                None if cells is None else cells.reshape(nframes, 9),
                 np.tile(atom_types, (nframes, 1)),
             )[:2]
             # a callable made once per shape skips what Session.run redoes on every call

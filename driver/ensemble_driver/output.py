@@ -69,9 +69,7 @@ def bead_file_names(out_file: str, naming: str, nbeads: int) -> list[str]:
     if naming in PRESETS:
         width = len(str(nbeads))
         directory = os.path.dirname(out_file)
-        return [
-            os.path.join(directory, PRESETS[naming].format(bead=str(b + 1).zfill(width))) for b in range(nbeads)
-        ]
+        return [os.path.join(directory, PRESETS[naming].format(bead=str(b + 1).zfill(width))) for b in range(nbeads)]
     if "{bead" not in naming:
         raise ConfigError(f"--bead-files must be dpgen, dpgen2 or a pattern containing {{bead}}, got {naming!r}")
     try:

@@ -45,8 +45,14 @@ def _label(path: Path, many: bool) -> str:
     return path.stem if many else path.name
 
 
-def plot_deviation(files: Sequence[str | Path], output: str | Path, *, trust_lo: float | None = None,
-                   trust_hi: float | None = None, title: str | None = None) -> dict[str, int]:
+def plot_deviation(
+    files: Sequence[str | Path],
+    output: str | Path,
+    *,
+    trust_lo: float | None = None,
+    trust_hi: float | None = None,
+    title: str | None = None,
+) -> dict[str, int]:
     """Write the figure to ``output``; return the number of rows in each class (empty
     without trust levels)."""
     import matplotlib
@@ -72,8 +78,15 @@ def plot_deviation(files: Sequence[str | Path], output: str | Path, *, trust_lo:
         if not len(rows):
             continue
         color = colors(k / max(len(data) - 1, 1)) if len(data) > 10 else colors(k % 10)
-        ax.plot(rows[:, 0], rows[:, 4], lw=1.2, marker="." if len(rows) < 60 else None, ms=4,
-                color=color, label=_label(path, many))
+        ax.plot(
+            rows[:, 0],
+            rows[:, 4],
+            lw=1.2,
+            marker="." if len(rows) < 60 else None,
+            ms=4,
+            color=color,
+            label=_label(path, many),
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(r"max_devi_f (eV/$\AA$)")
     ax.set_ylim(bottom=0)
@@ -86,8 +99,15 @@ def plot_deviation(files: Sequence[str | Path], output: str | Path, *, trust_lo:
             hist.axvspan(lo, hi, color=SHADES[name], zorder=0)
         for level, name in ((trust_lo, "trust lo"), (trust_hi, "trust hi")):
             ax.axhline(level, color="black", lw=1, ls="--")
-            ax.annotate(f"{name} {level:g}", (1.0, level), xycoords=("axes fraction", "data"),
-                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+            ax.annotate(
+                f"{name} {level:g}",
+                (1.0, level),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+            )
         counts = {
             "accurate": int(np.sum(fmax_all < trust_lo)),
             "candidate": int(np.sum((fmax_all >= trust_lo) & (fmax_all < trust_hi))),
@@ -107,8 +127,16 @@ def plot_deviation(files: Sequence[str | Path], output: str | Path, *, trust_lo:
     if counts:
         total = len(fmax_all)
         summary += "\n" + "\n".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in counts.items())
-    hist.text(0.97, 0.97, summary, transform=hist.transAxes, ha="right", va="top", fontsize=8,
-              bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
+    hist.text(
+        0.97,
+        0.97,
+        summary,
+        transform=hist.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
+    )
     hist.set_title("distribution")
     fig.tight_layout()
     output = Path(output)

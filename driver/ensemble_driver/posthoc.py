@@ -105,9 +105,14 @@ def read_frames(path: str | Path, fmt: str | None = None) -> list[Frame]:
             # i-PI's format='ase' (extxyz) keeps its own comment line here: "Step: N  Bead: b ..."
             found = _STEP.search(atoms.info["ipi_comment"])
             step = found.group(1) if found else None
-        frames.append(Frame(atoms.get_chemical_symbols(), atoms.positions.copy(),
-                            atoms.cell.array.copy() if periodic else None,
-                            int(step) if step is not None else None))
+        frames.append(
+            Frame(
+                atoms.get_chemical_symbols(),
+                atoms.positions.copy(),
+                atoms.cell.array.copy() if periodic else None,
+                int(step) if step is not None else None,
+            )
+        )
     return frames
 
 
@@ -128,7 +133,7 @@ class DeviSettings:
     trust: TrustLevels | None = None
     batch: int = 8
 
-    def validated(self) -> "DeviSettings":
+    def validated(self) -> DeviSettings:
         if len(self.models) < 2:
             raise ConfigError("devi needs two or more --models (the deviation is their spread)")
         if not self.trajectories:
@@ -168,7 +173,7 @@ class DeviLayout:
     models: tuple[int, ...]
 
     @classmethod
-    def of(cls, rank: int, n_ranks: int, n_models: int) -> "DeviLayout":
+    def of(cls, rank: int, n_ranks: int, n_models: int) -> DeviLayout:
         groups = max(1, n_ranks // n_models)
         group = rank % groups
         size = len(range(group, n_ranks, groups))
@@ -219,8 +224,11 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
     and virials of all models and keeps the rows."""
     n_models = len(settings.models)
     models = {m: DeepPotModel(settings.models[m], type_map=settings.type_map) for m in layout.models}
-    types = {(s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
-             for s, frames in enumerate(series) for m in models}
+    types = {
+        (s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
+        for s, frames in enumerate(series)
+        for m in models
+    }
     tasks = [(s, k) for s, frames in enumerate(series) for k in range(len(frames))]
     mine = tasks[layout.group :: layout.groups]
     rows: dict[tuple[int, int], object] = {}
@@ -236,8 +244,10 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
         for m, model in models.items():
             result = model.evaluate_batch(positions, cells, types[(s, m)])
             if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
-                raise ModelError(f"model {settings.models[m]} returned non-finite forces or virial on "
-                                 f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}")
+                raise ModelError(
+                    f"model {settings.models[m]} returned non-finite forces or virial on "
+                    f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}"
+                )
             forces[m], virials[m] = result.forces, result.virial
         if layout.size > 1:
             parts = group.gather((forces, virials), root=0)
@@ -250,8 +260,13 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
         stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
         stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
         for j, task in enumerate(chunk):
-            rows[task] = model_deviation(stacked_f[j], stacked_v[j], relative=settings.relative,
-                                         relative_v=settings.relative_v, atomic=settings.atomic)
+            rows[task] = model_deviation(
+                stacked_f[j],
+                stacked_v[j],
+                relative=settings.relative,
+                relative_v=settings.relative_v,
+                atomic=settings.atomic,
+            )
         k += len(chunk)
         if layout.group == 0 and layout.position == 0:
             _progress(k, len(mine), started)
@@ -282,5 +297,7 @@ def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) ->
     total = sum(len(f) for f in series)
     print(f"wrote {total} deviation rows to {', '.join(names) if len(names) <= 4 else names[0] + ' .. ' + names[-1]}")
     if selection is not None:
-        print(f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-              f"counts in {selection.summary_file}")
+        print(
+            f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+            f"counts in {selection.summary_file}"
+        )

@@ -172,10 +172,7 @@ class Wire:
         rid = self._read_int32("an INIT message")
         length = self._read_int32("an INIT message")
         if length < 0 or length > MAX_INIT_BYTES:
-            raise ProtocolError(
-                f"INIT message announces {length} bytes of text "
-                f"(accepted: 0 to {MAX_INIT_BYTES})"
-            )
+            raise ProtocolError(f"INIT message announces {length} bytes of text (accepted: 0 to {MAX_INIT_BYTES})")
         text = bytearray(length)
         self._recv_part(memoryview(text), "an INIT message")
         return InitMessage(rid=rid, text=text.decode("utf-8", errors="replace"))
@@ -206,8 +203,7 @@ class Wire:
         nat = self._read_int32("a batched POSDATA message")
         if nat != self.natoms:
             raise ProtocolError(
-                f"the server sent {nat} atoms in a batched POSDATA but the template has "
-                f"{self.natoms}; check --template"
+                f"the server sent {nat} atoms in a batched POSDATA but the template has {self.natoms}; check --template"
             )
         cells = np.empty((batch, 2, 3, 3), dtype=np.float64)
         self._recv_part(memoryview(cells).cast("B"), "a batched POSDATA message")
@@ -220,23 +216,21 @@ class Wire:
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ServerLost(f"the server closed the connection while the driver sent {what} ({exc.strerror})") from None
+            raise ServerLost(
+                f"the server closed the connection while the driver sent {what} ({exc.strerror})"
+            ) from None
 
     def send_status(self, word: str) -> None:
         """Answer STATUS with READY, NEEDINIT or HAVEDATA."""
         self._send(_STATUS_BYTES[word], f"its status ({word})")
 
-    def send_forceready(
-        self, energy: float, forces: np.ndarray, virial: np.ndarray, extras: bytes = b""
-    ) -> None:
+    def send_forceready(self, energy: float, forces: np.ndarray, virial: np.ndarray, extras: bytes = b"") -> None:
         """Send FORCEREADY and its payload in ONE ``sendall`` (energy in Hartree, forces
         (nat, 3) in Hartree/Bohr, virial 3x3 in Hartree, already in i-PI's layout)."""
         forces = np.ascontiguousarray(forces, dtype=np.float64)
         virial = np.ascontiguousarray(virial, dtype=np.float64)
         if forces.shape != (self.natoms, 3) or virial.shape != (3, 3):
-            raise ValueError(
-                f"forces {forces.shape} / virial {virial.shape} do not fit {self.natoms} atoms"
-            )
+            raise ValueError(f"forces {forces.shape} / virial {virial.shape} do not fit {self.natoms} atoms")
         self._send(
             b"".join(
                 (

@@ -48,8 +48,10 @@ class TrustLevels:
     v_hi: float | None = None
 
     def __post_init__(self):
-        for name, lo, hi in (("--trust-lo/--trust-hi", self.f_lo, self.f_hi),
-                             ("--trust-lo-v/--trust-hi-v", self.v_lo, self.v_hi)):
+        for name, lo, hi in (
+            ("--trust-lo/--trust-hi", self.f_lo, self.f_hi),
+            ("--trust-lo-v/--trust-hi-v", self.v_lo, self.v_hi),
+        ):
             if (lo is None) != (hi is None):
                 raise ConfigError(f"{name}: give both levels or neither")
             if lo is None:
@@ -99,8 +101,15 @@ class Selection:
     when the first candidate of a bead comes), counts the classes per bead, and writes
     the counts as JSON at the end."""
 
-    def __init__(self, levels: TrustLevels, candidate_files: Sequence[str], summary_file: str, *,
-                 mode: str = "new", step_offset: int = 0):
+    def __init__(
+        self,
+        levels: TrustLevels,
+        candidate_files: Sequence[str],
+        summary_file: str,
+        *,
+        mode: str = "new",
+        step_offset: int = 0,
+    ):
         """``mode`` as the deviation files': "new" refuses existing candidate files,
         "overwrite" removes them now (a bead without candidates this run keeps no old
         file), "append" adds to them."""
@@ -144,8 +153,10 @@ class Selection:
                 total[k] += c[k]
         return {
             "trust_levels": self.levels.as_dict(),
-            "beads": [{"bead": b, **c, "candidate_file": self.names[b] if c[CANDIDATE] else None}
-                      for b, c in enumerate(self.counts)],
+            "beads": [
+                {"bead": b, **c, "candidate_file": self.names[b] if c[CANDIDATE] else None}
+                for b, c in enumerate(self.counts)
+            ],
             "total": total,
         }
 

@@ -84,12 +84,16 @@ def read_ipi_frame(lines: list[str], start: int, name: str) -> IpiFrame:
     try:
         nat = int(lines[start].split()[0])
     except (IndexError, ValueError):
-        raise ConfigError(f"{name}, line {start + 1}: expected the number of atoms, got {lines[start].strip()[:40]!r}") from None
+        raise ConfigError(
+            f"{name}, line {start + 1}: expected the number of atoms, got {lines[start].strip()[:40]!r}"
+        ) from None
     if nat <= 0:
         raise ConfigError(f"{name}, line {start + 1}: the number of atoms must be positive, got {nat}")
     body = lines[start + 2 : start + 2 + nat]
     if len(body) < nat:
-        raise ConfigError(f"{name}, line {start + 1}: announces {nat} atoms but has {len(body)} atom lines (the file ends)")
+        raise ConfigError(
+            f"{name}, line {start + 1}: announces {nat} atoms but has {len(body)} atom lines (the file ends)"
+        )
     labels = []
     positions = np.empty((nat, 3))
     for i, line in enumerate(body):
@@ -97,7 +101,9 @@ def read_ipi_frame(lines: list[str], start: int, name: str) -> IpiFrame:
         try:
             positions[i] = [float(x) for x in fields[1:4]]  # ValueError too when fewer than 3
         except ValueError:
-            raise ConfigError(f"{name}, line {start + 3 + i}: expected 'label x y z', got {line.strip()[:60]!r}") from None
+            raise ConfigError(
+                f"{name}, line {start + 3 + i}: expected 'label x y z', got {line.strip()[:60]!r}"
+            ) from None
         labels.append(fields[0])
     comment = lines[start + 1]
     where = f"{name}, line {start + 2}"
@@ -129,5 +135,10 @@ def read_template(path: str | Path) -> Template:
     if len(atoms) == 0:
         raise ConfigError(f"template {path}: contains no atoms")
     periodic = bool(atoms.pbc.any()) and atoms.cell.rank == 3
-    return Template(str(path), tuple(atoms.get_chemical_symbols()), periodic=periodic,
-                    positions=atoms.get_positions(), cell=atoms.cell.array.copy() if periodic else None)
+    return Template(
+        str(path),
+        tuple(atoms.get_chemical_symbols()),
+        periodic=periodic,
+        positions=atoms.get_positions(),
+        cell=atoms.cell.array.copy() if periodic else None,
+    )

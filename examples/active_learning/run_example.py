@@ -54,8 +54,12 @@ def main() -> int:
     address = f"active-learning-{os.getpid()}"
     nbeads = 4
     prepare_input(
-        ROOT / "ipi_inputs" / "pimd.xml", work / "input.xml",
-        socket=SocketSettings(address=address), steps=args.steps, nbeads=nbeads, prefix="hot",
+        ROOT / "ipi_inputs" / "pimd.xml",
+        work / "input.xml",
+        socket=SocketSettings(address=address),
+        steps=args.steps,
+        nbeads=nbeads,
+        prefix="hot",
         outputs=[
             "<properties stride='10' filename='out'> [ step, time{picosecond}, temperature{kelvin}, "
             "potential{electronvolt} ] </properties>",
@@ -70,36 +74,73 @@ def main() -> int:
     tree.write(work / "input.xml")
 
     models = [str(ROOT / "examples" / "models" / f"m{k}.pth") for k in range(4)]
-    driver = [tool("mpiexec"), "-n", str(args.ranks), tool("ensemble-driver"), "run", "--models", *models,
-              "--template", "init.xyz", "--unix", "--address", address, "--nbeads", str(nbeads),
-              "--out-freq", str(args.out_freq), "--trust-lo", str(args.trust_lo), "--trust-hi", str(args.trust_hi)]
-    print(f"PIMD at {args.temperature:g} K, {nbeads} beads, {args.steps} steps; the deviation every "
-          f"{args.out_freq} steps with 4 models on {args.ranks} ranks ...", flush=True)
+    driver = [
+        tool("mpiexec"),
+        "-n",
+        str(args.ranks),
+        tool("ensemble-driver"),
+        "run",
+        "--models",
+        *models,
+        "--template",
+        "init.xyz",
+        "--unix",
+        "--address",
+        address,
+        "--nbeads",
+        str(nbeads),
+        "--out-freq",
+        str(args.out_freq),
+        "--trust-lo",
+        str(args.trust_lo),
+        "--trust-hi",
+        str(args.trust_hi),
+    ]
+    print(
+        f"PIMD at {args.temperature:g} K, {nbeads} beads, {args.steps} steps; the deviation every "
+        f"{args.out_freq} steps with 4 models on {args.ranks} ranks ...",
+        flush=True,
+    )
     with ProcessGroup(work / "logs") as group:
         group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=work)
         group.start("driver", driver, cwd=work)
         group.wait(3600)
     files = sorted(str(p.name) for p in work.glob("model_devi*.out"))
-    plot = subprocess.run([tool("ensemble-driver"), "plot", *files, "--trust-lo", str(args.trust_lo),
-                           "--trust-hi", str(args.trust_hi), "-o", "devi.png",
-                           "--title", f"PIMD at {args.temperature:g} K, models trained to 900 K"],
-                          cwd=work, capture_output=True, text=True, check=True)
+    plot = subprocess.run(
+        [
+            tool("ensemble-driver"),
+            "plot",
+            *files,
+            "--trust-lo",
+            str(args.trust_lo),
+            "--trust-hi",
+            str(args.trust_hi),
+            "-o",
+            "devi.png",
+            "--title",
+            f"PIMD at {args.temperature:g} K, models trained to 900 K",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads((work / "devi_summary.json").read_text())
     log = (work / "logs" / "driver.log").read_text()
-    print(log[log.rfind("deviation rows by class"):].strip())
+    print(log[log.rfind("deviation rows by class") :].strip())
     print(plot.stdout.strip())
     candidates = [b["candidate_file"] for b in summary["beads"] if b["candidate_file"]]
     print(f"""
 outputs in {work}:
   model_devi1.out .. model_devi{nbeads}.out  the deviation of each bead (LAMMPS's format)
-  {', '.join(candidates) or '(no candidates)'}  candidate structures (extended XYZ)
+  {", ".join(candidates) or "(no candidates)"}  candidate structures (extended XYZ)
   devi_summary.json  the counts per class and bead
   devi.png  the plot
   hot.pos_*.xyz  i-PI's positions at the deviation steps
 
 next:
   - label the candidates with your reference method, e.g. with ASE:
-      frames = ase.io.read("{work / 'candidates1.xyz'}", index=":")
+      frames = ase.io.read("{work / "candidates1.xyz"}", index=":")
     or convert them for DeePMD with dpdata:
       dpdata.MultiSystems.from_file("candidates1.xyz", fmt="ase/structure", ase_fmt="extxyz",
                                     labeled=False)

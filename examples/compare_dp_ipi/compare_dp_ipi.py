@@ -51,10 +51,20 @@ def train_tf_model(workdir: Path, steps: int) -> Path:
     mm.write_deepmd_npy(frames[1::2], workdir / "data" / "valid")
     spec = mm.training_input(workdir / "data" / "train", workdir / "data" / "valid", ["Cu", "Au"], 1, steps)
     (workdir / "input.json").write_text(json.dumps(spec, indent=2))
-    subprocess.run([str(BIN / "dp"), "--tf", "train", "input.json"], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run([str(BIN / "dp"), "--tf", "freeze", "-o", "model.pb"], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(BIN / "dp"), "--tf", "train", "input.json"],
+        cwd=workdir,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [str(BIN / "dp"), "--tf", "freeze", "-o", "model.pb"],
+        cwd=workdir,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return workdir / "model.pb"
 
 
@@ -62,8 +72,12 @@ def run_once(workdir: Path, client: str, config: dict, steps: int, timeout: floa
     """One i-PI NVT run with `client` ('dp_ipi' or 'ensemble-driver'); (potentials, seconds)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prepare_input(
-        ROOT / "ipi_inputs" / "nvt.xml", workdir / "input.xml",
-        socket=SocketSettings(address=config["host"]), steps=steps, prefix="sim", floatformat="%.16e",
+        ROOT / "ipi_inputs" / "nvt.xml",
+        workdir / "input.xml",
+        socket=SocketSettings(address=config["host"]),
+        steps=steps,
+        prefix="sim",
+        floatformat="%.16e",
         outputs=["<properties stride='1' filename='out'> [ step, potential{electronvolt} ] </properties>"],
     )
     (workdir / "dp_ipi.json").write_text(json.dumps(config, indent=2))
@@ -103,8 +117,13 @@ def main() -> int:
     results = {}
     for client in ("dp_ipi", "ensemble-driver"):
         config = {
-            "verbose": False, "use_unix": True, "port": 31415, "host": f"cmp-{client}",
-            "graph_file": str(model), "coord_file": "init.xyz", "atom_type": {"Cu": 0, "Au": 1},
+            "verbose": False,
+            "use_unix": True,
+            "port": 31415,
+            "host": f"cmp-{client}",
+            "graph_file": str(model),
+            "coord_file": "init.xyz",
+            "atom_type": {"Cu": 0, "Au": 1},
         }
         (workdir / client).mkdir(exist_ok=True)
         shutil.copy(workdir / "init.xyz", workdir / client / "init.xyz")
@@ -119,8 +138,10 @@ def main() -> int:
     for k in list(range(min(5, len(ref)))) + list(range(max(5, len(ref) - 3), len(ref))):
         print(f"{k:>6} {ref[k]:>20.10f} {mine[k]:>22.10f} {rel[k]:>20.2e}")
     print(f"largest relative difference over {len(ref)} steps: {rel.max():.2e} (tolerance {args.tolerance:g})")
-    print(f"wall time of the whole run: dp_ipi {results['dp_ipi'][1]:.1f} s, "
-          f"ensemble-driver {results['ensemble-driver'][1]:.1f} s (start-up included; not a benchmark)")
+    print(
+        f"wall time of the whole run: dp_ipi {results['dp_ipi'][1]:.1f} s, "
+        f"ensemble-driver {results['ensemble-driver'][1]:.1f} s (start-up included; not a benchmark)"
+    )
     return 0 if rel.max() <= args.tolerance else 1
 
 

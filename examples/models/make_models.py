@@ -98,9 +98,7 @@ def write_deepmd_npy(frames: list, directory: Path) -> None:
     """Write frames as one DeePMD system (npy format, one set)."""
     # DeePMD wants one type array for the whole system: sort atoms of every frame the
     # same way (all frames of a run share the composition but not the site order).
-    types_per_frame = [
-        np.array([TYPE_MAP_DATA.index(s) for s in f.get_chemical_symbols()]) for f in frames
-    ]
+    types_per_frame = [np.array([TYPE_MAP_DATA.index(s) for s in f.get_chemical_symbols()]) for f in frames]
     orders = [np.argsort(t, kind="stable") for t in types_per_frame]
     atype = types_per_frame[0][orders[0]]
     for t, o in zip(types_per_frame, orders):
@@ -174,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE, help="where m0.pth .. m3.pth go (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=4000, help="training steps per model (default: %(default)s)")
-    parser.add_argument("--frames-per-run", type=int, default=40, help="frames per (T, strain) MD run (default: %(default)s)")
+    parser.add_argument(
+        "--frames-per-run", type=int, default=40, help="frames per (T, strain) MD run (default: %(default)s)"
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep the data and training directories")
     args = parser.parse_args(argv)
 
