@@ -3,6 +3,7 @@
 #
 #   ./setup.sh demo      install, then run a short i-PI path-integral demo
 #   ./setup.sh test      install, then run the test suite (what CI runs)
+#   ./setup.sh lint      install, then check lint and formatting with ruff (CI runs it too)
 #   ./setup.sh install   install only
 #
 # The install is done once; later calls reuse .venv unless pyproject.toml, constraints.txt
@@ -16,8 +17,8 @@ venv="$here/.venv"
 cmd=${1:-}
 shift || true
 case "$cmd" in
-    demo|test|install) ;;
-    *) echo "usage: ./setup.sh demo|test|install [extra arguments]" >&2; exit 2 ;;
+    demo|test|lint|install) ;;
+    *) echo "usage: ./setup.sh demo|test|lint|install [extra arguments]" >&2; exit 2 ;;
 esac
 
 python=${PYTHON:-}
@@ -63,5 +64,6 @@ export PATH="$venv/bin:$PATH"
 case "$cmd" in
     demo) exec ensemble-driver demo "$@" ;;
     test) exec python -m pytest "$@" ;;
+    lint) ruff check "$@" . && exec ruff format --check "$@" . ;;
     install) echo "setup.sh: installed in $venv; activate with: source .venv/bin/activate" ;;
 esac
