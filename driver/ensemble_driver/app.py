@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from . import parallel
+from . import devices, parallel
 from .client import Session
 from .config import RunConfig
 from .ensemble import DeviationSettings, Leader, LocalModel, follower_loop
@@ -103,6 +103,16 @@ def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -
         )
 
 
+def log_layout(comm, layout: parallel.Layout, models: Sequence[str], placement: devices.Placement) -> None:
+    """Rank 0 logs where every rank runs and which models it holds (collective)."""
+    where = comm.allgather((parallel.host_name(), str(placement)))
+    if comm.rank != 0:
+        return
+    for rank, (host, device) in enumerate(where):
+        held = ", ".join(f"model {i} {models[i]}" for i in layout.models_of[rank])
+        log.info("rank %d on %s (%s): %s", rank, host, device, held)
+
+
 def deviation_settings(config: RunConfig) -> DeviationSettings:
     return DeviationSettings(
         out_freq=config.out_freq,
@@ -142,6 +152,7 @@ def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSig
 
 def _run(config_source, comm, signals: StopSignals) -> int:
     rank = comm.rank
+    node_rank = parallel.node_local_rank(comm)  # collective, so before anything can fail
 
     def check_inputs():
         config = config_source() if callable(config_source) else config_source
@@ -149,6 +160,8 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         if config.verbose:
             setup_logging(config.verbose)
         layout = parallel.deal_models(len(config.models), comm.size)
+        placement = devices.place(config.device, node_rank, devices.visible_gpus(), parallel.host_name())
+        devices.bind(placement)  # before any backend is imported
         address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
         template = read_template(config.template)
         for index in layout.models_of[rank]:
@@ -168,9 +181,10 @@ def _run(config_source, comm, signals: StopSignals) -> int:
                     step_offset=config.step_offset,
                 )
             files = open_deviation_files(config)
-        return config, layout, address, template, files, selection
+        return config, layout, address, template, files, selection, placement
 
-    config, layout, address, template, files, selection = collective(comm, check_inputs)
+    config, layout, address, template, files, selection, placement = collective(comm, check_inputs)
+    log_layout(comm, layout, config.models, placement)
     try:
         return _run_checked(config, comm, layout, address, template, files, selection, signals)
     except BaseException:

@@ -129,6 +129,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="element names of the model's types, in type-index order, replacing the type map stored in the model(s)",
     )
     sysg.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where the models run: 'cuda' binds each rank one GPU of its node, round-robin by "
+        "its rank on the node; 'auto' does so when the node has GPUs, else the CPU (default: auto)",
+    )
+    sysg.add_argument(
         "--pbc",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -374,6 +380,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "connect_timeout": args.connect_timeout,
         "type_map": tuple(args.type_map) if args.type_map else None,
         "pbc": args.pbc,
+        "device": args.device,
         "init_every_step": args.init_every_step,
         "verbose": args.verbose,
         "out_file": args.out_file,

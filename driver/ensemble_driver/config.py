@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .devices import CHOICES
 from .errors import ConfigError
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
@@ -50,6 +51,7 @@ class RunConfig:
     pbc: bool | None = None  # None: from the template
     init_every_step: bool | None = None  # None: only with two or more models (see init_each)
     verbose: int = 0
+    device: str = "auto"  # devices.CHOICES: a GPU per rank when the node has them
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
@@ -92,6 +94,8 @@ class RunConfig:
             raise ConfigError("no model given: pass --models FILE [FILE ...] (or 'models' in --config)")
         if self.template is None:
             raise ConfigError("no template given: pass --template FILE (or 'template' in --config)")
+        if self.device not in CHOICES:
+            raise ConfigError(f"--device must be one of {', '.join(CHOICES)}, got {self.device!r}")
         if self.connect_timeout < 0:
             raise ConfigError(f"--connect-timeout must be >= 0, got {self.connect_timeout}")
         if self.out_freq < 0:
@@ -176,7 +180,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")
-    if name in ("template", "address", "sockets_prefix", "out_file", "bead_files"):
+    if name in ("template", "address", "sockets_prefix", "out_file", "bead_files", "device"):
         if isinstance(value, str):
             return value
         raise bad("a string")

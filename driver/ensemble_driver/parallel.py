@@ -26,6 +26,7 @@ a short sleep that grows while nothing arrives (see :func:`wait_for`).
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,25 @@ class SerialComm:
 
     def Abort(self, errorcode: int = 1) -> None:  # noqa: N802 (mpi4py's name)
         os._exit(errorcode)
+
+
+def node_local_rank(comm) -> int:
+    """This rank's index among the ranks on its own node (0 without MPI): MPI's
+    shared-memory split (MPI_COMM_TYPE_SHARED), which groups the ranks that share a node,
+    whatever the launcher's placement. Collective: every rank calls it."""
+    if isinstance(comm, SerialComm):
+        return 0
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        return node.rank
+    finally:
+        node.Free()
+
+
+def host_name() -> str:
+    return socket.gethostname()
 
 
 def world(use_mpi: bool | None = None):

@@ -1,0 +1,103 @@
+"""GPU placement (--device): the choice per node-local rank with faked device counts, the
+environment a backend reads, and the node-local rank from a real mpiexec."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble_driver import devices
+from ensemble_driver.devices import Placement, bind, place, visible_gpus
+from ensemble_driver.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "want, ngpus, expected",
+    [
+        ("auto", 0, [None, None, None, None]),
+        ("cpu", 2, [None, None, None, None]),
+        ("auto", 2, ["0", "1", "0", "1"]),  # round-robin over the node's GPUs
+        ("cuda", 4, ["0", "1", "2", "3"]),
+        ("cuda", 3, ["0", "1", "2", "0"]),
+    ],
+)
+def test_round_robin_by_node_local_rank(want, ngpus, expected):
+    gpus = [str(k) for k in range(ngpus)]
+    assert [place(want, rank, gpus).gpu for rank in range(4)] == expected
+
+
+def test_gpus_named_by_the_batch_system_are_used_as_named():
+    gpus = visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert gpus == ["2", "3"]
+    assert [place("auto", rank, gpus).gpu for rank in range(3)] == ["2", "3", "2"]
+
+
+def test_cuda_without_a_gpu_is_one_clear_error():
+    with pytest.raises(ConfigError, match="--device cuda: no GPU visible on node7"):
+        place("cuda", 0, [], host="node7")
+    with pytest.raises(ConfigError, match="--device tpu: choose one of auto, cpu, cuda"):
+        place("tpu", 0, [])
+
+
+def test_visible_gpus(tmp_path):
+    for k in range(3):
+        (tmp_path / f"0000:0{k}:00.0").mkdir()
+    assert visible_gpus({}, gpus_dir=tmp_path) == ["0", "1", "2"]
+    assert visible_gpus({}, gpus_dir=tmp_path / "missing") == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, gpus_dir=tmp_path) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, gpus_dir=tmp_path) == []
+
+
+def test_bind_sets_what_the_backends_read():
+    env = {"LOCAL_RANK": "3", "DEVICE": "cpu"}
+    bind(Placement("5"), env)
+    assert env == {"CUDA_VISIBLE_DEVICES": "5", "LOCAL_RANK": "0"}
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    bind(Placement(None), env)
+    assert env == {"CUDA_VISIBLE_DEVICES": "", "DEVICE": "cpu"}
+    assert str(Placement(None)) == "cpu" and str(Placement("1")) == "cuda (GPU 1)"
+
+
+def test_no_gpu_here_means_cpu():
+    """This machine (and CI) has no GPU: auto picks the CPU."""
+    if visible_gpus():
+        pytest.skip("a GPU is visible here")
+    assert place("auto", 0, visible_gpus()) == Placement(None)
+    assert devices.NVIDIA_GPUS.exists() is False or not list(devices.NVIDIA_GPUS.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_node_local_rank_under_mpiexec():
+    code = (
+        "from ensemble_driver import parallel; c = parallel.world(); "
+        "g = c.allgather(parallel.node_local_rank(c)); print(g if c.rank == 0 else '', end='')"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run(
+        ["mpiexec", "-n", "3", sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[0, 1, 2]"  # one host: the node-local ranks are the ranks
+
+
+@pytest.mark.timeout(120)
+def test_device_cuda_without_gpu_fails_before_any_model_loads(tmp_path):
+    """On this GPU-less machine: one line naming the host, exit 2, no deviation file made."""
+    root = Path(__file__).resolve().parents[1]
+    if visible_gpus():
+        pytest.skip("a GPU is visible here")
+    models = [str(root / "examples" / "models" / f"m{k}.pth") for k in range(2)]
+    command = [sys.executable, "-m", "ensemble_driver", "run", "--models", *models, "--device", "cuda"]
+    command += ["--template", str(root / "ipi_inputs" / "init.xyz"), "--unix", "--address", "unused"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"ensemble-driver: error: --device cuda: no GPU visible on {socket.gethostname()} "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, none in /proc/driver/nvidia/gpus)"
+    )
+    assert not list(tmp_path.iterdir())  # the deviation file was never made
