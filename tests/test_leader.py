@@ -309,7 +309,7 @@ def test_drain_after_an_error_follows_the_latest_row(tmp_path):
     assert leader.abort_drain_s() == 5.0
     for step, took in ((0, 6.0), (1, 40.0), (2, 0.5)):
         leader(request(step))
-        leader._jobs[-1].dispatched -= took  # as if the follower had taken that long
+        leader.jobs.queue[-1].dispatched -= took  # as if the follower had taken that long
         comm.deliver(step, step, [request(step).positions], [np.eye(3)])
         leader.after_reply()
         assert [r[0] for r in rows(tmp_path)][-1] == str(step)

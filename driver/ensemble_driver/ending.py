@@ -1,0 +1,77 @@
+"""The end of a run on rank 0: the rows in flight written within a deadline, the rest
+abandoned, every follower stopped, the files closed (the rank roles: see :mod:`ensemble`).
+
+The leader never leaves a follower waiting: whatever happens while finishing, every
+follower gets STOP with the run's status, or the MPI job is aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from . import parallel
+from .errors import DriverError
+from .jobs import JobPipeline
+from .rows import RowWriter
+
+log = logging.getLogger(__name__)
+
+#: How long the leader waits for followers when stopping before it aborts the MPI job,
+#: and for the rows in flight after a clean end.
+STOP_DEADLINE_S = 60.0
+#: How long the leader waits for the rows in flight when the run ends on an error
+#: (a signal, a lost server): at least ABORT_DRAIN_S, or twice the time the latest row
+#: took from dispatch to written when that is longer (large systems, slow models), but
+#: never more than ABORT_DRAIN_MAX_S: within a batch system's grace between SIGTERM and
+#: SIGKILL (Slurm's KillWait is 30 s by default) and the followers' own grace
+#: (ensemble.FOLLOWER_SIGNAL_GRACE_S).
+ABORT_DRAIN_S = 5.0
+ABORT_DRAIN_MAX_S = 20.0
+
+
+def abort_drain_s(latest_row_s: float) -> float:
+    """How long to wait for the rows in flight after an error (see ABORT_DRAIN_S)."""
+    return min(ABORT_DRAIN_MAX_S, max(ABORT_DRAIN_S, 2.0 * latest_row_s))
+
+
+def finish(
+    jobs: JobPipeline, rows: RowWriter, error: DriverError | None, *, before_drain: Callable[[], None]
+) -> DriverError | None:
+    """Write what can be written, stop every follower, close the files; return the
+    error the run ends with (``error``, or one found while finishing).
+
+    The rows in flight are completed and written: within STOP_DEADLINE_S after a
+    clean end, ABORT_DRAIN_S after an error (a signal, a lost server), not at all
+    after a follower failed. What is left is abandoned. ``before_drain`` (the last
+    batch's deviation) runs first, unless a follower failed.
+    """
+    try:
+        if jobs.fatal is None:
+            before_drain()
+            wait = STOP_DEADLINE_S if error is None else abort_drain_s(rows.latest_row_s)
+            jobs.complete_until(None, deadline=time.monotonic() + wait)
+            if jobs.queue and jobs.fatal is None:
+                log.warning("%d deviation row(s) in flight abandoned after %.0f s", len(jobs.queue), wait)
+        error = error or jobs.fatal
+        jobs.cancel_receives()  # abandoned after a failure
+    finally:
+        stop_followers(jobs, error.exit_status if error is not None else 0)
+        rows.close()
+    return error
+
+
+def stop_followers(jobs: JobPipeline, status: int) -> None:
+    """STOP with ``status`` to every follower; abort the MPI job if they do not take it
+    (with the jobs' own sends) within STOP_DEADLINE_S."""
+    if not jobs.followers:
+        return
+    stop = np.array([parallel.KIND_STOP, float(status)])
+    sends = [jobs.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in jobs.followers]
+    sends.extend(jobs.sends_in_flight())
+    if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + STOP_DEADLINE_S):
+        log.error("followers did not take the stop message within %.0f s: aborting the MPI job", STOP_DEADLINE_S)
+        jobs.comm.Abort(status or 1)
