@@ -104,12 +104,12 @@ def test_candidates_read_back_by_ase(tmp_path):
     assert not (tmp_path / "candidates1.xyz").exists()  # bead 0 had none: no file
     frames = read(names[1], index=":")
     assert [a.info["step"] for a in frames] == [s for s, _, _ in kept] == [10, 30]
-    for atoms, (_step, _f, positions) in zip(frames, kept):
+    for atoms, (_step, f_kept, positions) in zip(frames, kept):
         assert atoms.get_chemical_symbols() == ["Cu", "Au", "Au"]
         np.testing.assert_array_equal(atoms.positions, positions)  # bit for bit
         np.testing.assert_array_equal(atoms.cell.array, cell)
         assert atoms.pbc.all()
-        assert atoms.info["bead"] == 1 and atoms.info["max_devi_f"] == f
+        assert atoms.info["bead"] == 1 and atoms.info["max_devi_f"] == f_kept
         assert atoms.info["devi_class"] == CANDIDATE
     counts = json.loads(open(summary).read())
     assert counts["beads"][1] == {"bead": 1, "accurate": 1, "candidate": 2, "failed": 1, "candidate_file": names[1]}
