@@ -127,7 +127,7 @@ def test_a_non_finite_first_result_defers_the_check(model_paths, structures):
 
 def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
     """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment
-    (README, "Comparison with deepmd-kit's dp_ipi"): run in .venv-tf with
+    (docs/dp-ipi.md, "Checking the two side by side"): run in .venv-tf with
     ENSEMBLE_DRIVER_TEST_PB=path/to/model.pb (a Cu/Au model, e.g. the one
     examples/compare_dp_ipi/compare_dp_ipi.py trains)."""
     import os

@@ -67,7 +67,7 @@ def _torch_huge_pages() -> None:
     mapping and zeroing 4 kB pages). With ``THP_MEM_ALLOC_ENABLE=1`` torch's CPU allocator
     (c10/core/alloc_cpu.cpp) aligns allocations of 2 MB and more to 2 MB and asks for huge
     pages (``madvise(MADV_HUGEPAGE)``): ~15x fewer faults, kernel time per call 361-402 ->
-    77-94 ms (``benchmarks/page_faults.py``, README "The hot path"). torch reads the variable once, at its first large
+    77-94 ms (``benchmarks/page_faults.py``, benchmarks/README.md "Huge pages"). torch reads the variable once, at its first large
     allocation, so it is set before torch is imported; the results are the same bits."""
     import os
 
