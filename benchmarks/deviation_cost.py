@@ -15,7 +15,8 @@ i-PI runs ``ipi_inputs/nvt.xml`` (32 atoms, consolidated messages). Configuratio
 Every process gets one thread (OMP_NUM_THREADS=1), so "a rank per core" means what it
 says. Reported: time per step and its ratio to the plain step.
 
-    .venv/bin/python benchmarks/deviation_cost.py [--natoms 32] [--steps 401]
+    .venv/bin/python benchmarks/deviation_cost.py [--natoms 32] [--steps 401] [--skip 100]
+    .venv/bin/python benchmarks/deviation_cost.py --steps 31 --skip 10 --max-models 2 --no-compressed  # smoke test
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--natoms", type=int, default=32, choices=[32, 256, 2048])
     parser.add_argument("--steps", type=int, default=401)
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=100,
+        help="steps dropped at the start of each run (default 100); under 100 i-PI times every step and the "
+        "median after SKIP is used (short runs: --steps 31 --skip 10)",
+    )
+    parser.add_argument(
+        "--max-models", type=int, default=4, help="leave out the configurations with more models than this"
+    )
+    parser.add_argument("--no-compressed", action="store_true", help="leave out the compressed models' rows")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     args = parser.parse_args()
@@ -82,16 +94,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows = []
-    for name, models, ranks, compressed in CONFIGS:
+    configs = [c for c in CONFIGS if c[1] <= args.max_models and not (args.no_compressed and c[3])]
+    for name, models, ranks, compressed in configs:
         client = Client(name, driver(models, ranks, work if compressed else None), env=ONE_THREAD)
-        seconds = time_per_step(work / f"m{models}r{ranks}", client, ipi_xyz, args.steps, timeout=3600)
+        seconds = time_per_step(work / f"m{models}r{ranks}", client, ipi_xyz, args.steps, timeout=3600, skip=args.skip)
         rows.append(
             {"config": name, "models": models, "ranks": ranks, "compressed": compressed, "ms_per_step": seconds * 1000}
         )
         print(f"{name:40s} {seconds * 1000:8.2f} ms/step", flush=True)
-    plain = {
-        c: next(r["ms_per_step"] for r in rows if r["compressed"] == c and r["models"] == 1) for c in (False, True)
-    }
+    plain = {r["compressed"]: r["ms_per_step"] for r in rows if r["models"] == 1}
     lines = [
         f"Deviation at every step (--out-freq 1), {args.natoms} atoms, i-PI NVT, one thread per process; "
         f"measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), one session of "

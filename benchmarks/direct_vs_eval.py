@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/direct_vs_eval.py [--sizes 256 2048] [--steps 121]
 
-The driver calls deepmd-kit's evaluator below ``DeepPot.eval`` (README, "The hot path").
+The driver calls deepmd-kit's evaluator below ``DeepPot.eval`` (benchmarks/README.md, "The hot path").
 Comparing two runs, one with ``ENSEMBLE_DRIVER_PLAIN_EVAL=1``, mixes the two paths with the
 speed of two processes, which on a small virtual machine differ by 5-20% for the same
 work. Here one driver process runs against a real i-PI (as in ``overhead.py``) and, once
@@ -10,12 +10,14 @@ the direct path has been checked against ``DeepPot.eval``, takes the direct path
 steps and ``DeepPot.eval`` on even ones, on the structures i-PI sends. Each pair of
 neighbouring steps sees the same machine, so the ratio of their model calls measures the
 paths alone. Printed per size: the median call of each path and the median of the
-per-pair ratios (direct / DeepPot.eval; below 1: the direct path is faster).
+per-pair ratios (direct / DeepPot.eval; below 1: the direct path is faster). A table
+(Markdown, JSON) and a PNG go to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
-from common import ROOT  # noqa: E402
+from common import HERE, ROOT, grouped_bars  # noqa: E402
 
 
 def alternated(natoms: int, steps: int, workdir: Path) -> dict:
@@ -67,17 +69,52 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 2048], choices=sorted(overhead.STEPS))
     parser.add_argument("--steps", type=int, default=121, help="i-PI steps per size (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where the table and plot go")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     args = parser.parse_args()
+    started, rows = time.time(), []
     for natoms in args.sizes:
         r = alternated(natoms, args.steps, (args.workdir / "direct_vs_eval" / f"n{natoms}").resolve())
+        rows.append({"natoms": natoms, **r})
         print(
             f"{natoms:5d} atoms  {r['pairs']:4d} pairs  direct {r['direct_ms']:8.2f} ms  DeepPot.eval "
             f"{r['eval_ms']:8.2f} ms  direct / DeepPot.eval {r['ratio']:.3f} (pair medians; direct faster "
             f"in {100 * r['direct_faster']:.0f}% of pairs)",
             flush=True,
         )
+    header = (
+        f"The driver's direct path against DeepPot.eval, alternated step by step in one i-PI run "
+        f"({args.steps} steps per size); measured {time.strftime('%Y-%m-%d')} in {(time.time() - started) / 60:.0f} min."
+    )
+    write_results(rows, args.out, header)
     return 0
+
+
+def write_results(rows: list[dict], out: Path, header: str) -> None:
+    """direct_vs_eval.md (``header``, then a row per size), .json, .png."""
+    lines = [
+        header,
+        "",
+        "| atoms | pairs | direct ms | DeepPot.eval ms | direct / DeepPot.eval (median of pairs) | direct faster in |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        faster = "" if r.get("direct_faster") is None else f"{100 * r['direct_faster']:.0f}% of pairs"
+        lines.append(
+            f"| {r['natoms']} | {r['pairs']} | {r['direct_ms']:.1f} | {r['eval_ms']:.1f} | {r['ratio']:.3f} | {faster} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "direct_vs_eval.md").write_text("\n".join(lines) + "\n")
+    (out / "direct_vs_eval.json").write_text(json.dumps(rows, indent=1) + "\n")
+    grouped_bars(
+        out / "direct_vs_eval.png",
+        [f"{r['natoms']} atoms" for r in rows],
+        {"direct / DeepPot.eval": [r["ratio"] for r in rows]},
+        ylabel="model call, direct / DeepPot.eval",
+        hline=1.0,
+        title="The driver's direct path against DeepPot.eval (below 1: direct faster)",
+        figsize=(6, 4),
+    )
 
 
 if __name__ == "__main__":

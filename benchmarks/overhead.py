@@ -1,6 +1,7 @@
 """What the driver adds to a step besides the model, with the model timed inside the run.
 
     .venv/bin/python benchmarks/overhead.py [--sizes 32 256 2048] [--rounds 3] [--init-each] [--sleeping-model] [--ase]
+    .venv/bin/python benchmarks/overhead.py --sizes 32 --rounds 1 --steps 41 --warmup 10   # a smoke test
     .venv/bin/python benchmarks/overhead.py --tf-python .venv-tf/bin/python --pb model.pb
 
 ``step_cost.py`` divides the time a client adds to i-PI's step by the model's share timed
@@ -193,12 +194,13 @@ def _clocked_steps(calls: list[tuple[float, float, float, float]]) -> dict:
 
 
 def main() -> int:
+    global WARMUP  # --warmup: the steps _clocked_steps drops, in the children too
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 2048], choices=sorted(REPEATS))
     parser.add_argument(
         "--rounds", type=int, default=3, help="runs of each configuration, interleaved (default: %(default)s)"
     )
-    parser.add_argument("--tf-python", help="python of a TensorFlow environment (README), for --pb")
+    parser.add_argument("--tf-python", help="python of a TensorFlow environment (docs/dp-ipi.md), for --pb")
     parser.add_argument("--pb", type=Path, help="a TensorFlow model of Cu/Au: adds its rows")
     parser.add_argument(
         "--init-each",
@@ -219,22 +221,31 @@ def main() -> int:
         help="add a row for ASE's SocketClient with deepmd-kit's "
         "ASE calculator, clocked the same way (its model call is DeepPot.eval)",
     )
+    parser.add_argument(
+        "--steps", type=int, help="i-PI steps per run (default: 401, 301, 201 by size; at least WARMUP + 21)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=WARMUP,
+        help="steps dropped at the start of each run (default: %(default)s); under 100, i-PI alone is the median "
+        "of its steps after WARMUP instead of its means over 100 steps (short runs: --steps 41 --warmup 10)",
+    )
+    parser.add_argument("--no-compressed", action="store_true", help="leave out the compressed model's row")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "NATOMS", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-flag", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--child-sleep-ms", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    WARMUP = args.warmup
     if args.child:
         model, natoms, workdir = args.child
+        steps = args.steps or STEPS[int(natoms)]
         if args.child_flag == [ASE]:
-            print(json.dumps(ase_child(model, int(natoms), Path(workdir), STEPS[int(natoms)])))
+            print(json.dumps(ase_child(model, int(natoms), Path(workdir), steps)))
             return 0
-        print(
-            json.dumps(
-                child(model, int(natoms), Path(workdir), STEPS[int(natoms)], args.child_flag, args.child_sleep_ms)
-            )
-        )
+        print(json.dumps(child(model, int(natoms), Path(workdir), steps, args.child_flag, args.child_sleep_ms)))
         return 0
     work = (args.workdir / "overhead").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -246,7 +257,9 @@ def main() -> int:
         configs.append(("ensemble-driver, --init-each", sys.executable, m0, ["--init-each"], False))
     if args.sleeping_model:
         configs.append(("ensemble-driver, model replaced by a sleep", sys.executable, m0, [], True))
-    configs.append(("ensemble-driver, compressed", sys.executable, compress(m0, work / "m0_compressed.pth"), [], False))
+    if not args.no_compressed:
+        compressed = compress(m0, work / "m0_compressed.pth")
+        configs.append(("ensemble-driver, compressed", sys.executable, compressed, [], False))
     if args.ase:
         configs.append(("ASE SocketClient + deepmd DP", sys.executable, m0, [ASE], False))
     if args.pb:
@@ -261,7 +274,8 @@ def main() -> int:
         runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}
         alone: list[float] = []
         for r in range(args.rounds):
-            alone.append(time_per_step(work / f"n{natoms}" / "dummy", dummy, ipi_xyz, STEPS[natoms], 3600) * 1000)
+            steps = args.steps or STEPS[natoms]
+            alone.append(time_per_step(work / f"n{natoms}" / "dummy", dummy, ipi_xyz, steps, 3600, skip=WARMUP) * 1000)
             print(f"{natoms:5d} atoms  round {r + 1}  i-PI alone {alone[-1]:8.2f} ms/step", flush=True)
             for name, python, model, flags, sleeping in configs:
                 command = [
@@ -271,6 +285,8 @@ def main() -> int:
                     str(model),
                     str(natoms),
                     str(work / f"n{natoms}" / "run"),
+                    f"--steps={steps}",
+                    f"--warmup={WARMUP}",
                     *[f"--child-flag={flag}" for flag in flags],
                 ]
                 if sleeping:

@@ -12,7 +12,8 @@ beads, served by:
 Model 0 only (no deviation), so the numbers show the transport. Reported: i-PI's time
 per step and the speed-up over one request per bead.
 
-    .venv/bin/python benchmarks/pimd_batch.py [--beads 8 32] [--steps 201]
+    .venv/bin/python benchmarks/pimd_batch.py [--beads 8 32] [--steps 201] [--skip 100]
+    .venv/bin/python benchmarks/pimd_batch.py --beads 8 --steps 21 --skip 5 --no-compressed   # a smoke test
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beads", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--steps", type=int, default=201)
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=100,
+        help="steps dropped at the start of each run (default 100); under 100 i-PI times every step and the "
+        "median after SKIP is used (short runs: --steps 31 --skip 10)",
+    )
+    parser.add_argument("--no-compressed", action="store_true", help="leave out the compressed model's rows")
     parser.add_argument("--model", type=Path, default=ROOT / "examples" / "models" / "m0.pth")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--workdir", type=Path, default=Path("bench_output"))
@@ -56,7 +65,8 @@ def main() -> int:
         "-q",
     ]
     compressed = list(driver)
-    compressed[5] = str(compress(args.model, work / "m0_compressed.pth"))
+    if not args.no_compressed:
+        compressed[5] = str(compress(args.model, work / "m0_compressed.pth"))
     started = time.time()
     rows = []
     for nbeads in args.beads:
@@ -67,7 +77,7 @@ def main() -> int:
             ("compressed: one driver, a request per bead", Client("c-single", compressed), 1, None),
             (f"compressed: one driver, batches of {nbeads}", Client("c-batched", compressed), 1, nbeads),
         ]
-        for name, client, copies, batch in configs:
+        for name, client, copies, batch in configs[:3] if args.no_compressed else configs:
             seconds = time_per_step(
                 work / f"p{nbeads}_{client.name}",
                 client,
@@ -78,6 +88,7 @@ def main() -> int:
                 nbeads=nbeads,
                 batch_size=batch,
                 copies=copies,
+                skip=args.skip,
             )
             rows.append({"beads": nbeads, "kind": client.name, "config": name, "ms_per_step": seconds * 1000})
             print(f"P={nbeads:3d}  {name:34s} {seconds * 1000:9.2f} ms/step", flush=True)
@@ -114,6 +125,7 @@ def plot(rows, path: Path) -> None:
     series = {
         label: [next(r["ms_per_step"] for r in rows if r["beads"] == p and r["kind"] == kind) for p in beads]
         for kind, label in labels.items()
+        if any(r["kind"] == kind for r in rows)
     }
     grouped_bars(
         path,

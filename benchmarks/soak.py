@@ -10,7 +10,7 @@ them at the start (after 1,000 evaluations, once the models are warm) and at the
 
     .venv/bin/python benchmarks/soak.py [--steps 5000] [--workdir soak_output]
 
-Not a test: it takes about 5 minutes on 2 cores and its numbers go into the README.
+Not a test: it takes about 5 minutes on 2 cores and its numbers are printed, not kept.
 """
 
 from __future__ import annotations

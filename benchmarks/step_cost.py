@@ -6,7 +6,7 @@ default consolidated messages) with, one after another:
 - i-PI's zero-cost ``dummy`` client: i-PI's own share of a step;
 - ``ensemble-driver`` on the shipped model 0, and on the same model compressed;
 - ASE's ``SocketClient`` with deepmd-kit's ASE calculator (``ase_client.py``);
-- with ``--tf-python`` (a TensorFlow environment, see README): deepmd-kit's C++ ``dp_ipi``
+- with ``--tf-python`` (a TensorFlow environment, see docs/dp-ipi.md): deepmd-kit's C++ ``dp_ipi``
   and ``ensemble-driver`` on the same TensorFlow ``.pb`` model (``--pb``).
 
 i-PI measures the time per step itself (``verbosity='medium'``: the mean over each 100
