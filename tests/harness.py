@@ -75,6 +75,7 @@ def run_ipi(
     nbeads: int | None = None,
     consolidate: bool | None = None,
     batch_size: int | None = None,
+    matching: str | None = None,
     outputs: Sequence[str] | None = CHECK_OUTPUTS,
     extra_outputs: Sequence[str] = (),
     timeout: float = 300,
@@ -87,7 +88,9 @@ def run_ipi(
     prepare_input(
         IPI_INPUTS / xml,
         workdir / "input.xml",
-        socket=SocketSettings(address=address, consolidate_messages=consolidate, batch_size=batch_size),
+        socket=SocketSettings(
+            address=address, consolidate_messages=consolidate, batch_size=batch_size, matching=matching
+        ),
         steps=steps,
         nbeads=nbeads,
         prefix=prefix,

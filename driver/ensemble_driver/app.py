@@ -10,25 +10,24 @@ on rank 0 naming the rank, the file and the reason.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 
 from . import devices, parallel
-from .client import Session
 from .config import RunConfig
-from .ensemble import DeviationSettings, Leader, LocalModel, follower_loop
+from .ensemble import LocalModel, follower_loop
 from .errors import ConfigError, DriverError, ReportedError
 from .logs import setup_logging
 from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
-from .protocol import Wire
+from .replicas import replica_loop
 from .selection import Selection, candidate_file_names, summary_file_name
+from .serving import Served, serve_connection, serve_rank0
 from .signals import Stopped, StopSignals
 from .template import Template, read_template
-from .transport import connect, make_address
+from .transport import make_address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,25 +103,14 @@ def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -
 
 
 def log_layout(comm, layout: parallel.Layout, models: Sequence[str], placement: devices.Placement) -> None:
-    """Rank 0 logs where every rank runs and which models it holds (collective)."""
+    """Rank 0 logs where every rank runs, which models it holds and its role (collective)."""
     where = comm.allgather((parallel.host_name(), str(placement)))
     if comm.rank != 0:
         return
     for rank, (host, device) in enumerate(where):
         held = ", ".join(f"model {i} {models[i]}" for i in layout.models_of[rank])
-        log.info("rank %d on %s (%s): %s", rank, host, device, held)
-
-
-def deviation_settings(config: RunConfig) -> DeviationSettings:
-    return DeviationSettings(
-        out_freq=config.out_freq,
-        nbeads=config.nbeads,
-        relative=config.relative,
-        relative_v=config.relative_v,
-        atomic=config.atomic,
-        extras=config.extras,
-        committee=config.committee_json,
-    )
+        role = f" ({layout.role(rank)})" if layout.model0_ranks > 1 else ""
+        log.info("rank %d on %s (%s): %s%s", rank, host, device, held, role)
 
 
 def open_deviation_files(config: RunConfig) -> BeadFiles:
@@ -159,7 +147,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         config.validated()
         if config.verbose:
             setup_logging(config.verbose)
-        layout = parallel.deal_models(len(config.models), comm.size)
+        layout = parallel.deal_models(len(config.models), comm.size, config.model0_rank_count, config.connections)
         placement = devices.place(config.device, node_rank, devices.visible_gpus(), parallel.host_name())
         devices.bind(placement)  # before any backend is imported
         address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
@@ -230,70 +218,18 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
     periodic = template.periodic if config.pbc is None else config.pbc
     with signals.interruptible():
         warm_up(members, template, periodic)
-    if rank != 0:
-        return follower_loop(comm, members, natoms=template.natoms, signals=signals)
-
-    log.info(
-        "%d atoms (%s), %s; model 0: %s",
-        template.natoms,
-        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
-        "periodic" if periodic else "not periodic",
-        config.models[0],
-    )
-    settings = deviation_settings(config)
-    if files is not None:
-        log.info(
-            "%d models on %d rank(s) %s; deviation every %d steps to %s",
-            layout.n_models,
-            layout.n_ranks,
-            [list(m) for m in layout.models_of],
-            settings.out_freq,
-            ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
+    counter = parallel.StepCounter(comm, config.nbeads) if config.connections > 1 else None  # collective
+    if rank in layout.ensemble_ranks:
+        status = follower_loop(
+            comm, members, natoms=template.natoms, signals=signals, dispatchers=layout.connection_ranks
         )
-    if selection is not None:
-        selection.symbols = list(elements)
-    leader = Leader(
-        comm,
-        layout,
-        members,
-        natoms=template.natoms,
-        periodic=periodic,
-        settings=settings,
-        files=files,
-        selection=selection,
-    )
-    error: DriverError | None = None
-    session = None
-    try:
-        with signals.interruptible():
-            sock = connect(address, config.connect_timeout)
-        with sock:
-            session = Session(
-                Wire(sock, template.natoms),
-                leader,
-                init_every_step=config.init_each,
-                after_reply=leader.after_reply,
-                signals=signals,
-            )
-            reason = session.run()
-            log.info("run ended: %s", reason.value)
-    except DriverError as exc:
-        error = exc
-    except BaseException as exc:
-        leader.finish(DriverError(f"interrupted: {one_line(exc)}"))
-        raise
-    error = leader.finish(error)
-    if session is not None:
-        counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
-        log.info(
-            "evaluations per request id: %s%s",
-            dict(sorted(counts.items())),
-            ""
-            if config.init_each
-            else " (one series: without --init-each the request ids after the first are not asked for)",
-        )
-    if files is not None:
-        log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
-    if error is not None:
-        raise error
-    return 0
+    elif rank in layout.batch_replicas:
+        status = replica_loop(comm, members[0], natoms=template.natoms, signals=signals)
+    elif rank != 0:
+        status = serve_connection(Served(config, comm, layout, address, template, members, periodic, signals, counter))
+    else:
+        served = Served(config, comm, layout, address, template, members, periodic, signals, counter)
+        status = serve_rank0(served, elements, files, selection)
+    if counter is not None:
+        counter.close()  # collective: every rank ends cleanly here (a failure raised above)
+    return status

@@ -121,6 +121,23 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "counts; costs ~0.3 ms per step under i-PI (default: on with two or more "
         "models, off with one)",
     )
+    conn.add_argument(
+        "--connections",
+        type=int,
+        metavar="K",
+        help="open K connections to the server from one MPI job, each served by a model-0 rank of its "
+        "own (ranks 0..K-1), so that K beads are evaluated at once; each bead's steps and rows stay "
+        "exact whichever connection carries it (i-PI: any 'matching'; needs K + models - 1 ranks) "
+        "(default: 1)",
+    )
+    conn.add_argument(
+        "--model0-ranks",
+        type=int,
+        metavar="R0",
+        help="ranks holding model 0: with one connection and i-PI's <batch_size>, each batch is split "
+        "over these R0 ranks and evaluated at once; the other models go to the ranks after them "
+        "(default: one per connection)",
+    )
     sysg = p.add_argument_group("system")
     sysg.add_argument(
         "--type-map",
@@ -381,6 +398,8 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "type_map": tuple(args.type_map) if args.type_map else None,
         "pbc": args.pbc,
         "device": args.device,
+        "connections": args.connections,
+        "model0_ranks": args.model0_ranks,
         "init_every_step": args.init_every_step,
         "verbose": args.verbose,
         "out_file": args.out_file,

@@ -34,6 +34,9 @@ from .signals import NoSignals, StopSignals
 
 log = logging.getLogger(__name__)
 
+#: How often a session with an ``idle`` hook calls it while the server is silent.
+IDLE_POLL_S = 0.02
+
 
 @dataclass(frozen=True)
 class Request:
@@ -97,6 +100,10 @@ class Session:
     (work that must not delay the server). ``init_every_step`` makes the client answer
     NEEDINIT after every evaluation so that every structure is labelled with its request id.
     ``signals`` may stop the session while it waits for the server, or after a reply.
+    ``next_step(rid)``, if given, numbers each evaluation of a request id (a counter
+    shared by several connections); by default the session counts them itself. ``idle``,
+    if given, is called every IDLE_POLL_S while the session waits for the server between
+    requests (it may raise to end the session: another connection ended the run).
     """
 
     def __init__(
@@ -107,8 +114,12 @@ class Session:
         init_every_step: bool = True,
         after_reply: Callable[[], None] | None = None,
         signals: StopSignals | None = None,
+        next_step: Callable[[int], int] | None = None,
+        idle: Callable[[], None] | None = None,
     ):
         self.wire = wire
+        self.next_step = next_step
+        self.idle = idle
         self.signals = signals if signals is not None else NoSignals()
         self.handler = handler
         self.after_reply = after_reply
@@ -128,6 +139,9 @@ class Session:
                 header = wire.read_header()
             else:
                 with self.signals.interruptible():  # between requests: safe to stop here
+                    if self.idle is not None:
+                        while not wire.readable(IDLE_POLL_S):
+                            self.idle()
                     header = wire.read_header()
             if header is None:
                 log.info("server closed the connection after %d evaluations", self.stats.evaluations)
@@ -181,7 +195,7 @@ class Session:
                 f"step {self.stats.steps_by_rid[self._rid]})"
             )
         rid = self._rid
-        step = self.stats.steps_by_rid[rid]
+        step = self.stats.steps_by_rid[rid] if self.next_step is None else self.next_step(rid)
         log.debug("structure received: step %d of request id %d", step, rid)
         request = Request(
             rid=rid,
@@ -190,7 +204,7 @@ class Session:
             positions=units.positions_from_wire(positions),
         )
         self._reply = self.handler(request)
-        self.stats.steps_by_rid[rid] = step + 1
+        self.stats.steps_by_rid[rid] += 1  # this connection's evaluations of rid
         self.stats.evaluations += 1
         self._status = "HAVEDATA"
 

@@ -52,6 +52,9 @@ class RunConfig:
     init_every_step: bool | None = None  # None: only with two or more models (see init_each)
     verbose: int = 0
     device: str = "auto"  # devices.CHOICES: a GPU per rank when the node has them
+    # scale-out: connections to the server, and ranks holding model 0
+    connections: int = 1
+    model0_ranks: int | None = None  # None: one per connection
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
@@ -88,6 +91,11 @@ class RunConfig:
         models; under i-PI each INIT costs ~0.3 ms of a step (benchmarks/overhead.py)."""
         return self.init_every_step if self.init_every_step is not None else len(self.models) > 1
 
+    @property
+    def model0_rank_count(self) -> int:
+        """Ranks holding model 0: --model0-ranks, or one per connection."""
+        return self.model0_ranks if self.model0_ranks is not None else self.connections
+
     def validated(self) -> RunConfig:
         """Check what can be checked without touching files; return self."""
         if not self.models:
@@ -102,6 +110,16 @@ class RunConfig:
             raise ConfigError(f"--out-freq must be >= 0 (0: no deviation), got {self.out_freq}")
         if self.nbeads < 1:
             raise ConfigError(f"--nbeads must be >= 1, got {self.nbeads}")
+        if self.connections < 1:
+            raise ConfigError(f"--connections must be >= 1, got {self.connections}")
+        if self.model0_ranks is not None and self.model0_ranks < 1:
+            raise ConfigError(f"--model0-ranks must be >= 1, got {self.model0_ranks}")
+        if self.connections > 1 and self.model0_rank_count != self.connections:
+            raise ConfigError(
+                f"--model0-ranks {self.model0_ranks} with --connections {self.connections}: each connection has one "
+                "model-0 rank (extra ones serve only i-PI's batched transport, which needs one connection); "
+                "leave --model0-ranks out"
+            )
         for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
             if value is not None and not value >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
@@ -168,8 +186,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, int):
             return value
         raise bad("a boolean or an integer")
-    if name in ("port", "out_freq", "nbeads", "step_offset"):
-        if (value is None and name == "port") or (isinstance(value, int) and not isinstance(value, bool)):
+    if name in ("port", "out_freq", "nbeads", "step_offset", "connections", "model0_ranks"):
+        if (value is None and name in ("port", "model0_ranks")) or (
+            isinstance(value, int) and not isinstance(value, bool)
+        ):
             return value
         raise bad("an integer")
     if name in ("relative", "relative_v", "trust_lo", "trust_hi", "trust_lo_v", "trust_hi_v"):

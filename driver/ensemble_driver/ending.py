@@ -1,15 +1,16 @@
-"""The end of a run on rank 0: the rows in flight written within a deadline, the rest
-abandoned, every follower stopped, the files closed (the rank roles: see :mod:`ensemble`).
+"""The end of a run on a connection rank: the rows in flight written within a deadline,
+the rest abandoned; on rank 0 also the other connections ended, every other rank
+stopped and the files closed (the rank roles: see :mod:`ensemble`).
 
-The leader never leaves a follower waiting: whatever happens while finishing, every
-follower gets STOP with the run's status, or the MPI job is aborted.
+Rank 0 never leaves a rank waiting: whatever happens while finishing, every other rank
+gets STOP with the run's status, or the MPI job is aborted.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -39,15 +40,23 @@ def abort_drain_s(latest_row_s: float) -> float:
 
 
 def finish(
-    jobs: JobPipeline, rows: RowWriter, error: DriverError | None, *, before_drain: Callable[[], None]
+    jobs: JobPipeline,
+    rows: RowWriter,
+    error: DriverError | None,
+    *,
+    before_drain: Callable[[], None],
+    others: Callable[[DriverError | None], DriverError | None] | None = None,
+    stop: Sequence[int] = (),
 ) -> DriverError | None:
-    """Write what can be written, stop every follower, close the files; return the
-    error the run ends with (``error``, or one found while finishing).
+    """Write what can be written, stop ``stop`` (the ranks this one ends), close the
+    rows; return the error the run ends with (``error``, or one found while finishing).
 
     The rows in flight are completed and written: within STOP_DEADLINE_S after a
     clean end, ABORT_DRAIN_S after an error (a signal, a lost server), not at all
     after a follower failed. What is left is abandoned. ``before_drain`` (the last
-    batch's deviation) runs first, unless a follower failed.
+    batch's deviation) runs first, unless a follower failed. ``others`` (rank 0 with
+    several connections: :meth:`connections.Hub.finish`) then ends the other
+    connections and collects their rows, before anything is stopped.
     """
     try:
         if jobs.fatal is None:
@@ -58,19 +67,21 @@ def finish(
                 log.warning("%d deviation row(s) in flight abandoned after %.0f s", len(jobs.queue), wait)
         error = error or jobs.fatal
         jobs.cancel_receives()  # abandoned after a failure
+        if others is not None:
+            error = others(error)
     finally:
-        stop_followers(jobs, error.exit_status if error is not None else 0)
+        stop_followers(jobs, list(stop), error.exit_status if error is not None else 0)
         rows.close()
     return error
 
 
-def stop_followers(jobs: JobPipeline, status: int) -> None:
-    """STOP with ``status`` to every follower; abort the MPI job if they do not take it
+def stop_followers(jobs: JobPipeline, ranks: list[int], status: int) -> None:
+    """STOP with ``status`` to ``ranks``; abort the MPI job if they do not take it
     (with the jobs' own sends) within STOP_DEADLINE_S."""
-    if not jobs.followers:
+    if not ranks:
         return
     stop = np.array([parallel.KIND_STOP, float(status)])
-    sends = [jobs.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in jobs.followers]
+    sends = [jobs.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in ranks]
     sends.extend(jobs.sends_in_flight())
     if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + STOP_DEADLINE_S):
         log.error("followers did not take the stop message within %.0f s: aborting the MPI job", STOP_DEADLINE_S)

@@ -38,11 +38,13 @@ import numpy as np
 
 from . import ending, parallel
 from .client import BatchRequest, Reply, Request
+from .connections import Hub
 from .errors import DriverError, ModelError, ProtocolError, ReportedError, UnsupportedTransport
 from .extras import committee_extras, deviation_extras
 from .jobs import Job, JobPipeline, LocalModel
 from .output import BeadFiles
-from .rows import RowWriter
+from .replicas import Model0Replicas
+from .rows import BeadRows, RemoteRows, RowWriter
 from .selection import Selection
 from .signals import NoSignals, Stopped, StopSignals
 from .steps import BeadSteps
@@ -84,16 +86,24 @@ class Leader:
         natoms: int,
         periodic: bool,
         settings: DeviationSettings,
-        files: BeadFiles | None,
+        files: BeadFiles | None = None,
         selection: Selection | None = None,
+        sink: BeadRows | RemoteRows | None = None,
+        replicas: Model0Replicas | None = None,
+        hub: Hub | None = None,
     ):
         self.model0 = local[0]
         self.periodic = periodic
         self.settings = settings
+        self.layout = layout
+        self.replicas = replicas
+        self.hub = hub
+        self._warned_idle_replicas = False
         deviation_on = settings.out_freq > 0 and layout.n_models > 1
         self.steps = BeadSteps(out_freq=settings.out_freq, nbeads=settings.nbeads, deviation_on=deviation_on)
+        self.sink = sink if sink is not None else BeadRows(files, selection)
         self.rows = RowWriter(
-            files, selection, relative=settings.relative, relative_v=settings.relative_v, atomic=settings.atomic
+            self.sink, relative=settings.relative, relative_v=settings.relative_v, atomic=settings.atomic
         )
         self.jobs = JobPipeline(comm, layout, local[1:], natoms=natoms, sink=self.rows.write)
 
@@ -104,12 +114,21 @@ class Leader:
 
     @property
     def rows_by_bead(self) -> dict[int, int]:
-        return self.rows.rows_by_bead
+        return getattr(self.sink, "rows_by_bead", {})
 
     # -- the session's handler ---------------------------------------------------------
     def __call__(self, request: Request) -> Reply:
         cell = request.cell if self.periodic else None
         check_cell(cell, f"bead {request.rid}, step {request.step}")
+        if self.replicas is not None and not self._warned_idle_replicas:
+            self._warned_idle_replicas = True
+            log.warning(
+                "--model0-ranks %d: ranks %s evaluate model 0 only for i-PI's batched transport (<batch_size>), "
+                "but this server sends one structure per message, so they stay idle; use --connections to "
+                "serve the beads in parallel",
+                self.layout.model0_ranks,
+                ", ".join(map(str, self.replicas.replicas)),
+            )
         if self.settings.committee:  # every model on every structure
             row = self.steps.row_due(request.rid, request.step, warn=False)
             job = self.jobs.dispatch(request, cell, row=row)
@@ -136,12 +155,20 @@ class Leader:
         """Called once the answer is on its way: local extra models, then collect."""
         self.jobs.run_local()
         self.jobs.collect()
+        if self.hub is not None:
+            self.hub.poll()  # the other connections' rows
         if self.jobs.fatal is not None:
             raise self.jobs.fatal
 
     # -- i-PI's batched transport -----------------------------------------------------
     def begin_batches(self, batch_size: int, init_every_step: bool) -> None:
         """Called at the INIT that announces batching: refuse what cannot work with it."""
+        if self.layout.connections > 1:
+            raise UnsupportedTransport(
+                f"i-PI's batched transport (<batch_size>) with --connections {self.layout.connections}: "
+                "a batch's beads are told apart only with one connection; use one connection and "
+                "--model0-ranks to split the batches over ranks"
+            )
         if self.settings.committee:
             raise UnsupportedTransport(
                 "--committee-json cannot be used with i-PI's batched transport (<batch_size>) yet"
@@ -174,9 +201,11 @@ class Leader:
                 check_cell(cell, f"batch starting at request id {request.rid}")
         self._resolve_batch(next_rid=request.rid)
         distinct, source = distinct_structures(request.positions, cells)
-        result = self.model0.model.evaluate_batch(
-            request.positions[distinct], None if cells is None else cells[distinct], self.model0.atom_types
-        )
+        cells_in = None if cells is None else cells[distinct]
+        if self.replicas is not None:
+            result = self.replicas.evaluate_batch(request.positions[distinct], cells_in)
+        else:
+            result = self.model0.model.evaluate_batch(request.positions[distinct], cells_in, self.model0.atom_types)
         energy, forces, virial = result.energy[source], result.forces[source], result.virial[source]
         if not (np.isfinite(energy).all() and np.isfinite(forces).all() and np.isfinite(virial).all()):
             raise ModelError(
@@ -203,7 +232,16 @@ class Leader:
     def finish(self, error: DriverError | None) -> DriverError | None:
         """Write what can be written, stop every follower, close the files; return the
         error the run ends with (see :func:`ending.finish`)."""
-        return ending.finish(self.jobs, self.rows, error, before_drain=lambda: self._resolve_batch(next_rid=None))
+        rank0 = isinstance(self.sink, BeadRows)
+        stop = [*self.layout.batch_replicas, *self.layout.ensemble_ranks] if rank0 else []
+        return ending.finish(
+            self.jobs,
+            self.rows,
+            error,
+            before_drain=lambda: self._resolve_batch(next_rid=None),
+            others=self.hub.finish if self.hub is not None else None,
+            stop=stop,
+        )
 
     def abort_drain_s(self) -> float:
         """How long to wait for the rows in flight after an error (see ending.ABORT_DRAIN_S)."""
@@ -227,11 +265,19 @@ def distinct_structures(positions: np.ndarray, cells: np.ndarray | None) -> tupl
     return distinct, source
 
 
-def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: StopSignals | None = None) -> int:
-    """Serve the leader until it sends STOP. After a clean run return 0; after a failed
-    one raise ReportedError (not printed here): the leader, which prints the reason, ends
-    the job with the status (a follower exiting first with an error would make MPICH kill
-    the leader before it reports).
+def follower_loop(
+    comm,
+    members: Sequence[LocalModel],
+    *,
+    natoms: int,
+    signals: StopSignals | None = None,
+    dispatchers: Sequence[int] = (0,),
+) -> int:
+    """Serve the connection ranks (``dispatchers``) until rank 0 sends STOP: each WORK is
+    answered to the rank that sent it. After a clean run return 0; after a failed one
+    raise ReportedError (not printed here): the failure goes to every connection rank,
+    and rank 0, which prints the reason, ends the job with the status (a follower exiting
+    first with an error would make MPICH kill the leader before it reports).
 
     After SIGTERM/SIGINT a follower goes on serving, so that the leader can finish the
     request in hand, but gives up with the signal's status if no STOP comes within
@@ -242,8 +288,14 @@ def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: 
     pending_send = None
     failed = False
     while True:
-        req = comm.Irecv(work, source=0, tag=parallel.TAG_CONTROL)
-        while not parallel.wait_for(req.Test, deadline=time.monotonic() + 1.0):
+        if len(dispatchers) == 1:
+            req, status = comm.Irecv(work, source=dispatchers[0], tag=parallel.TAG_CONTROL), None
+        else:
+            req, status = parallel.irecv_any(comm, work, parallel.TAG_CONTROL)
+        while not parallel.wait_for(
+            (lambda r=req: r.Test()) if status is None else (lambda r=req, s=status: r.Test(s)),
+            deadline=time.monotonic() + 1.0,
+        ):
             if signals.received is not None and _grace_over(signals):
                 req.Cancel()
                 req.Wait()
@@ -266,14 +318,16 @@ def follower_loop(comm, members: Sequence[LocalModel], *, natoms: int, signals: 
             message = (
                 str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             )
-            comm.send(message, dest=0, tag=parallel.TAG_ERROR)
+            for rank in dispatchers:
+                comm.send(message, dest=rank, tag=parallel.TAG_ERROR)
             continue
         if pending_send is not None:
             parallel.wait_for(pending_send.Test)  # `out` is free again
         parallel.pack_results(
             out, item.seq, [r.energy for r in results], [r.forces for r in results], [r.virial for r in results]
         )
-        pending_send = comm.Isend(out, dest=0, tag=parallel.TAG_RESULT)
+        source = dispatchers[0] if status is None else status.Get_source()
+        pending_send = comm.Isend(out, dest=source, tag=parallel.TAG_RESULT)
 
 
 def _grace_over(signals: StopSignals) -> bool:

@@ -23,6 +23,7 @@ class SocketSettings:
     consolidate_messages: bool | None = None
     timeout: float | None = None
     batch_size: int | None = None
+    matching: str | None = None  # 'auto', 'any' or 'lock': which client gets which request
 
 
 def _set_child(parent: ET.Element, tag: str, text: str) -> None:
@@ -67,6 +68,8 @@ def prepare_input(
         raise ValueError(f"{src}: no <ffsocket>")
     if socket.mode is not None:
         ffsocket.set("mode", socket.mode)
+    if socket.matching is not None:
+        ffsocket.set("matching", socket.matching)
     for tag, value in (
         ("address", socket.address),
         ("port", socket.port),

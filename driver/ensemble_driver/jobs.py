@@ -93,7 +93,7 @@ class JobPipeline:
         self.natoms = natoms
         self.sink = sink
         self.n_models = layout.n_models
-        self.followers = list(range(1, layout.n_ranks))
+        self.followers = layout.ensemble_ranks
         self.queue: deque[Job] = deque()
         self._seq = 0
         self.fatal: DriverError | None = None

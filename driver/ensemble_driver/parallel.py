@@ -1,22 +1,34 @@
-"""Ranks: who holds which model, and the messages between the leader and its followers.
+"""Ranks: who holds which model, and the messages between them.
 
 The only module that imports mpi4py, and only when the process was started by an MPI
 launcher (a single process needs no MPI at all). :class:`SerialComm` stands in for it
 with the same methods, so the rest of the driver has one code path.
 
-Roles: rank 0 (the leader) owns the socket and model 0; followers (ranks >= 1) hold the
-other models and evaluate them when the leader sends a structure. Messages are NumPy
-float64 buffers moved with mpi4py's upper-case point-to-point calls (no pickling on the
-hot path), all of a size fixed by the atom count. Point-to-point rather than collectives
-(Bcast/Gatherv): a collective makes every rank enter it together, so the leader would
-wait at each deviation step for the slowest follower to finish the previous one; with
-non-blocking sends and receives each follower works through its queue at its own pace
-while the leader goes on serving the server.
+Roles (see :func:`deal_models`): ranks 0..R0-1 hold model 0 (``--model0-ranks R0``):
+the first K of them each serve a connection to the server (``--connections K``), the
+others (with one connection) evaluate slices of i-PI's batches for rank 0; the ensemble
+ranks (R0 and up) hold the other models and evaluate them when a connection rank sends a
+structure. Rank 0 writes every row and ends the job. Messages are NumPy float64 buffers
+moved with mpi4py's upper-case point-to-point calls (no pickling on the hot path), all of
+a size fixed by the atom count. Point-to-point rather than collectives (Bcast/Gatherv): a
+collective makes every rank enter it together, so a connection rank would wait at each
+deviation step for the slowest ensemble rank to finish the previous one; with
+non-blocking sends and receives each rank works through its queue at its own pace while
+the connection ranks go on serving the server.
 
-- WORK, leader -> follower: ``[1, seq, rid, step, periodic, cell(9), positions(3N)]``;
-  STOP has the same tag: ``[0, exit status]``;
-- RESULT, follower -> leader: ``[seq, then per model: energy, forces(3N), virial(9)]``;
-- ERROR, follower -> leader: a pickled one-line message (rare).
+- WORK, connection rank -> ensemble rank: ``[1, seq, rid, step, periodic, cell(9),
+  positions(3N)]``; STOP, rank 0 -> any rank, has the same tag: ``[0, exit status]``;
+- RESULT, ensemble rank -> the connection rank that sent the WORK: ``[seq, then per
+  model: energy, forces(3N), virial(9)]``;
+- ERROR, ensemble rank -> every connection rank: a pickled one-line message (rare);
+- BATCH, rank 0 -> batch replica, on the WORK tag: ``[2, n, periodic, cells(9n),
+  positions(3Nn)]``, answered on the RESULT tag with ``[n, energies(n), forces(3Nn),
+  virials(9n)]`` (see :mod:`replicas`);
+- ROW and DONE, connection rank -> rank 0: a finished deviation row, and the end of a
+  connection (pickled, once per row or per connection; see :mod:`connections`).
+
+With several connections each bead's steps are counted by :class:`StepCounter`, one
+integer per bead in an MPI window on rank 0, advanced with an atomic fetch-and-add.
 
 Nobody waits in a blocking MPI call: MPICH busy-polls inside them, which would take a
 core from the models on a machine with more ranks than cores. Waits poll ``Test`` with
@@ -39,8 +51,12 @@ from .errors import ConfigError
 TAG_CONTROL = 11
 TAG_RESULT = 12
 TAG_ERROR = 13
+TAG_ROW = 14
+TAG_DONE = 15
 KIND_STOP = 0.0
 KIND_WORK = 1.0
+KIND_BATCH = 2.0
+BATCH_HEADER = 3  # kind, n, periodic
 WORK_HEADER = 5  # kind, seq, rid, step, periodic
 _LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 _LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -118,17 +134,41 @@ def world(use_mpi: bool | None = None):
 
 @dataclass(frozen=True)
 class Layout:
-    """Which models each rank holds: ``models_of[rank]`` lists model indices."""
+    """Which models each rank holds: ``models_of[rank]`` lists model indices. The first
+    ``model0_ranks`` ranks hold model 0 (the first ``connections`` of them serve a
+    connection each); the ensemble ranks after them hold the other models."""
 
     models_of: tuple[tuple[int, ...], ...]
+    model0_ranks: int = 1
+    connections: int = 1
 
     @property
     def n_models(self) -> int:
-        return sum(len(m) for m in self.models_of)
+        return len({m for models in self.models_of for m in models})
 
     @property
     def n_ranks(self) -> int:
         return len(self.models_of)
+
+    @property
+    def connection_ranks(self) -> list[int]:
+        return list(range(self.connections))
+
+    @property
+    def batch_replicas(self) -> list[int]:
+        """The model-0 ranks that serve no connection: they evaluate slices of batches."""
+        return list(range(self.connections, self.model0_ranks))
+
+    @property
+    def ensemble_ranks(self) -> list[int]:
+        return list(range(self.model0_ranks, self.n_ranks))
+
+    def role(self, rank: int) -> str:
+        if rank < self.connections:
+            return f"connection {rank}" if self.connections > 1 else "the connection"
+        if rank < self.model0_ranks:
+            return "batch replica of model 0"
+        return "ensemble"
 
     def rank_of(self, model: int) -> int:
         for rank, models in enumerate(self.models_of):
@@ -137,23 +177,43 @@ class Layout:
         raise IndexError(model)
 
 
-def deal_models(n_models: int, n_ranks: int) -> Layout:
-    """Model 0 on rank 0. With one rank, all models there (evaluated in turn, as LAMMPS
-    does). Otherwise models 1.. are dealt round-robin over ranks 1..R-1, so the leader,
-    which also serves the socket, holds model 0 only."""
+def deal_models(n_models: int, n_ranks: int, model0_ranks: int = 1, connections: int = 1) -> Layout:
+    """Model 0 on ranks 0..model0_ranks-1. With one rank, all models there (evaluated in
+    turn, as LAMMPS does). Otherwise models 1.. are dealt round-robin over the ranks after
+    the model-0 ranks, so a rank that serves the socket holds model 0 only."""
     if n_models < 1:
         raise ConfigError("no model given")
-    if n_ranks > n_models:
+    if connections > model0_ranks:
         raise ConfigError(
-            f"{n_ranks} MPI ranks for {n_models} models: each rank holds at least one model; "
-            f"use at most {n_models} ranks (mpiexec -n {n_models})"
+            f"--connections {connections} needs a model-0 rank per connection: --model0-ranks must be "
+            f"at least {connections} (or left out)"
+        )
+    if model0_ranks > n_ranks:
+        what = f"--connections {connections}" if connections > 1 else f"--model0-ranks {model0_ranks}"
+        raise ConfigError(
+            f"{what} needs {model0_ranks} MPI ranks for model 0, but this job has {n_ranks}: run under "
+            f"mpiexec -n {model0_ranks + n_models - 1}"
+        )
+    others = n_ranks - model0_ranks
+    if n_ranks > 1 and n_models > 1 and others == 0:
+        what = f"--connections {connections}" if connections > 1 else f"--model0-ranks {model0_ranks}"
+        raise ConfigError(
+            f"{n_ranks} MPI ranks all hold model 0 ({what}): models 1..{n_models - 1} need "
+            f"ranks of their own; run under mpiexec -n {model0_ranks + n_models - 1}"
+        )
+    if others > n_models - 1 and n_ranks > 1:
+        most = model0_ranks + n_models - 1
+        replicas = f" with {model0_ranks} ranks for model 0" if model0_ranks > 1 else ""
+        raise ConfigError(
+            f"{n_ranks} MPI ranks for {n_models} models{replicas}: each rank holds at least one model; "
+            f"use at most {most} ranks (mpiexec -n {most})"
         )
     if n_ranks == 1:
         return Layout((tuple(range(n_models)),))
-    followers: list[list[int]] = [[] for _ in range(n_ranks - 1)]
+    ensemble: list[list[int]] = [[] for _ in range(others)]
     for model in range(1, n_models):
-        followers[(model - 1) % (n_ranks - 1)].append(model)
-    return Layout(((0,), *map(tuple, followers)))
+        ensemble[(model - 1) % others].append(model)
+    return Layout(((0,),) * model0_ranks + tuple(map(tuple, ensemble)), model0_ranks, connections)
 
 
 def wait_for(test: Callable[[], bool], *, deadline: float | None = None, max_sleep: float = 2e-3) -> bool:
@@ -222,3 +282,114 @@ def unpack_results(buf: np.ndarray, natoms: int, n_local_models: int):
         body[:, 1 : 1 + 3 * natoms].reshape(n_local_models, natoms, 3).copy(),
         body[:, 1 + 3 * natoms :].reshape(n_local_models, 3, 3).copy(),
     )
+
+
+# -- several senders: the ensemble ranks serve every connection rank ---------------------
+def irecv_any(comm, buf: np.ndarray, tag: int):
+    """A receive of ``buf`` from any rank; returns (request, status): once the request
+    has completed, ``status.Get_source()`` is the sender."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    return comm.Irecv(buf, source=MPI.ANY_SOURCE, tag=tag), status
+
+
+def probe_count(comm, source: int, tag: int) -> int | None:
+    """The number of float64 in the next message from ``source`` with ``tag``, or None
+    if none has arrived (non-blocking)."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    if not comm.Iprobe(source=source, tag=tag, status=status):
+        return None
+    return status.Get_count(MPI.DOUBLE)
+
+
+def poll_object(comm, tag: int) -> tuple[int, Any] | None:
+    """(sender, object) of a pickled message with ``tag`` from any rank, if one has arrived."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
+        return None
+    source = status.Get_source()
+    return source, comm.recv(source=source, tag=tag)
+
+
+# -- model 0's batches split over replicas (see replicas.py) -----------------------------
+def pack_batch(cells: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
+    n = len(positions)
+    head = np.array([KIND_BATCH, n, 0.0 if cells is None else 1.0])
+    return np.concatenate([head, np.zeros(9 * n) if cells is None else cells.ravel(), positions.ravel()])
+
+
+def unpack_batch(buf: np.ndarray, natoms: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(cells (n, 3, 3) or None, positions (n, natoms, 3)) from a BATCH buffer."""
+    _, n, periodic = buf[:BATCH_HEADER]
+    n = int(n)
+    cells = buf[BATCH_HEADER : BATCH_HEADER + 9 * n].reshape(n, 3, 3).copy() if periodic else None
+    positions = buf[BATCH_HEADER + 9 * n : BATCH_HEADER + 9 * n + 3 * natoms * n].reshape(n, natoms, 3).copy()
+    return cells, positions
+
+
+def batch_result_size(natoms: int, n: int) -> int:
+    return 1 + n * (1 + 3 * natoms + 9)
+
+
+def pack_batch_result(energy: np.ndarray, forces: np.ndarray, virial: np.ndarray) -> np.ndarray:
+    return np.concatenate([[float(len(energy))], np.ravel(energy), forces.ravel(), virial.ravel()])
+
+
+def unpack_batch_result(buf: np.ndarray, natoms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = int(buf[0])
+    forces_end = 1 + n + 3 * natoms * n
+    return (
+        buf[1 : 1 + n].copy(),
+        buf[1 + n : forces_end].reshape(n, natoms, 3).copy(),
+        buf[forces_end : forces_end + 9 * n].reshape(n, 3, 3).copy(),
+    )
+
+
+# -- each bead's steps, counted across connections ---------------------------------------
+class StepCounter:
+    """How many times each request id has been evaluated, shared by every connection.
+
+    With one connection the session counts by itself. With several, a bead's structures
+    reach whichever connection i-PI picks (``matching='auto'`` or ``'any'``), so each
+    bead's count is one int64 in an MPI window on rank 0, advanced with an atomic
+    fetch-and-add (MPI_Fetch_and_op, passive target): the k-th evaluation of bead r is
+    step k of bead r whichever connection carried it. The order is i-PI's: a bead's next
+    structure is sent only once every bead of the step has its forces, which the
+    connection sends after it took the step number. Request ids beyond the window
+    (estimator clones, >= --nbeads) are counted by each connection alone: they get no rows.
+
+    Creating one is collective over ``comm`` (every rank takes part, rank 0 holds it)."""
+
+    def __init__(self, comm, size: int):
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.size = size
+        self._win = MPI.Win.Allocate(8 * size if comm.rank == 0 else 0, 8, comm=comm)
+        if comm.rank == 0:
+            np.frombuffer(self._win.tomemory(), dtype=np.int64)[:] = 0
+        comm.Barrier()
+        self._win.Lock_all()
+        self._one = np.ones(1, dtype=np.int64)
+        self._out = np.zeros(1, dtype=np.int64)
+        self._local: dict[int, int] = {}
+
+    def next_step(self, rid: int) -> int:
+        """The step of this evaluation of ``rid``; the next one gets the step after it."""
+        if not 0 <= rid < self.size:
+            step = self._local.get(rid, 0)
+            self._local[rid] = step + 1
+            return step
+        self._win.Fetch_and_op(self._one, self._out, 0, rid, self._mpi.SUM)
+        self._win.Flush(0)
+        return int(self._out[0])
+
+    def close(self) -> None:
+        """Collective: every rank ends the window's access epoch and frees it."""
+        self._win.Unlock_all()
+        self._win.Free()

@@ -30,6 +30,7 @@ implies (atoms) or than :data:`MAX_INIT_BYTES` (INIT text).
 from __future__ import annotations
 
 import re
+import select
 import socket
 from dataclasses import dataclass
 
@@ -136,6 +137,11 @@ class Wire:
                 f"the server closed the connection in the middle of {what} "
                 f"(received {eos.received} of {len(view)} bytes)"
             ) from None
+
+    def readable(self, timeout: float) -> bool:
+        """True when bytes (or the end of the stream) can be read now, else after
+        waiting up to ``timeout`` seconds for them."""
+        return bool(select.select([self.sock], [], [], timeout)[0])
 
     def read_header(self) -> str | None:
         """The next header word, or None when the server closed the connection cleanly

@@ -1,54 +1,119 @@
-"""Rank 0's deviation rows: a finished job's model deviation, written to its bead's file
-and offered to the selection (the rank roles: see :mod:`ensemble`).
+"""Deviation rows: a finished job's model deviation, computed where the job finished and
+written by rank 0 alone, to its bead's file in step order, and offered to the selection
+(the rank roles: see :mod:`ensemble`).
 
-The writer takes the jobs as :class:`jobs.JobPipeline` hands them on, in dispatch order,
-so every bead's file gets its rows in step order.
+:class:`RowWriter` takes the jobs as :class:`jobs.JobPipeline` hands them on, in dispatch
+order, computes each row and puts it into a sink: :class:`BeadRows` on rank 0 (the files
+and the selection), :class:`RemoteRows` on the other connection ranks (a message to rank
+0, whose :mod:`connections` hub puts it into its BeadRows). With one connection the rows
+arrive in step order; with several, one bead's rows may come from different connections
+out of order, so BeadRows holds a row until the bead's rows before it are written.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
+import numpy as np
+
+from . import parallel
 from .deviation import Deviation, model_deviation
 from .jobs import Job
 from .output import BeadFiles
 from .selection import Selection
 
+log = logging.getLogger(__name__)
 
-class RowWriter:
-    """Writes the rows of finished deviation jobs; counts them per bead."""
 
-    def __init__(
-        self,
-        files: BeadFiles | None,
-        selection: Selection | None,
-        *,
-        relative: float | None,
-        relative_v: float | None,
-        atomic: bool,
-    ):
+class BeadRows:
+    """Rank 0's rows: each bead's in step order to its file, then to the selection.
+
+    ``out_freq`` (with several connections) is the step between a bead's rows: a row is
+    held until the one ``out_freq`` steps before it is written. None: rows are written as
+    they come (one connection, whose rows come in step order)."""
+
+    def __init__(self, files: BeadFiles | None, selection: Selection | None, *, out_freq: int | None = None):
         self.files = files
         self.selection = selection
+        self.out_freq = out_freq
+        self.rows_by_bead: dict[int, int] = {}
+        self._held: dict[int, dict[int, tuple]] = {}
+        self._next: dict[int, int] = {}
+
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
+        if self.out_freq is None:
+            self._write(rid, step, row, positions, cell)
+            return
+        held = self._held.setdefault(rid, {})
+        held[step] = (row, positions, cell)
+        expected = self._next.get(rid, 0)
+        while expected in held:
+            self._write(rid, expected, *held.pop(expected))
+            expected += self.out_freq
+        self._next[rid] = expected
+
+    def _write(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
+        if self.files is not None and self.files.write(rid, step, row):
+            self.rows_by_bead[rid] = self.rows_by_bead.get(rid, 0) + 1
+            if self.selection is not None:
+                self.selection.add(rid, step, row, positions, cell)
+
+    def flush(self) -> None:
+        """Write the rows still held (a row before them never came: the run failed)."""
+        for rid, held in sorted(self._held.items()):
+            if held:
+                log.warning(
+                    "bead %d: the row of step %d never came; rows of steps %s written after it",
+                    rid,
+                    self._next.get(rid, 0),
+                    ", ".join(map(str, sorted(held))),
+                )
+            for step in sorted(held):
+                self._write(rid, step, *held[step])
+            held.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self.files is not None:
+            self.files.close()
+
+
+class RemoteRows:
+    """A connection rank's rows, sent to rank 0 (ROW messages, see :mod:`parallel`)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self._sends: list = []
+
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
+        self._sends = [s for s in self._sends if not s.Test()]
+        self._sends.append(self.comm.isend((rid, step, row, positions, cell), dest=0, tag=parallel.TAG_ROW))
+
+    def close(self) -> None:
+        parallel.wait_for(lambda: all(s.Test() for s in self._sends), deadline=time.monotonic() + 60.0)
+
+
+class RowWriter:
+    """Computes the rows of finished deviation jobs and puts them into ``sink``."""
+
+    def __init__(self, sink: BeadRows | RemoteRows, *, relative: float | None, relative_v: float | None, atomic: bool):
+        self.sink = sink
         self.relative = relative
         self.relative_v = relative_v
         self.atomic = atomic
         self.latest_row_s = 0.0  # dispatch to written, of the latest deviation job
-        self.rows_by_bead: dict[int, int] = {}
 
     def write(self, job: Job) -> Deviation | None:
-        """The job's row (None for a job without one), written if its bead has a file."""
+        """The job's row (None for a job without one), put into the sink."""
         self.latest_row_s = time.monotonic() - job.dispatched
         if not job.row:
             return None
         row = model_deviation(
             job.forces, job.virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic
         )
-        if self.files is not None and self.files.write(job.rid, job.step, row):
-            self.rows_by_bead[job.rid] = self.rows_by_bead.get(job.rid, 0) + 1
-            if self.selection is not None:
-                self.selection.add(job.rid, job.step, row, job.positions, job.cell)
+        self.sink.put(job.rid, job.step, row, job.positions, job.cell)
         return row
 
     def close(self) -> None:
-        if self.files is not None:
-            self.files.close()
+        self.sink.close()

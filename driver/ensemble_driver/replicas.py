@@ -1,0 +1,116 @@
+"""Model 0 on several ranks for i-PI's batched transport (``--model0-ranks R0`` with one
+connection): rank 0 splits the distinct structures of each batch into R0 slices, sends
+R0-1 of them to the batch replicas (ranks 1..R0-1, each holding its own copy of model 0),
+evaluates the first slice itself meanwhile, and joins the answers into one reply. The
+deviation jobs of the batch's beads go to the ensemble ranks as with one model-0 rank.
+
+The slices are the same structures evaluated by the same model, so the forces are model
+0's to the last bits a smaller batch may change (deepmd evaluates the frames of a batch
+together; see tests/test_scale.py for the bound). The messages: see :mod:`parallel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import parallel
+from .errors import DriverError, ModelError, ReportedError
+from .jobs import LocalModel
+from .model import BatchEvaluation
+from .signals import NoSignals, Stopped, StopSignals
+
+log = logging.getLogger(__name__)
+
+#: How long rank 0 waits for a replica's slice before it gives up on the replica: a
+#: slice takes as long as rank 0's own, so this is far beyond any live replica.
+SLICE_DEADLINE_S = 600.0
+
+
+class Model0Replicas:
+    """Rank 0's side: one batch evaluated over rank 0 and the replicas."""
+
+    def __init__(self, comm, model0: LocalModel, replicas: Sequence[int], natoms: int):
+        self.comm = comm
+        self.model0 = model0
+        self.replicas = list(replicas)
+        self.natoms = natoms
+
+    def evaluate_batch(self, positions: np.ndarray, cells: np.ndarray | None) -> BatchEvaluation:
+        slices = np.array_split(np.arange(len(positions)), 1 + len(self.replicas))
+        sent = []
+        for rank, part in zip(self.replicas, slices[1:]):
+            if len(part):
+                buf = parallel.pack_batch(None if cells is None else cells[part], positions[part])
+                result = np.empty(parallel.batch_result_size(self.natoms, len(part)))
+                send = self.comm.Isend(buf, dest=rank, tag=parallel.TAG_CONTROL)
+                sent.append((rank, send, self.comm.Irecv(result, source=rank, tag=parallel.TAG_RESULT), result, buf))
+        mine = slices[0]
+        own = self.model0.model.evaluate_batch(
+            positions[mine], None if cells is None else cells[mine], self.model0.atom_types
+        )
+        parts = [(own.energy, own.forces, own.virial)]
+        for rank, send, recv, result, _ in sent:
+            if not parallel.wait_for(
+                lambda r=rank, q=recv: q.Test() or self._failed(r), deadline=time.monotonic() + SLICE_DEADLINE_S
+            ):
+                raise ModelError(
+                    f"rank {rank} (a replica of model 0) did not answer its slice within {SLICE_DEADLINE_S:.0f} s"
+                )
+            parallel.wait_for(send.Test)
+            parts.append(parallel.unpack_batch_result(result, self.natoms))
+        energy, forces, virial = (np.concatenate(x) for x in zip(*parts))
+        return BatchEvaluation(energy, forces, virial)
+
+    def _failed(self, rank: int) -> bool:
+        if self.comm.Iprobe(source=rank, tag=parallel.TAG_ERROR):
+            raise ModelError(f"rank {rank}: {self.comm.recv(source=rank, tag=parallel.TAG_ERROR)}")
+        return False
+
+
+def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals | None = None) -> int:
+    """A batch replica: evaluate the slices rank 0 sends until its STOP (as
+    :func:`ensemble.follower_loop`: 0 after a clean run, ReportedError after a failed one)."""
+    from .ensemble import FOLLOWER_SIGNAL_GRACE_S
+
+    signals = signals if signals is not None else NoSignals()
+    failed = False
+    structures = slices = 0
+    while True:
+        count = None
+        pause = 1e-5
+        while count is None:
+            count = parallel.probe_count(comm, 0, parallel.TAG_CONTROL)
+            if count is None:
+                if signals.received_at is not None and time.monotonic() - signals.received_at > FOLLOWER_SIGNAL_GRACE_S:
+                    raise Stopped(signals.received)
+                time.sleep(pause)
+                pause = min(2 * pause, 2e-3)
+        buf = np.empty(count)
+        comm.Recv(buf, source=0, tag=parallel.TAG_CONTROL)
+        if buf[0] == parallel.KIND_STOP:
+            log.info("rank %d (batch replica of model 0): %d structures in %d slices", comm.rank, structures, slices)
+            if int(buf[1]):
+                raise ReportedError("", int(buf[1]), print_here=False)
+            return 0
+        if failed:
+            continue
+        cells, positions = parallel.unpack_batch(buf, natoms)
+        try:
+            result = model0.model.evaluate_batch(positions, cells, model0.atom_types)
+            if not (np.isfinite(result.energy).all() and np.isfinite(result.forces).all()):
+                raise ModelError(f"model 0 ({model0.model.path}) returned non-finite energy or forces in a batch slice")
+        except Exception as exc:
+            failed = True
+            message = (
+                str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            )
+            comm.send(message, dest=0, tag=parallel.TAG_ERROR)
+            continue
+        structures += len(positions)
+        slices += 1
+        answer = parallel.pack_batch_result(result.energy, result.forces, result.virial)
+        parallel.wait_for(comm.Isend(answer, dest=0, tag=parallel.TAG_RESULT).Test)

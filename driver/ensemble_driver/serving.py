@@ -1,0 +1,165 @@
+"""The connection ranks' run: connect, serve the server with a :class:`ensemble.Leader`
+until the run ends, finish (the rank roles: see :mod:`ensemble`; several connections:
+see :mod:`connections`).
+
+Rank 0 serves its connection, writes every row and ends the job; with ``--connections
+K`` ranks 1..K-1 serve one connection each and report to rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from . import parallel
+from .client import EndReason, Session
+from .config import RunConfig
+from .connections import Done, Hub, Link, StoppedByRank0
+from .ensemble import DeviationSettings, Leader, LocalModel
+from .errors import DriverError, ReportedError
+from .model import one_line
+from .protocol import Wire
+from .replicas import Model0Replicas
+from .rows import BeadRows, RemoteRows
+from .signals import StopSignals
+from .template import Template
+from .transport import Address, connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    """What a connection rank serves with."""
+
+    config: RunConfig
+    comm: Any
+    layout: parallel.Layout
+    address: Address
+    template: Template
+    members: list[LocalModel]
+    periodic: bool
+    signals: StopSignals
+    counter: parallel.StepCounter | None
+
+    def leader(self, **pieces) -> Leader:
+        return Leader(
+            self.comm,
+            self.layout,
+            self.members,
+            natoms=self.template.natoms,
+            periodic=self.periodic,
+            settings=deviation_settings(self.config),
+            **pieces,
+        )
+
+
+def deviation_settings(config: RunConfig) -> DeviationSettings:
+    return DeviationSettings(
+        out_freq=config.out_freq,
+        nbeads=config.nbeads,
+        relative=config.relative,
+        relative_v=config.relative_v,
+        atomic=config.atomic,
+        extras=config.extras,
+        committee=config.committee_json,
+    )
+
+
+def run_session(
+    served: Served, leader: Leader, idle=None
+) -> tuple[Session | None, EndReason | None, DriverError | None]:
+    """Connect and serve until the server ends the run; (session, how it ended, error)."""
+    session = reason = error = None
+    config, signals = served.config, served.signals
+    try:
+        with signals.interruptible():
+            sock = connect(served.address, config.connect_timeout)
+        with sock:
+            session = Session(
+                Wire(sock, served.template.natoms),
+                leader,
+                init_every_step=config.init_each,
+                after_reply=leader.after_reply,
+                signals=signals,
+                next_step=served.counter.next_step if served.counter is not None else None,
+                idle=idle,
+            )
+            reason = session.run()
+            log.info("run ended: %s", reason.value)
+    except DriverError as exc:
+        error = exc
+    except BaseException as exc:
+        leader.finish(DriverError(f"interrupted: {one_line(exc)}"))
+        raise
+    return session, reason, error
+
+
+def serve_rank0(served: Served, elements, files, selection) -> int:
+    """Rank 0: its connection, every row, and the end of the job."""
+    config, layout, template = served.config, served.layout, served.template
+    log.info(
+        "%d atoms (%s), %s; model 0: %s",
+        template.natoms,
+        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
+        "periodic" if served.periodic else "not periodic",
+        config.models[0],
+    )
+    if files is not None:
+        log.info(
+            "%d models on %d rank(s) %s; deviation every %d steps to %s",
+            layout.n_models,
+            layout.n_ranks,
+            [list(m) for m in layout.models_of],
+            config.out_freq,
+            ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
+        )
+    if selection is not None:
+        selection.symbols = list(elements)
+    sink = BeadRows(files, selection, out_freq=config.out_freq if config.connections > 1 else None)
+    hub = Hub(served.comm, layout.connection_ranks[1:], sink) if config.connections > 1 else None
+    replicas = None
+    if layout.batch_replicas:
+        replicas = Model0Replicas(served.comm, served.members[0], layout.batch_replicas, template.natoms)
+    leader = served.leader(sink=sink, replicas=replicas, hub=hub)
+    session, _, error = run_session(served, leader, idle=hub.idle if hub is not None else None)
+    error = leader.finish(error)
+    if session is not None:
+        counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
+        if hub is not None:
+            log.info("connection 0 (rank 0) ended after %d evaluations", sum(counts.values()))
+            counts = hub.evaluations(counts)
+        log.info(
+            "evaluations per request id: %s%s",
+            dict(sorted(counts.items())),
+            ""
+            if config.init_each
+            else " (one series: without --init-each the request ids after the first are not asked for)",
+        )
+    if files is not None:
+        log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
+    if error is not None:
+        raise error
+    return 0
+
+
+def serve_connection(served: Served) -> int:
+    """A connection rank other than 0: its connection, its rows sent to rank 0, then how
+    it ended (see :mod:`connections`). Its errors are printed by rank 0."""
+    link = Link(served.comm)
+    leader = served.leader(sink=RemoteRows(served.comm))
+    session, reason, error = run_session(served, leader, idle=link.idle)
+    error = leader.finish(error)
+    evaluations = dict(session.stats.steps_by_rid) if session is not None else {}
+    if isinstance(error, StoppedByRank0):
+        done = Done("stopped", error.exit_status, "", evaluations)
+    elif error is not None:
+        done = Done("error", error.exit_status, str(error), evaluations)
+    else:
+        done = Done("exit" if reason is EndReason.EXIT else "eof", 0, "", evaluations)
+    link.finish(done)
+    if done.status:
+        raise ReportedError("", done.status, print_here=False)
+    return 0
