@@ -121,6 +121,13 @@ BENCHMARKS = [
         minutes="6",
     ),
     Bench(
+        "scale",
+        "scale.py",
+        [],
+        ["--beads", "8", "--steps", "21", "--skip", "5", "--rounds", "1"],
+        minutes="12",
+    ),
+    Bench(
         "page_faults",
         "page_faults.py",
         [],
@@ -354,6 +361,17 @@ def pimd_target(results: Results, kind: str) -> tuple[str, str] | None:
     return figure, "met" if row["speedup"] >= 2 else "missed: the model's own time per bead is most of the step"
 
 
+def scale_target(results: Results, config: str) -> tuple[str, str] | None:
+    row = next((r for r in results.rows("scale") if r["beads"] == 8 and r["config"].startswith(config)), None)
+    if row is None:
+        return None
+    figure = f"{row['speedup']:.2f}, rows {row['rows']} ({source(results, 'scale')})"
+    exact = row["rows"] == "identical" or row["rows"].startswith("max relative difference")
+    if row["speedup"] >= 1.8 and exact:
+        return figure, "met"
+    return figure, "missed: " + ("the rows differ" if not exact else "see the table's runs")
+
+
 ASE = "ASE SocketClient + deepmd DP"
 TARGETS = [
     ("what the driver adds / its model call <= 1.03 at 256 atoms", lambda r: overhead_target(r, "ensemble-driver")),
@@ -382,6 +400,11 @@ TARGETS = [
     ("same, compressed models", lambda r: deviation_target(r, "compressed: 2 models, 2 ranks")),
     ("batched PIMD (P = 8) >= 2 x one request per bead", lambda r: pimd_target(r, "batched")),
     ("same, compressed model", lambda r: pimd_target(r, "c-batched")),
+    (
+        "2 model-0 ranks >= 1.8 x one driver at P = 8, rows exact: batched split (`--model0-ranks 2`)",
+        lambda r: scale_target(r, "--model0-ranks 2"),
+    ),
+    ("same, two connections (`--connections 2`)", lambda r: scale_target(r, "--connections 2")),
 ]
 
 

@@ -22,6 +22,7 @@ TIME_COLUMN = {
     "overhead": "step ms",
     "deviation_cost": "ms/step",
     "pimd_batch": "ms/step",
+    "scale": "ms/step (runs)",
     "page_faults": "wall ms / call",
     "direct_vs_eval": "direct ms",
 }
