@@ -9,6 +9,7 @@ i-PI's own binary positions with the four models in-process."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from harness import driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
@@ -29,9 +30,13 @@ def read_uncertainty(path) -> list[float]:
     return [float(line) for line in lines[1::2]]
 
 
-def test_ipi_committee_uncertainty_is_the_models_energy_std(tmp_path, address, model_paths, reference, symbols):
+@pytest.mark.parametrize("nranks, extra", [(2, []), (3, ["--connections", "2"])], ids=["one", "two-connections"])
+def test_ipi_committee_uncertainty_is_the_models_energy_std(
+    tmp_path, address, model_paths, reference, symbols, nranks, extra
+):
     command = mpiexec(
-        2, driver_command(model_paths, tmp_path / "init.xyz", address, "--committee-json", "--out-freq", "3")
+        nranks,
+        driver_command(model_paths, tmp_path / "init.xyz", address, "--committee-json", "--out-freq", "3", *extra),
     )
     run = run_ipi(tmp_path, "committee.xml", address=address, steps=STEPS, drivers=[command], outputs=OUTPUTS)
     frames = read_ipi_binary(tmp_path / f"{run.prefix}.bin_0.bin", STEPS + 1)

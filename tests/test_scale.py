@@ -13,6 +13,7 @@ printed value can differ in its last digit: say which).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -43,6 +44,11 @@ def run_layout(workdir, address, model_paths, nranks, extra, *, matching=None, b
             "--out-freq",
             str(OUT_FREQ),
             "-v",
+            # every row a candidate: the candidate files then hold every deviation frame
+            "--trust-lo",
+            "0",
+            "--trust-hi",
+            "1e9",
             *extra,
         ),
     )
@@ -64,6 +70,12 @@ def rows_of(workdir) -> list[list[str]]:
     return [bead_file(workdir, bead).read_text().splitlines() for bead in range(NBEADS)]
 
 
+def candidates_of(workdir) -> tuple[list[str], dict]:
+    """The candidate files (extended XYZ, one frame per row) and devi_summary.json."""
+    frames = [(workdir / f"candidates{bead + 1}.xyz").read_text() for bead in range(NBEADS)]
+    return frames, json.loads((workdir / "devi_summary.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, model_paths):
     """The reference: one connection, model 0 on rank 0, models 1 and 2 on ranks 1 and 2."""
@@ -71,7 +83,7 @@ def single(tmp_path_factory, model_paths):
     address = f"scale_single_{workdir.name}"
     run = run_layout(workdir, address, model_paths, 3, [])
     assert run.evaluations_per_rid() == {b: STEPS + 1 for b in range(NBEADS)}
-    return run, rows_of(workdir)
+    return run, rows_of(workdir), candidates_of(workdir)
 
 
 def numbers(lines: list[str]) -> np.ndarray:
@@ -99,6 +111,10 @@ def test_two_connections_write_the_rows_of_one(tmp_path, address, model_paths, r
         assert [line + "\n" for line in rows[bead][1:]] == expected[bead], bead
     # and those of the single connection, byte for byte: same seed, same model 0
     assert rows == single[1]
+    # the candidates (positions and cells sent to rank 0 with the rows) and the counts too
+    frames, summary = candidates_of(tmp_path)
+    assert summary["total"]["candidate"] == NBEADS * 4
+    assert (frames, summary) == single[2]
 
 
 @pytest.mark.timeout(400)
