@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 
 import numpy as np
@@ -191,3 +192,60 @@ def test_two_connections_end_together(tmp_path, address, model_paths, fault):
     faults.assert_all_gone(address, 10)
     counts = _whole_rows_in_step_order(tmp_path, NBEADS)
     assert min(counts) >= 2 and max(counts) - min(counts) <= 1, counts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(400)
+def test_one_connection_lost_ends_the_job(tmp_path, address, model_paths):
+    """i-PI over INET; the socket of connection 1 destroyed by the kernel (ss -K) while
+    connection 0 lives: the job ends with status 4 and one line naming connection 1,
+    every rank gone within 10 s, the rows whole and in step order. (i-PI itself never
+    closes one client alone without EXIT; a dead link or host does.)"""
+    port = _free_port()
+    faults.prepare_input(
+        IPI_INPUTS / "pimd.xml",
+        tmp_path / "input.xml",
+        socket=faults.SocketSettings(address="127.0.0.1", mode="inet", port=port),
+        steps=100000,
+        nbeads=NBEADS,
+        prefix="sim",
+    )
+    command = faults.mpi_driver(
+        4, model_paths[:3], "init.xyz", address, "--nbeads", str(NBEADS), "--out-freq", "2", "--connections", "2"
+    )
+    command[command.index("--unix")] = "--port=" + str(port)  # INET, to 127.0.0.1 given below
+    command[command.index("--address") + 1] = "127.0.0.1"
+    command.append(f"--sockets-prefix=/tmp/{address}-")  # only to name the processes after the test
+    first = tmp_path / "model_devi1.out"
+    with faults.ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [faults.tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", command, cwd=tmp_path)
+        faults.wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
+        rank1 = faults.rank_pid(address, 1)
+        assert rank1 is not None
+        local = _local_port_of(rank1, port)
+        killed = subprocess.run(
+            ["ss", "-K", "src", f"127.0.0.1:{local}", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True
+        )
+        assert killed.returncode == 0, killed.stderr
+        status = driver.popen.wait(timeout=10)
+        errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
+        assert status == 4, driver.tail()
+        assert len(errors) == 1 and errors[0].startswith("ensemble-driver: error: connection 1 (rank 1): "), errors
+    faults.assert_all_gone(address, 10)
+    counts = _whole_rows_in_step_order(tmp_path, NBEADS)
+    assert min(counts) >= 2 and max(counts) - min(counts) <= 1, counts
+
+
+def _local_port_of(pid: int, remote_port: int) -> int:
+    """The local port of ``pid``'s TCP connection to ``remote_port`` (from ss -tnp)."""
+    out = subprocess.run(["ss", "-tnpH", "dst", f"127.0.0.1:{remote_port}"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if f"pid={pid}," in line:
+            return int(line.split()[3].rsplit(":", 1)[1])
+    raise AssertionError(f"no connection of pid {pid} to port {remote_port} in:\n{out}")

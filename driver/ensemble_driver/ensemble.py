@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +91,7 @@ class Leader:
         sink: BeadRows | RemoteRows | None = None,
         replicas: Model0Replicas | None = None,
         hub: Hub | None = None,
+        watch: Callable[[], None] | None = None,
     ):
         self.model0 = local[0]
         self.periodic = periodic
@@ -98,6 +99,7 @@ class Leader:
         self.layout = layout
         self.replicas = replicas
         self.hub = hub
+        self.watch = watch  # after each reply: has another connection ended the run? (may raise)
         self._warned_idle_replicas = False
         deviation_on = settings.out_freq > 0 and layout.n_models > 1
         self.steps = BeadSteps(out_freq=settings.out_freq, nbeads=settings.nbeads, deviation_on=deviation_on)
@@ -155,10 +157,10 @@ class Leader:
         """Called once the answer is on its way: local extra models, then collect."""
         self.jobs.run_local()
         self.jobs.collect()
-        if self.hub is not None:
-            self.hub.poll()  # the other connections' rows
         if self.jobs.fatal is not None:
             raise self.jobs.fatal
+        if self.watch is not None:
+            self.watch()  # the other connections' rows, and their ends
 
     # -- i-PI's batched transport -----------------------------------------------------
     def begin_batches(self, batch_size: int, init_every_step: bool) -> None:

@@ -123,7 +123,7 @@ class Wire:
         while got < size:
             try:
                 n = self.sock.recv_into(view[got:], size - got)
-            except ConnectionResetError:
+            except (ConnectionResetError, ConnectionAbortedError):  # a reset, or the socket destroyed
                 n = 0
             if n == 0:
                 raise _EndOfStream(got)
@@ -221,7 +221,7 @@ class Wire:
     def _send(self, data: bytes, what: str) -> None:
         try:
             self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError) as exc:
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
             raise ServerLost(
                 f"the server closed the connection while the driver sent {what} ({exc.strerror})"
             ) from None

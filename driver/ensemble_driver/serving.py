@@ -123,8 +123,9 @@ def serve_rank0(served: Served, elements, files, selection) -> int:
     replicas = None
     if layout.batch_replicas:
         replicas = Model0Replicas(served.comm, served.members[0], layout.batch_replicas, template.natoms)
-    leader = served.leader(sink=sink, replicas=replicas, hub=hub)
-    session, _, error = run_session(served, leader, idle=hub.idle if hub is not None else None)
+    watch = hub.idle if hub is not None else None
+    leader = served.leader(sink=sink, replicas=replicas, hub=hub, watch=watch)
+    session, _, error = run_session(served, leader, idle=watch)
     error = leader.finish(error)
     if session is not None:
         counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
@@ -149,7 +150,7 @@ def serve_connection(served: Served) -> int:
     """A connection rank other than 0: its connection, its rows sent to rank 0, then how
     it ended (see :mod:`connections`). Its errors are printed by rank 0."""
     link = Link(served.comm)
-    leader = served.leader(sink=RemoteRows(served.comm))
+    leader = served.leader(sink=RemoteRows(served.comm), watch=link.idle)
     session, reason, error = run_session(served, leader, idle=link.idle)
     error = leader.finish(error)
     evaluations = dict(session.stats.steps_by_rid) if session is not None else {}
