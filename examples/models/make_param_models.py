@@ -17,7 +17,8 @@ deepmd-kit reads the parameters of a system from ``set.*/fparam.npy`` (nframes,
 numb_fparam) and ``set.*/aparam.npy`` (nframes, natoms * numb_aparam), atoms in the
 order of ``type.raw`` (deepmd-kit docs, "Data": doc/data/system.md).
 
-Run from anywhere (about 2 minutes on 2 CPU cores):
+Run from anywhere (449 s, 250 steps per model, on 2 CPU cores shared with other work, measured
+2026-12-02):
 
     python examples/models/make_param_models.py            # writes examples/models/{f,a}param{0,1}.pth
     python examples/models/make_param_models.py --steps 50 --out /tmp/quick
