@@ -220,6 +220,15 @@ class DeepPotModel:
             self._dp = DeepPot(self.path)
         except Exception as exc:
             raise ModelError(f"cannot load model {self.path}: {one_line(exc)}") from None
+        if type(getattr(self._dp, "deep_eval", None)).__module__ == "deepmd.dpmodel.infer.deep_eval":
+            # deepmd-kit's backend-neutral format (.dp, .yaml) is evaluated in NumPy, which
+            # has no derivatives: forces and virial come back NaN (deepmd-kit 3.2,
+            # deepmd/dpmodel/infer/deep_eval.py, DeepEval._eval_model fills missing outputs)
+            raise ModelError(
+                f"model {self.path}: deepmd-kit evaluates this backend-neutral format in NumPy, "
+                f"without forces or virial; convert it to a backend first, e.g. "
+                f"dp convert-backend {self.path} {Path(self.path).with_suffix('.pth')}"
+            )
         stored = list(self._dp.get_type_map())
         ntypes = int(self._dp.get_ntypes())
         if type_map:
