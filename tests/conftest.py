@@ -94,6 +94,22 @@ def compressed_model(tmp_path_factory, model_paths) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dp_format_model(tmp_path_factory, model_paths) -> Path:
+    """Model 0 in deepmd-kit's backend-neutral format, by `dp convert-backend` (a NumPy
+    evaluator: deepmd.dpmodel); about 10 s."""
+    out = tmp_path_factory.mktemp("dp_format") / "m0.dp"
+    proc = subprocess.run(
+        [tool("dp"), "convert-backend", str(model_paths[0]), str(out)],
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def symbols():
     """The element of every atom of the shipped i-PI inputs' structure, in i-PI's order."""
     from ensemble_driver.template import read_template

@@ -155,3 +155,56 @@ def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
         assert not np.allclose(got.forces[0], got.forces[1])
     monkeypatch.setenv("ENSEMBLE_DRIVER_PLAIN_EVAL", "1")
     assert DeepPotModel(pb)._direct is None
+
+
+@pytest.mark.parametrize("kind", ["fparam", "aparam", "aparam per atom"])
+def test_direct_path_with_parameters_equals_deeppot_eval(reference, structures, kind):
+    """Models trained with numb_fparam/numb_aparam (examples/models/make_param_models.py):
+    the driver's calls, direct path included, give DeepPot.eval's numbers with the same
+    parameters, for one structure and for a batch, and a per-call aparam replaces the
+    model's own (devi's per-frame values)."""
+    from conftest import MODELS
+
+    from ensemble_driver.model import DeepPotModel, Parameters
+
+    frames, positions, cells = structures
+    nat = positions.shape[1]
+    per_atom = np.random.default_rng(2).uniform(size=(nat, 1))
+    path, params, kw = {
+        "fparam": (MODELS / "fparam1.pth", Parameters(fparam=np.array([0.45])), {"fparam": [0.45]}),
+        "aparam": (MODELS / "aparam1.pth", Parameters(aparam=np.array([0.2])), {"aparam": [0.2]}),
+        "aparam per atom": (MODELS / "aparam1.pth", Parameters(aparam=per_atom), {"aparam": per_atom.ravel()}),
+    }[kind]
+    model = DeepPotModel(path, parameters=params)
+    types = model.atom_types(frames[0].get_chemical_symbols())
+    model.evaluate(positions[0], cells[0], types)
+    assert model._direct is not None and model._direct.checked  # the direct path is used
+    dp = reference.deeppot(path)
+    got = model.evaluate_batch(positions, cells, types)
+    e, f, v = dp.eval(positions.reshape(len(positions), -1), cells.reshape(len(cells), 9), types, **kw)[:3]
+    np.testing.assert_allclose(got.energy, np.ravel(e), rtol=1e-12)
+    np.testing.assert_allclose(got.forces, np.reshape(f, positions.shape), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.virial, np.reshape(v, (-1, 3, 3)), rtol=1e-10, atol=1e-11)
+    if kind != "fparam":
+        frame_values = np.random.default_rng(3).uniform(size=(len(positions), nat, 1))
+        got = model.evaluate_batch(positions, cells, types, aparam=frame_values)
+        e, f, _ = dp.eval(
+            positions.reshape(len(positions), -1), cells.reshape(len(cells), 9), types, aparam=frame_values
+        )[:3]
+        np.testing.assert_allclose(got.forces, np.reshape(f, positions.shape), rtol=1e-10, atol=1e-12)
+
+
+def test_parameters_in_a_config_file(tmp_path):
+    import json
+
+    from ensemble_driver.config import build_config, load_config_file
+    from ensemble_driver.errors import ConfigError
+
+    (tmp_path / "c.json").write_text(
+        json.dumps({"models": "a.pth", "template": "t.xyz", "fparam": 0.5, "aparam": [1, 2]})
+    )
+    config = build_config(load_config_file(tmp_path / "c.json"), {})
+    assert config.fparam == (0.5,) and config.aparam == (1.0, 2.0)
+    (tmp_path / "bad.json").write_text(json.dumps({"fparam": ["x"]}))
+    with pytest.raises(ConfigError, match="'fparam' must be a number or a non-empty list of numbers"):
+        load_config_file(tmp_path / "bad.json")

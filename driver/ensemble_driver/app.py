@@ -20,13 +20,13 @@ from .config import RunConfig
 from .ensemble import LocalModel, follower_loop
 from .errors import ConfigError, DriverError, ReportedError
 from .logs import setup_logging
-from .model import DeepPotModel, check_model_file, one_line
+from .model import DeepPotModel, Parameters, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
 from .replicas import replica_loop
 from .selection import Selection, candidate_file_names, summary_file_name
 from .serving import Served, serve_connection, serve_rank0
 from .signals import Stopped, StopSignals
-from .template import Template, read_template
+from .template import Template, read_template, read_template_array
 from .transport import make_address
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,18 @@ def template_elements(template: Template, atom_type: dict[str, int] | None, type
             )
         elements.append(type_map[index])
     return elements
+
+
+def model_parameters(config: RunConfig) -> Parameters:
+    """The frame and atomic parameters of every model: --fparam, and --aparam (the same
+    for every atom) or --aparam-array (per atom, a column of the extended-XYZ template)."""
+    fparam = None if config.fparam is None else np.array(config.fparam, dtype=np.float64)
+    if config.aparam_array is not None:
+        aparam = read_template_array(config.template, config.aparam_array)
+        source = f"--aparam-array {config.aparam_array} of template {config.template}"
+        return Parameters(fparam=fparam, aparam=aparam, aparam_from=source)
+    aparam = None if config.aparam is None else np.array(config.aparam, dtype=np.float64)
+    return Parameters(fparam=fparam, aparam=aparam)
 
 
 def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -> None:
@@ -199,8 +211,9 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
         log.warning("--out-freq 0: the ensemble is loaded but no deviation is computed")
 
     def load():
+        parameters = model_parameters(config)
         with signals.interruptible():
-            models = [DeepPotModel(config.models[i], type_map=config.type_map) for i in mine]
+            models = [DeepPotModel(config.models[i], type_map=config.type_map, parameters=parameters) for i in mine]
         elements = None
         if rank == 0:
             elements = template_elements(template, config.atom_type, models[0].type_map)

@@ -28,6 +28,11 @@ examples:
   # a deepmd-kit dp_ipi input file works as it is:
   ensemble-driver run --config dp_ipi.json
 
+  # a model trained with numb_fparam 1 (LAMMPS: pair_style deepmd m.pth fparam 0.6), and
+  # one with numb_aparam 1 taking each atom's value from the column 'q' of an extxyz template:
+  ensemble-driver run --models m.pth --template init.xyz --unix --address cuau --fparam 0.6
+  ensemble-driver run --models a.pth --template init.extxyz --unix --address cuau --aparam-array q
+
   # an ensemble of 4 models on 4 MPI ranks, path integrals with 8 beads: the deviation
   # of every bead every 10 steps in model_devi1.out .. model_devi8.out
   mpiexec -n 4 ensemble-driver run --models m0.pth m1.pth m2.pth m3.pth \\
@@ -151,6 +156,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="where the models run: 'cuda' binds each rank one GPU of its node, round-robin by "
         "its rank on the node; 'auto' does so when the node has GPUs, else the CPU (default: auto)",
     )
+    add_parameter_options(sysg, "a column of the template (extended XYZ, its Properties= line)")
     sysg.add_argument(
         "--pbc",
         action=argparse.BooleanOptionalAction,
@@ -254,6 +260,31 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def add_parameter_options(group, array_from: str) -> None:
+    """Frame and atomic parameters (LAMMPS's fparam and aparam), for run and devi."""
+    group.add_argument(
+        "--fparam",
+        nargs="+",
+        type=float,
+        metavar="V",
+        help="frame parameters of every model, for models trained with numb_fparam (LAMMPS's "
+        "'fparam'): as many values as the models take (default: none)",
+    )
+    group.add_argument(
+        "--aparam",
+        nargs="+",
+        type=float,
+        metavar="V",
+        help="atomic parameters, the same for every atom, for models trained with numb_aparam "
+        "(LAMMPS's 'aparam'): as many values as the models take per atom (default: none)",
+    )
+    group.add_argument(
+        "--aparam-array",
+        metavar="NAME",
+        help=f"atomic parameters per atom instead: the per-atom array NAME of {array_from} (default: none)",
+    )
+
+
 def add_trust_options(group, virial: bool = True) -> None:
     """DP-GEN's trust levels, for run, devi and plot."""
     group.add_argument(
@@ -353,6 +384,7 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--type-map", nargs="+", metavar="NAME", help="element names of the models' types")
     p.add_argument("--batch", type=int, default=8, help="frames per model call (default: %(default)s)")
+    add_parameter_options(p, "every frame of the trajectories (extended XYZ)")
     p.add_argument(
         "--out-file",
         default="model_devi.out",
@@ -396,6 +428,9 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "sockets_prefix": args.sockets_prefix,
         "connect_timeout": args.connect_timeout,
         "type_map": tuple(args.type_map) if args.type_map else None,
+        "fparam": tuple(args.fparam) if args.fparam else None,
+        "aparam": tuple(args.aparam) if args.aparam else None,
+        "aparam_array": args.aparam_array,
         "pbc": args.pbc,
         "device": args.device,
         "connections": args.connections,
@@ -519,6 +554,9 @@ def _cmd_devi(args: argparse.Namespace) -> int:
         append=args.append,
         trust=levels,
         batch=max(1, args.batch),
+        fparam=tuple(args.fparam) if args.fparam else None,
+        aparam=tuple(args.aparam) if args.aparam else None,
+        aparam_array=args.aparam_array,
     )
     return run_devi(settings)
 

@@ -24,6 +24,7 @@ does.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -55,6 +56,10 @@ class RunConfig:
     # scale-out: connections to the server, and ranks holding model 0
     connections: int = 1
     model0_ranks: int | None = None  # None: one per connection
+    # frame and atomic parameters of every model (LAMMPS's fparam/aparam)
+    fparam: tuple[float, ...] | None = None
+    aparam: tuple[float, ...] | None = None
+    aparam_array: str | None = None  # per-atom values: this extended-XYZ array of the template
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
@@ -125,6 +130,11 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if self.overwrite and self.append:
             raise ConfigError("--overwrite and --append exclude each other")
+        if self.aparam is not None and self.aparam_array is not None:
+            raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
+        for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
         if self.step_offset < 0:
             raise ConfigError(f"--step-offset must be >= 0, got {self.step_offset}")
         if self.step_offset and not self.append:
@@ -192,6 +202,22 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ):
             return value
         raise bad("an integer")
+    if name in ("fparam", "aparam"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (float(value),)
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            return tuple(float(v) for v in value)
+        if value is None:
+            return None
+        raise bad("a number or a non-empty list of numbers")
+    if name == "aparam_array":
+        if value is None or isinstance(value, str):
+            return value
+        raise bad("the name of an array of the template")
     if name in ("relative", "relative_v", "trust_lo", "trust_hi", "trust_lo_v", "trust_hi_v"):
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return None if value is None else float(value)

@@ -7,6 +7,10 @@ backend installed beside the driver works.
 
 Units are DeePMD's: Angstrom, eV, eV/Angstrom; the virial is -V * stress (eV), 3x3,
 indexed like the cell with lattice vectors as rows.
+
+Frame and atomic parameters (a model trained with ``numb_fparam``/``numb_aparam``) are
+given to a model when it is made (:class:`Parameters`) and passed to deepmd-kit on every
+call, as LAMMPS's ``pair_style deepmd ... fparam V aparam V`` does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,102 @@ class BatchEvaluation:
     energy: np.ndarray  # (nframes,)
     forces: np.ndarray  # (nframes, nat, 3)
     virial: np.ndarray  # (nframes, 3, 3)
+
+
+def _numbers(values: np.ndarray) -> str:
+    return " ".join(f"{v:g}" for v in np.ravel(values))
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The frame and atomic parameters every model of a run is evaluated with.
+
+    As LAMMPS's ``pair_style deepmd`` (deepmd-kit ``source/lmp/pair_deepmd.cpp``,
+    ``settings``): ``fparam`` is the model's ``dim_fparam`` values for every frame;
+    ``aparam`` is either ``dim_aparam`` values for every atom (LAMMPS's ``aparam``
+    keyword) or one row of ``dim_aparam`` values per atom, in the template's atom order.
+    ``*_from`` says where the values came from, for error messages."""
+
+    fparam: np.ndarray | None = field(default=None, compare=False)  # (dim_fparam,)
+    aparam: np.ndarray | None = field(default=None, compare=False)  # (dim_aparam,) or (natoms, dim_aparam)
+    fparam_from: str = "--fparam"
+    aparam_from: str = "--aparam"
+
+    @property
+    def aparam_per_atom(self) -> bool:
+        return self.aparam is not None and self.aparam.ndim == 2
+
+    def describe(self) -> str:
+        """The parameters for a log line ('' when none)."""
+        parts = []
+        if self.fparam is not None:
+            parts.append(f"fparam {_numbers(self.fparam)} ({self.fparam_from})")
+        if self.aparam is not None:
+            if self.aparam_per_atom:
+                parts.append(f"aparam per atom, {self.aparam.shape[1]} value(s) each ({self.aparam_from})")
+            else:
+                parts.append(f"aparam {_numbers(self.aparam)} for every atom ({self.aparam_from})")
+        return ", ".join(parts)
+
+    def check(self, path: str, dim_fparam: int, dim_aparam: int, default_fparam: bool) -> None:
+        """One ConfigError line naming the model and the values if they do not fit it."""
+        if self.fparam is None:
+            if dim_fparam and not default_fparam:
+                raise ConfigError(
+                    f"model {path} needs {dim_fparam} frame parameter(s) (numb_fparam {dim_fparam}): "
+                    f"give them with --fparam"
+                )
+        elif not dim_fparam:
+            raise ConfigError(
+                f"model {path} takes no frame parameters, but {self.fparam_from} gives {_numbers(self.fparam)}"
+            )
+        elif self.fparam.size != dim_fparam:
+            raise ConfigError(
+                f"model {path} takes {dim_fparam} frame parameter(s), but {self.fparam_from} gives "
+                f"{self.fparam.size} ({_numbers(self.fparam)})"
+            )
+        if self.aparam is None:
+            if dim_aparam:
+                raise ConfigError(
+                    f"model {path} needs {dim_aparam} atomic parameter(s) per atom (numb_aparam {dim_aparam}): "
+                    "give them with --aparam (the same for every atom) or --aparam-array (per atom, an extended-XYZ column)"
+                )
+        elif not dim_aparam:
+            raise ConfigError(
+                f"model {path} takes no atomic parameters, but {self.aparam_from} gives "
+                + (f"{self.aparam.shape[1]} per atom" if self.aparam_per_atom else _numbers(self.aparam))
+            )
+        elif self.aparam.shape[-1] != dim_aparam:
+            given = (
+                f"{self.aparam.shape[1]} value(s) per atom"
+                if self.aparam_per_atom
+                else f"{self.aparam.size} ({_numbers(self.aparam)})"
+            )
+            raise ConfigError(
+                f"model {path} takes {dim_aparam} atomic parameter(s) per atom, but {self.aparam_from} gives {given}"
+            )
+
+    def arrays(self, nframes: int, natoms: int, aparam: np.ndarray | None = None):
+        """(fparam (nframes, dim_fparam) or None, aparam (nframes, natoms, dim_aparam) or
+        None) for a call on ``nframes`` structures; ``aparam`` (nframes, natoms, dim)
+        replaces the run's own (``devi`` reads them from every frame)."""
+        fparam = None if self.fparam is None else np.tile(np.asarray(self.fparam, dtype=np.float64), (nframes, 1))
+        if aparam is not None:
+            return fparam, np.asarray(aparam, dtype=np.float64).reshape(nframes, natoms, -1)
+        if self.aparam is None:
+            return fparam, None
+        if self.aparam_per_atom:
+            if self.aparam.shape[0] != natoms:
+                raise ModelError(
+                    f"{self.aparam_from} has values for {self.aparam.shape[0]} atoms, the structure has {natoms}"
+                )
+            per_frame = self.aparam
+        else:
+            per_frame = np.tile(self.aparam, (natoms, 1))
+        return fparam, np.tile(np.asarray(per_frame, dtype=np.float64)[None], (nframes, 1, 1))
+
+
+NO_PARAMETERS = Parameters()
 
 
 def check_model_file(path: str | Path) -> None:
@@ -96,9 +196,18 @@ class DeepPotModel:
     """A DeePMD model loaded through ``deepmd.infer.DeepPot``.
 
     ``type_map`` replaces the element names stored in the model (one per type index).
+    ``parameters``: the frame and atomic parameters of every evaluation, checked against
+    the model's ``get_dim_fparam()``/``get_dim_aparam()`` here (a ConfigError if they
+    do not fit).
     """
 
-    def __init__(self, path: str | Path, *, type_map: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        type_map: Sequence[str] | None = None,
+        parameters: Parameters = NO_PARAMETERS,
+    ):
         self.path = str(path)
         check_model_file(path)
         try:
@@ -111,6 +220,15 @@ class DeepPotModel:
             self._dp = DeepPot(self.path)
         except Exception as exc:
             raise ModelError(f"cannot load model {self.path}: {one_line(exc)}") from None
+        if type(getattr(self._dp, "deep_eval", None)).__module__ == "deepmd.dpmodel.infer.deep_eval":
+            # deepmd-kit's backend-neutral format (.dp, .yaml) is evaluated in NumPy, which
+            # has no derivatives: forces and virial come back NaN (deepmd-kit 3.2,
+            # deepmd/dpmodel/infer/deep_eval.py, DeepEval._eval_model fills missing outputs)
+            raise ModelError(
+                f"model {self.path}: deepmd-kit evaluates this backend-neutral format in NumPy, "
+                f"without forces or virial; convert it to a backend first, e.g. "
+                f"dp convert-backend {self.path} {Path(self.path).with_suffix('.pth')}"
+            )
         stored = list(self._dp.get_type_map())
         ntypes = int(self._dp.get_ntypes())
         if type_map:
@@ -119,15 +237,19 @@ class DeepPotModel:
             self.type_map = list(type_map)
         else:
             self.type_map = stored
-        for what, dim in (("frame", self._dp.get_dim_fparam()), ("atomic", self._dp.get_dim_aparam())):
-            if dim:
-                raise ModelError(
-                    f"model {self.path} needs {what} parameters ({what[0]}param, {dim} values), "
-                    "which the i-PI protocol cannot carry"
-                )
+        dim_fparam, dim_aparam = int(self._dp.get_dim_fparam()), int(self._dp.get_dim_aparam())
+        default_fparam = bool(getattr(self._dp, "has_default_fparam", lambda: False)())
+        parameters.check(self.path, dim_fparam, dim_aparam, default_fparam)
+        self.parameters = parameters
         self.rcut = float(self._dp.get_rcut())
         self._direct = _direct_evaluator(self._dp)
-        log.debug("loaded %s: type map %s, rcut %.2f A", self.path, self.type_map, self.rcut)
+        log.debug(
+            "loaded %s: type map %s, rcut %.2f A%s",
+            self.path,
+            self.type_map,
+            self.rcut,
+            f"; {parameters.describe()}" if parameters.describe() else "",
+        )
 
     def atom_types(self, elements: Sequence[str], template: str = "the template") -> np.ndarray:
         """Model type index of every atom, matched by name whatever order either uses."""
@@ -166,23 +288,40 @@ class DeepPotModel:
         return times
 
     def evaluate_batch(
-        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray
+        self,
+        positions: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: np.ndarray,
+        *,
+        aparam: np.ndarray | None = None,
     ) -> BatchEvaluation:
         """Evaluate ``nframes`` structures in one call: positions (nframes, nat, 3),
-        cells (nframes, 3, 3) or None."""
+        cells (nframes, 3, 3) or None; with the model's parameters, except that
+        ``aparam`` (nframes, nat, dim_aparam), if given, replaces its atomic ones."""
+        nframes, nat = positions.shape[:2]
+        params = self.parameters.arrays(nframes, nat, aparam)
         if self._direct is not None and self._direct.checked:
-            return self._direct(positions, cells, atom_types)
-        result = self._plain_eval(positions, cells, atom_types)
+            return self._direct(positions, cells, atom_types, *params)
+        result = self._plain_eval(positions, cells, atom_types, *params)
         if self._direct is not None:
-            self._direct = self._direct.verified_against(result, positions, cells, atom_types, self.path)
+            self._direct = self._direct.verified_against(result, positions, cells, atom_types, params, self.path)
         return result
 
-    def _plain_eval(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
-        """``DeepPot.eval`` on a batch (the path when the direct one is off or unchecked)."""
+    def _plain_eval(
+        self,
+        positions: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: np.ndarray,
+        fparam: np.ndarray | None = None,
+        aparam: np.ndarray | None = None,
+    ) -> BatchEvaluation:
+        """``DeepPot.eval`` on a batch (the path when the direct one is off or unchecked).
+        ``fparam`` (nframes, dim_fparam) and ``aparam`` (nframes, nat, dim_aparam): the
+        shapes deepmd-kit's ``DeepEval._standard_input`` (deepmd/infer/deep_eval.py) takes."""
         nframes, nat = positions.shape[:2]
         coords = positions.reshape(nframes, nat * 3)
         boxes = None if cells is None else cells.reshape(nframes, 9)
-        energy, forces, virial = self._dp.eval(coords, boxes, atom_types)[:3]
+        energy, forces, virial = self._dp.eval(coords, boxes, atom_types, fparam=fparam, aparam=aparam)[:3]
         return BatchEvaluation(
             energy=np.asarray(energy, dtype=np.float64).reshape(nframes),
             forces=np.asarray(forces, dtype=np.float64).reshape(nframes, nat, 3),
@@ -196,16 +335,20 @@ class _Direct:
     backend = "?"
     checked = False
 
-    def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+    def __call__(
+        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+    ) -> BatchEvaluation:
         raise NotImplementedError
 
-    def verified_against(self, expected: BatchEvaluation, positions, cells, atom_types, path: str) -> _Direct | None:
+    def verified_against(
+        self, expected: BatchEvaluation, positions, cells, atom_types, params, path: str
+    ) -> _Direct | None:
         """Self, marked checked, if it reproduces ``expected`` (``DeepPot.eval`` on the same
         structures) to rounding (1e-10 of each quantity's largest value); None otherwise."""
         if not all(np.isfinite(getattr(expected, k)).all() for k in ("energy", "forces", "virial")):
             return self  # nothing to compare on (atoms on top of each other?): check on the next structure
         try:
-            got = self(positions, cells, atom_types)
+            got = self(positions, cells, atom_types, *params)
             # TorchScript's first (profiling) runs may round differently in the last bit, and
             # TensorFlow sums a virial of many atoms in another order when fewer outputs are
             # fetched: compare to rounding on the scale of each quantity
@@ -237,7 +380,9 @@ class _TorchDirect(_Direct):
 
     This calls the same neighbour-list strategy and model ``DeepPot.eval`` calls
     (deepmd-kit 3.2: ``DeepEval._eval_lower_strategy``, or the model itself when no
-    strategy is selected) with tensors made once per shape. It relies on names private
+    strategy is selected) with tensors made once per shape, and the frame and atomic
+    parameters as ``DeepEval._eval_model`` passes them (fparam (nframes, dim_fparam),
+    aparam (nframes, nat, dim_aparam), float64 on the device). It relies on names private
     to deepmd-kit, so it is used only when they are all there, for plain energy models
     (no spin, no modifier) in float64, and only after the first structure of the run gave
     results equal to ``DeepPot.eval``'s to rounding (1e-10) (checked on every model, every rank); any
@@ -268,8 +413,6 @@ class _TorchDirect(_Direct):
                 and hasattr(de, "_nlist_builder")
                 and getattr(de, "modifier", None) is None
                 and not getattr(de, "_has_spin", True)
-                and not de.get_dim_fparam()
-                and not de.get_dim_aparam()
             )
             if not usable:
                 return None
@@ -279,7 +422,9 @@ class _TorchDirect(_Direct):
             return None
         return cls(de, torch, DEVICE)
 
-    def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+    def __call__(
+        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+    ) -> BatchEvaluation:
         torch = self._torch
         nframes, nat = positions.shape[:2]
         types = self._types.get((nframes, nat))
@@ -290,11 +435,13 @@ class _TorchDirect(_Direct):
         box = None
         if cells is not None:
             box = torch.as_tensor(np.ascontiguousarray(cells, dtype=np.float64), device=self._device)
+        fp = None if fparam is None else torch.as_tensor(np.ascontiguousarray(fparam, np.float64), device=self._device)
+        ap = None if aparam is None else torch.as_tensor(np.ascontiguousarray(aparam, np.float64), device=self._device)
         de = self._de
         if de._nlist_builder is not None:
-            out = de._eval_lower_strategy(coord, types, box, None, None, None, False)
+            out = de._eval_lower_strategy(coord, types, box, fp, ap, None, False)
         else:
-            out = de.dp(coord, types, box=box, do_atomic_virial=False, fparam=None, aparam=None, charge_spin=None)
+            out = de.dp(coord, types, box=box, do_atomic_virial=False, fparam=fp, aparam=ap, charge_spin=None)
             if isinstance(out, tuple):
                 out = out[0]
         return BatchEvaluation(
@@ -356,7 +503,10 @@ class _TFDirect(_Direct):
             log.debug("direct TensorFlow evaluation not available: %s", one_line(exc))
             return None
 
-    def __call__(self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray) -> BatchEvaluation:
+    def __call__(
+        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+    ) -> BatchEvaluation:
+        # fparam and aparam are always None: a model that takes them is not used here
         nframes, nat = positions.shape[:2]
         key = (nframes, nat, cells is None)
         if key != self._key or not np.array_equal(atom_types, self._types):

@@ -15,6 +15,11 @@ Input formats:
 - anything else ASE reads (extxyz, LAMMPS dumps with ``--format lammps-dump-text``, VASP,
   ASE trajectories, ...).
 
+Frame and atomic parameters, for models trained with them, are given as for ``run``:
+``--fparam`` and ``--aparam`` (the same for every frame), or ``--aparam-array NAME``: the
+per-atom array NAME of every frame (extended XYZ), so that each frame is evaluated with
+its own values, as ``dp model-devi`` takes them from a system's ``aparam.npy``.
+
 The step of a row is the trajectory's own (i-PI's ``Step:``, also inside the
 ``ipi_comment`` of its ``format='ase'`` extxyz, or extxyz ``step=``) when it
 carries one, else the frame's index times ``--stride``.
@@ -40,10 +45,10 @@ import numpy as np
 from . import parallel
 from .deviation import model_deviation
 from .errors import ConfigError, DriverError, ModelError
-from .model import DeepPotModel, check_model_file
+from .model import DeepPotModel, Parameters, check_model_file
 from .output import BeadFiles, bead_file_names
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
-from .template import read_ipi_frame
+from .template import atom_array, read_ipi_frame
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Frame:
     positions: np.ndarray  # (nat, 3) Angstrom
     cell: np.ndarray | None  # (3, 3) Angstrom, rows = lattice vectors; None: not periodic
     step: int | None
+    aparam: np.ndarray | None = None  # (nat, k): the --aparam-array values of this frame
 
 
 def read_ipi_xyz(path: Path) -> list[Frame]:
@@ -82,12 +88,18 @@ def is_ipi_xyz(path: Path) -> bool:
         return "CELL(" in f.readline()
 
 
-def read_frames(path: str | Path, fmt: str | None = None) -> list[Frame]:
-    """Every frame of one trajectory file (i-PI xyz or anything ASE reads)."""
+def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | None = None) -> list[Frame]:
+    """Every frame of one trajectory file (i-PI xyz or anything ASE reads); with
+    ``aparam_array``, each frame's per-atom array of that name too."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"trajectory {path}: no such file")
     if fmt in (None, "ipi") and path.suffix == ".xyz" and is_ipi_xyz(path):
+        if aparam_array is not None:
+            raise ConfigError(
+                f"trajectory {path}: an i-PI xyz file has no per-atom arrays, so no {aparam_array!r} "
+                "for --aparam-array (use extended XYZ)"
+            )
         return read_ipi_xyz(path)
     if fmt == "ipi":
         raise ConfigError(f"trajectory {path}: not an i-PI xyz file (no CELL(...) on its second line)")
@@ -98,7 +110,7 @@ def read_frames(path: str | Path, fmt: str | None = None) -> list[Frame]:
     except Exception as exc:  # ASE raises many kinds
         raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
     frames = []
-    for atoms in images:
+    for k, atoms in enumerate(images):
         periodic = bool(atoms.pbc.any())
         step = atoms.info.get("step", atoms.info.get("timestep"))
         if step is None and isinstance(atoms.info.get("ipi_comment"), str):
@@ -111,6 +123,7 @@ def read_frames(path: str | Path, fmt: str | None = None) -> list[Frame]:
                 atoms.positions.copy(),
                 atoms.cell.array.copy() if periodic else None,
                 int(step) if step is not None else None,
+                None if aparam_array is None else atom_array(atoms, aparam_array, f"trajectory {path}, frame {k}"),
             )
         )
     return frames
@@ -132,6 +145,9 @@ class DeviSettings:
     append: bool = False
     trust: TrustLevels | None = None
     batch: int = 8
+    fparam: tuple[float, ...] | None = None
+    aparam: tuple[float, ...] | None = None
+    aparam_array: str | None = None  # per-atom values: this array of every frame
 
     def validated(self) -> DeviSettings:
         if len(self.models) < 2:
@@ -145,7 +161,31 @@ class DeviSettings:
         for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
             if value is not None and not value >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.aparam is not None and self.aparam_array is not None:
+            raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
+        for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
+            if values is not None and not np.isfinite(values).all():
+                raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
         return self
+
+    def parameters(self, series: Sequence[list[Frame]]) -> Parameters:
+        """The parameters every model is made with. With --aparam-array the first frame's
+        array stands for all (each call gets its frames' own): it is what the models'
+        dimensions are checked against; every frame's must have its shape."""
+        fparam = None if self.fparam is None else np.array(self.fparam, dtype=np.float64)
+        if self.aparam_array is None:
+            aparam = None if self.aparam is None else np.array(self.aparam, dtype=np.float64)
+            return Parameters(fparam=fparam, aparam=aparam)
+        first = series[0][0].aparam
+        for path, frames in zip(self.trajectories, series):
+            for k, frame in enumerate(frames):
+                if frame.aparam.shape[1] != first.shape[1]:
+                    raise ConfigError(
+                        f"trajectory {path}, frame {k}: array {self.aparam_array!r} has {frame.aparam.shape[1]} "
+                        f"column(s), frame 0 of {self.trajectories[0]} has {first.shape[1]}"
+                    )
+        source = f"--aparam-array {self.aparam_array} of trajectory {self.trajectories[0]}"
+        return Parameters(fparam=fparam, aparam=first, aparam_from=source)
 
 
 def _progress(done: int, total: int, started: float) -> None:
@@ -195,7 +235,7 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     comm = comm if comm is not None else parallel.world()
     for path in settings.models:
         check_model_file(path)
-    series = [read_frames(t, settings.fmt) for t in settings.trajectories]
+    series = [read_frames(t, settings.fmt, settings.aparam_array) for t in settings.trajectories]
     for path, frames in zip(settings.trajectories, series):
         if not frames:
             raise ConfigError(f"trajectory {path}: no frames")
@@ -223,7 +263,10 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
     model call per chunk and model); the group's first rank gathers the chunk's forces
     and virials of all models and keeps the rows."""
     n_models = len(settings.models)
-    models = {m: DeepPotModel(settings.models[m], type_map=settings.type_map) for m in layout.models}
+    parameters = settings.parameters(series)
+    models = {
+        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
+    }
     types = {
         (s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
         for s, frames in enumerate(series)
@@ -240,9 +283,10 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
         frames = [series[s][i] for _, i in chunk]
         positions = np.stack([f.positions for f in frames])
         cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
+        aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
         forces, virials = {}, {}
         for m, model in models.items():
-            result = model.evaluate_batch(positions, cells, types[(s, m)])
+            result = model.evaluate_batch(positions, cells, types[(s, m)], aparam=aparam)
             if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
                 raise ModelError(
                     f"model {settings.models[m]} returned non-finite forces or virial on "

@@ -107,6 +107,8 @@ def serve_rank0(served: Served, elements, files, selection) -> int:
         "periodic" if served.periodic else "not periodic",
         config.models[0],
     )
+    if served.members[0].model.parameters.describe():
+        log.info("every model evaluated with %s", served.members[0].model.parameters.describe())
     if files is not None:
         log.info(
             "%d models on %d rank(s) %s; deviation every %d steps to %s",

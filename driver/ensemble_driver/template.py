@@ -142,3 +142,41 @@ def read_template(path: str | Path) -> Template:
         positions=atoms.get_positions(),
         cell=atoms.cell.array.copy() if periodic else None,
     )
+
+
+def atom_array(atoms, name: str, where: str) -> np.ndarray:
+    """The per-atom array ``name`` of an ASE Atoms read from extended XYZ, as
+    (natoms, columns) float64. Raises ConfigError naming ``where`` and the arrays there."""
+    values = atoms.arrays.get(name)
+    if values is None and atoms.calc is not None:
+        values = atoms.calc.results.get(name)  # ASE keeps some names (charges, ...) as results
+    if values is None:
+        known = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        raise ConfigError(
+            f"{where} has no per-atom array {name!r} (its arrays: {', '.join(known) or 'none'}); "
+            "name a column of an extended XYZ Properties= line"
+        )
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: array {name!r} is not numeric") from None
+    values = values.reshape(len(atoms), -1)
+    if not np.isfinite(values).all():
+        raise ConfigError(f"{where}: array {name!r} has values that are not finite numbers")
+    return values
+
+
+def read_template_array(path: str | Path, name: str) -> np.ndarray:
+    """The per-atom array ``name`` of the template's first frame (an extended XYZ column
+    declared in its ``Properties=`` line), as (natoms, columns)."""
+    path = Path(path)
+    where = f"template {path}"
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as exc:  # ASE raises many types
+        raise ConfigError(
+            f"{where}: ASE cannot read it, so it has no array {name!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    return atom_array(atoms, name, where)

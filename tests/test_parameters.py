@@ -1,0 +1,251 @@
+"""Frame and atomic parameters (--fparam, --aparam, --aparam-array) with the shipped
+models trained with ``numb_fparam: 1`` and ``numb_aparam: 1``
+(examples/models/make_param_models.py), against deepmd-kit's own DeepPot.eval with the
+same parameters: under a real i-PI 3.3 (one model), under mpiexec (an ensemble of two,
+the deviation rows), in ``devi``, and the bad values refused with one line."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import write
+from conftest import IPI_INPUTS, MODELS, tool
+from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
+from test_ipi import check_run_against_model
+
+from ensemble_driver import units
+from ensemble_driver.deviation import Deviation
+from ensemble_driver.output import format_row, header_line
+from ensemble_driver.template import read_template
+
+STEPS = 4
+FPARAM = [0.6]
+APARAM = [0.3]
+FMODELS = [MODELS / "fparam0.pth", MODELS / "fparam1.pth"]
+AMODELS = [MODELS / "aparam0.pth", MODELS / "aparam1.pth"]
+
+
+class WithParameters:
+    """DeepPot.eval with frame and atomic parameters: the reference of these tests."""
+
+    def __init__(self, reference, fparam=None, aparam=None):
+        self.reference, self.fparam, self.aparam = reference, fparam, aparam
+
+    def eval(self, path, atoms, periodic: bool = True):
+        dp = self.reference.deeppot(path)
+        tmap = dp.get_type_map()
+        atype = [tmap.index(s) for s in atoms.get_chemical_symbols()]
+        cell = atoms.cell.array.reshape(1, 9) if periodic else None
+        e, f, v = dp.eval(atoms.positions.reshape(1, -1), cell, atype, fparam=self.fparam, aparam=self.aparam)[:3]
+        return float(np.ravel(e)[0]), np.asarray(f).reshape(-1, 3), np.asarray(v).reshape(3, 3)
+
+
+def template_with_array(path, name: str = "q", columns: int = 1, seed: int = 3) -> np.ndarray:
+    """The shipped init.xyz as extended XYZ with a per-atom array ``name``; returns it."""
+    template = read_template(IPI_INPUTS / "init.xyz")
+    atoms = Atoms(list(template.labels), positions=template.positions, cell=template.cell, pbc=True)
+    values = np.random.default_rng(seed).uniform(size=(template.natoms, columns))
+    atoms.arrays[name] = values[:, 0] if columns == 1 else values
+    write(path, atoms, format="extxyz")
+    return values
+
+
+@pytest.mark.parametrize("case", ["fparam", "aparam", "aparam-array"])
+def test_forces_ipi_receives_are_deeppot_eval_with_the_parameters(tmp_path, address, reference, case):
+    """One model under i-PI (NVT; the template array case as PIMD with 2 beads): every
+    energy, force and virial i-PI received is DeepPot.eval's with the same parameters
+    (1e-6), and not the one with other values (so the parameters did reach the model)."""
+    nbeads, template, xml = 1, tmp_path / "init.xyz", "nvt.xml"
+    if case == "fparam":
+        model, args, given, other = FMODELS[0], ["--fparam", "0.6"], {"fparam": FPARAM}, {"fparam": [0.1]}
+    elif case == "aparam":
+        model, args, given, other = AMODELS[0], ["--aparam", "0.3"], {"aparam": APARAM}, {"aparam": [0.9]}
+    else:
+        template, xml, nbeads = tmp_path / "init_q.extxyz", "pimd.xml", 2
+        q = template_with_array(template)
+        model, args = AMODELS[0], ["--aparam-array", "q"]
+        given, other = {"aparam": q.reshape(1, -1)}, {"aparam": q.reshape(1, -1)[:, ::-1]}
+    command = driver_command([model], template, address, "--init-each", *args)
+    run = run_ipi(tmp_path, xml, address=address, steps=STEPS, nbeads=nbeads, drivers=[command])
+    check_run_against_model(run, model, WithParameters(reference, **given))
+    assert run.evaluations_per_rid() == {b: STEPS + 1 for b in range(nbeads)}
+    assert "every model evaluated with " in run.driver_logs[0]
+    frame, received = run.trajectory("pos", 0)[-1], run.trajectory("for", 0)[-1].get_forces()
+    _, f_other, _ = WithParameters(reference, **other).eval(model, frame)
+    assert np.abs(received - f_other).max() > 1e-4 * np.abs(f_other).max()
+
+
+def expected_rows(run, models, reference, symbols, out_freq: int) -> dict[int, list[str]]:
+    """Every bead's rows from i-PI's binary positions (the numbers it sent), each model
+    evaluated by DeepPot.eval with the parameters, the deviation by deepmd-kit's
+    calc_model_devi_f / calc_model_devi_v (as tests/test_ensemble.py)."""
+    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
+
+    rows: dict[int, list[str]] = {}
+    frames: dict[int, list[Atoms]] = {}
+    for bead in range(run.nbeads):
+        rows[bead], frames[bead] = [], []
+        for step, h, q in read_ipi_binary(run.workdir / f"{run.prefix}.bin_{bead}.bin", STEPS + 1):
+            if step % out_freq:
+                continue
+            cell, positions = units.cell_from_wire(h), units.positions_from_wire(q)
+            atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
+            atoms.info["step"] = step
+            frames[bead].append(atoms)
+            results = [reference.eval(path, atoms) for path in models]
+            forces = np.array([f for _, f, _ in results])
+            per_atom = np.array([v.reshape(9) for _, _, v in results]) / len(positions)
+            fmax, fmin, favg = (x[0] for x in calc_model_devi_f(forces[:, None]))
+            vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(per_atom[:, None]))
+            rows[bead].append(format_row(step, Deviation(vmax, vmin, vavg, fmax, fmin, favg)))
+    return rows, frames
+
+
+@pytest.mark.parametrize("case", ["fparam", "aparam-array"])
+def test_ensemble_rows_and_devi_with_the_parameters(tmp_path, address, reference, symbols, case):
+    """Two models on two ranks (PIMD, 2 beads): every deviation row equals the one made
+    from DeepPot.eval with the parameters; ``devi`` with the same options, on the very
+    structures i-PI sent (extended XYZ, 8 decimals), gives the same rows to 1e-6."""
+    out_freq, nbeads = 2, 2
+    live = tmp_path / "live"
+    live.mkdir()
+    if case == "fparam":
+        models, template, args = FMODELS, live / "init.xyz", ["--fparam", "0.6"]
+        ref = WithParameters(reference, fparam=FPARAM)
+    else:
+        template = live / "init_q.extxyz"
+        q = template_with_array(template, seed=5)
+        models, args = AMODELS, ["--aparam-array", "q"]
+        ref = WithParameters(reference, aparam=q.reshape(1, -1))
+    command = mpiexec(2, driver_command(models, template, address, "--nbeads", "2", "--out-freq", "2", *args))
+    run = run_ipi(
+        live,
+        "pimd.xml",
+        address=address,
+        steps=STEPS,
+        nbeads=nbeads,
+        drivers=[command],
+        outputs=(*CHECK_OUTPUTS, BIN_OUTPUT),
+    )
+    check_run_against_model(run, models[0], ref)  # the dynamics: model 0 with the parameters
+    expected, frames = expected_rows(run, models, ref, symbols, out_freq)
+    for bead in range(nbeads):
+        lines = bead_file(live, bead).read_text().splitlines(keepends=True)
+        assert lines[0] == header_line(atomic=False)
+        assert lines[1:] == expected[bead], (case, bead)
+        assert [int(line.split()[0]) for line in lines[1:]] == [0, 2, 4]
+
+    post = tmp_path / "post"
+    post.mkdir()
+    trajectories = []
+    for bead in range(nbeads):
+        if case != "fparam":
+            for atoms in frames[bead]:
+                atoms.arrays["q"] = q[:, 0]  # every frame carries its own array for devi
+        trajectories.append(post / f"bead{bead}.extxyz")
+        write(trajectories[-1], frames[bead], format="extxyz")
+    proc = subprocess.run(
+        [tool("ensemble-driver"), "devi", *map(str, trajectories), "--models", *map(str, models), *args],
+        cwd=post,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for bead in range(nbeads):
+        mine = np.loadtxt(bead_file(post, bead), ndmin=2)
+        live_rows = np.loadtxt(bead_file(live, bead), ndmin=2)
+        np.testing.assert_array_equal(mine[:, 0], live_rows[:, 0])
+        np.testing.assert_allclose(mine[:, 1:], live_rows[:, 1:], rtol=1e-6, atol=1e-9)
+
+
+def one_error_line(proc) -> str:
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+BAD = {
+    "fparam missing": (
+        [FMODELS[0]],
+        [],
+        f"ensemble-driver: error: model {FMODELS[0]} needs 1 frame parameter(s) (numb_fparam 1): give them with --fparam",
+    ),
+    "fparam not taken": (
+        [MODELS / "m0.pth"],
+        ["--fparam", "0.5"],
+        f"ensemble-driver: error: model {MODELS / 'm0.pth'} takes no frame parameters, but --fparam gives 0.5",
+    ),
+    "fparam count": (
+        [FMODELS[0]],
+        ["--fparam", "1", "2"],
+        f"ensemble-driver: error: model {FMODELS[0]} takes 1 frame parameter(s), but --fparam gives 2 (1 2)",
+    ),
+    "aparam count": (
+        [AMODELS[0]],
+        ["--aparam", "0.1", "0.2"],
+        f"ensemble-driver: error: model {AMODELS[0]} takes 1 atomic parameter(s) per atom, but --aparam gives 2 (0.1 0.2)",
+    ),
+    "aparam missing": ([AMODELS[0]], [], f"ensemble-driver: error: model {AMODELS[0]} needs 1 atomic parameter(s)"),
+    "array missing": ([AMODELS[0]], ["--aparam-array", "charge"], "has no per-atom array 'charge' (its arrays: q)"),
+    "array shape": (
+        [AMODELS[0]],
+        ["--aparam-array", "q2"],
+        "takes 1 atomic parameter(s) per atom, but --aparam-array q2 of template",
+    ),
+    "both aparams": (
+        [AMODELS[0]],
+        ["--aparam", "1", "--aparam-array", "q"],
+        "ensemble-driver: error: --aparam and --aparam-array exclude each other",
+    ),
+    "not finite": ([FMODELS[0]], ["--fparam", "nan"], "ensemble-driver: error: --fparam must be finite numbers"),
+    # the second model, on rank 1, takes no frame parameters: every model is checked
+    "rank 1": (
+        [FMODELS[0], MODELS / "m1.pth"],
+        ["--fparam", "0.6"],
+        f"ensemble-driver: error: rank 1: model {MODELS / 'm1.pth'} takes no frame parameters, but --fparam gives 0.6",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_parameters_are_refused_with_one_line_before_connecting(tmp_path, address, case):
+    """No server runs: the driver must fail as the models load, with status 2 and one
+    line, never reaching the connection (it would wait --connect-timeout for it)."""
+    models, args, message = BAD[case]
+    template = tmp_path / "init_q.extxyz"
+    template_with_array(template)
+    if case == "array shape":
+        template_with_array(template, name="q2", columns=2)
+    command = driver_command(models, template, address, *args)
+    command[command.index("--connect-timeout") + 1] = "600"  # a connection attempt would time the test out
+    if len(models) > 1:
+        command = mpiexec(2, command)
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc)
+    assert line.startswith(message) if message.startswith("ensemble-driver") else message in line, line
+
+
+def test_devi_refuses_bad_parameters(tmp_path):
+    values = template_with_array(tmp_path / "frames.extxyz", seed=1)
+    assert values.shape == (32, 1)
+    for args, status, message in (
+        ([], 2, "needs 1 atomic parameter(s) per atom (numb_aparam 1)"),
+        (["--aparam-array", "nope"], 2, "trajectory frames.extxyz, frame 0 has no per-atom array 'nope'"),
+        (["--aparam", "1", "--fparam", "1"], 2, "takes no frame parameters, but --fparam gives 1"),
+    ):
+        proc = subprocess.run(
+            [tool("ensemble-driver"), "devi", "frames.extxyz", "--models", *map(str, AMODELS), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == status, proc.stderr[-3000:]
+        assert message in one_error_line(proc)
