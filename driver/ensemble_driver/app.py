@@ -114,15 +114,17 @@ def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -
         )
 
 
-def log_layout(comm, layout: parallel.Layout, models: Sequence[str], placement: devices.Placement) -> None:
-    """Rank 0 logs where every rank runs, which models it holds and its role (collective)."""
+def log_layout(comm, layout: parallel.Layout, models: Sequence[str], placement: devices.Placement) -> list[str]:
+    """Rank 0 logs where every rank runs, which models it holds and its role (collective);
+    every rank gets the host of every rank."""
     where = comm.allgather((parallel.host_name(), str(placement)))
     if comm.rank != 0:
-        return
+        return [host for host, _ in where]
     for rank, (host, device) in enumerate(where):
         held = ", ".join(f"model {i} {models[i]}" for i in layout.models_of[rank])
         role = f" ({layout.role(rank)})" if layout.model0_ranks > 1 else ""
         log.info("rank %d on %s (%s): %s%s", rank, host, device, held, role)
+    return [host for host, _ in where]
 
 
 def open_deviation_files(config: RunConfig) -> BeadFiles:
@@ -184,9 +186,9 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         return config, layout, address, template, files, selection, placement
 
     config, layout, address, template, files, selection, placement = collective(comm, check_inputs)
-    log_layout(comm, layout, config.models, placement)
+    hosts = log_layout(comm, layout, config.models, placement)
     try:
-        return _run_checked(config, comm, layout, address, template, files, selection, signals)
+        return _run_checked(config, comm, layout, address, template, files, selection, signals, hosts)
     except BaseException:
         if files is not None:
             files.discard_unused()
@@ -204,7 +206,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
                 )
 
 
-def _run_checked(config, comm, layout, address, template, files, selection, signals: StopSignals) -> int:
+def _run_checked(config, comm, layout, address, template, files, selection, signals: StopSignals, hosts) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
@@ -239,9 +241,11 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
     elif rank in layout.batch_replicas:
         status = replica_loop(comm, members[0], natoms=template.natoms, signals=signals)
     elif rank != 0:
-        status = serve_connection(Served(config, comm, layout, address, template, members, periodic, signals, counter))
+        status = serve_connection(
+            Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
+        )
     else:
-        served = Served(config, comm, layout, address, template, members, periodic, signals, counter)
+        served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
         status = serve_rank0(served, elements, files, selection)
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)

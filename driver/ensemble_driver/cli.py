@@ -117,6 +117,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--connect-timeout", type=float, metavar="SECONDS", help="keep retrying to connect for this long (default: 60)"
     )
     conn.add_argument(
+        "--server-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="end the run (status 4, rows whole) if the server sends nothing for this long while the driver "
+        "waits for it (a stopped server, a lost host or network), or another rank of the job does not answer "
+        "for this long; 0: wait forever (default: 3600, far beyond a live i-PI's silence between requests)",
+    )
+    conn.add_argument(
         "--init-each",
         dest="init_every_step",
         action=argparse.BooleanOptionalAction,
@@ -427,6 +435,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "port": args.port,
         "sockets_prefix": args.sockets_prefix,
         "connect_timeout": args.connect_timeout,
+        "server_timeout": args.server_timeout,
         "type_map": tuple(args.type_map) if args.type_map else None,
         "fparam": tuple(args.fparam) if args.fparam else None,
         "aparam": tuple(args.aparam) if args.aparam else None,

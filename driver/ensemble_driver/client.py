@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import units
-from .errors import ProtocolError, UnsupportedTransport
-from .protocol import Wire, check_transport, parse_init_text
+from .errors import ProtocolError, ServerSilent, UnsupportedTransport
+from .protocol import Wire, check_transport, parse_init_text, silence_message
 from .signals import NoSignals, StopSignals
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ class Session:
         signals: StopSignals | None = None,
         next_step: Callable[[int], int] | None = None,
         idle: Callable[[], None] | None = None,
+        server_timeout: float | None = None,
     ):
         self.wire = wire
+        self.server_timeout = server_timeout
         self.next_step = next_step
         self.idle = idle
         self.signals = signals if signals is not None else NoSignals()
@@ -140,8 +143,7 @@ class Session:
             else:
                 with self.signals.interruptible():  # between requests: safe to stop here
                     if self.idle is not None:
-                        while not wire.readable(IDLE_POLL_S):
-                            self.idle()
+                        self._wait_idle()
                     header = wire.read_header()
             if header is None:
                 log.info("server closed the connection after %d evaluations", self.stats.evaluations)
@@ -157,6 +159,16 @@ class Session:
             elif header == "EXIT":
                 log.info("server sent EXIT after %d evaluations", self.stats.evaluations)
                 return EndReason.EXIT
+
+    def _wait_idle(self) -> None:
+        """Wait for the server's next message, calling ``idle`` every IDLE_POLL_S; the
+        silence is bounded by ``server_timeout`` here (the socket's timeout bounds the
+        reads themselves, see transport.connect)."""
+        started = time.monotonic()
+        while not self.wire.readable(IDLE_POLL_S):
+            self.idle()  # type: ignore[misc]
+            if self.server_timeout and time.monotonic() - started > self.server_timeout:
+                raise ServerSilent(silence_message(self.server_timeout))
 
     def _on_init(self) -> None:
         msg = self.wire.read_init()

@@ -47,6 +47,10 @@ class RunConfig:
     port: int | None = None
     sockets_prefix: str = DEFAULT_SOCKETS_PREFIX
     connect_timeout: float = 60.0
+    # how long the server may be silent while the driver waits for it (0: forever); also
+    # how long another rank may take to answer. An hour: never cuts a slow but live run
+    # (see docs/failures.md, "Silence")
+    server_timeout: float = 3600.0
     type_map: tuple[str, ...] | None = None
     atom_type: Mapping[str, int] | None = field(default=None, hash=False)
     pbc: bool | None = None  # None: from the template
@@ -111,6 +115,8 @@ class RunConfig:
             raise ConfigError(f"--device must be one of {', '.join(CHOICES)}, got {self.device!r}")
         if self.connect_timeout < 0:
             raise ConfigError(f"--connect-timeout must be >= 0, got {self.connect_timeout}")
+        if not self.server_timeout >= 0:
+            raise ConfigError(f"--server-timeout must be >= 0 (0: wait forever), got {self.server_timeout}")
         if self.out_freq < 0:
             raise ConfigError(f"--out-freq must be >= 0 (0: no deviation), got {self.out_freq}")
         if self.nbeads < 1:
@@ -222,7 +228,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return None if value is None else float(value)
         raise bad("a number or null")
-    if name == "connect_timeout":
+    if name in ("connect_timeout", "server_timeout"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")

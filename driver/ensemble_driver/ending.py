@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import parallel
-from .errors import DriverError
+from .errors import DriverError, RankLost
 from .jobs import JobPipeline
 from .rows import RowWriter
 
@@ -32,6 +32,8 @@ STOP_DEADLINE_S = 60.0
 #: (ensemble.FOLLOWER_SIGNAL_GRACE_S).
 ABORT_DRAIN_S = 5.0
 ABORT_DRAIN_MAX_S = 20.0
+#: How long the live ranks have to take their STOP after a rank was lost (errors.RankLost).
+LOST_RANK_STOP_S = 2.0
 
 
 def abort_drain_s(latest_row_s: float) -> float:
@@ -70,19 +72,27 @@ def finish(
         if others is not None:
             error = others(error)
     finally:
-        stop_followers(jobs, list(stop), error.exit_status if error is not None else 0)
-        rows.close()
+        rows.close()  # first: a lost rank below ends the job at once
+        status = error.exit_status if error is not None else 0
+        if isinstance(error, RankLost):
+            # a lost rank never takes its STOP: the others take theirs, and rank 0, once it
+            # has printed why, ends the job with MPI_Abort (cli.exit_now)
+            stop_followers(jobs, list(stop), status, LOST_RANK_STOP_S, abort=False)
+        else:
+            stop_followers(jobs, list(stop), status)
     return error
 
 
-def stop_followers(jobs: JobPipeline, ranks: list[int], status: int) -> None:
-    """STOP with ``status`` to ``ranks``; abort the MPI job if they do not take it
-    (with the jobs' own sends) within STOP_DEADLINE_S."""
+def stop_followers(
+    jobs: JobPipeline, ranks: list[int], status: int, deadline_s: float = STOP_DEADLINE_S, *, abort: bool = True
+) -> None:
+    """STOP with ``status`` to ``ranks``; abort the MPI job (if ``abort``) when they do
+    not take it (with the jobs' own sends) within ``deadline_s``."""
     if not ranks:
         return
     stop = np.array([parallel.KIND_STOP, float(status)])
     sends = [jobs.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in ranks]
     sends.extend(jobs.sends_in_flight())
-    if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + STOP_DEADLINE_S):
-        log.error("followers did not take the stop message within %.0f s: aborting the MPI job", STOP_DEADLINE_S)
+    if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + deadline_s) and abort:
+        log.error("followers did not take the stop message within %.0f s: aborting the MPI job", deadline_s)
         jobs.comm.Abort(status or 1)

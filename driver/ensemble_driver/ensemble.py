@@ -92,6 +92,8 @@ class Leader:
         replicas: Model0Replicas | None = None,
         hub: Hub | None = None,
         watch: Callable[[], None] | None = None,
+        rank_timeout: float | None = None,
+        hosts: Sequence[str] = (),
     ):
         self.model0 = local[0]
         self.periodic = periodic
@@ -107,7 +109,9 @@ class Leader:
         self.rows = RowWriter(
             self.sink, relative=settings.relative, relative_v=settings.relative_v, atomic=settings.atomic
         )
-        self.jobs = JobPipeline(comm, layout, local[1:], natoms=natoms, sink=self.rows.write)
+        self.jobs = JobPipeline(
+            comm, layout, local[1:], natoms=natoms, sink=self.rows.write, rank_timeout=rank_timeout, hosts=hosts
+        )
 
     @property
     def batch_steps(self) -> dict[int, int]:

@@ -39,6 +39,16 @@ class ServerLost(ProtocolError):
     (a killed server): the reply could not be delivered."""
 
 
+class ServerSilent(ProtocolError):
+    """Raised when the server has sent nothing for ``--server-timeout`` seconds while the
+    driver waits for it (a stopped server, a lost host or network)."""
+
+
+class RankLost(ProtocolError):
+    """Raised on rank 0 when another rank has not answered for ``--server-timeout``
+    seconds (its host or the network is gone)."""
+
+
 class UnsupportedTransport(ProtocolError):
     """Raised when the server announces a transport this driver does not implement."""
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import parallel
 from .client import Request
 from .deviation import Deviation
-from .errors import DriverError, ModelError
+from .errors import DriverError, ModelError, RankLost
 from .model import DeepPotModel, Evaluation
 
 #: Deviation jobs the leader lets run ahead of the followers before it waits for them.
@@ -86,8 +86,12 @@ class JobPipeline:
         *,
         natoms: int,
         sink: Callable[[Job], Deviation | None],
+        rank_timeout: float | None = None,
+        hosts: Sequence[str] = (),
     ):
         self.comm = comm
+        self.rank_timeout = rank_timeout  # a follower silent this long on the oldest job is lost
+        self.hosts = list(hosts)
         self.layout = layout
         self.local_extra = list(local_extra)
         self.natoms = natoms
@@ -152,6 +156,7 @@ class JobPipeline:
 
     def _collect_receives(self) -> None:
         self._check_follower_errors()
+        self._check_silence()
         for job in self.queue:
             for rank, (req, buf) in list(job.receives.items()):
                 if req.Test():
@@ -162,6 +167,22 @@ class JobPipeline:
                     for k, model in enumerate(models):
                         job.put(model, energies[k], forces[k], virials[k])
                     del job.receives[rank]
+
+    def _check_silence(self) -> None:
+        """Fail if the oldest job has waited longer than ``rank_timeout`` for a follower:
+        its host or the network is gone (a live follower answers in its model time)."""
+        if not self.rank_timeout or not self.queue or not self.queue[0].receives or self.fatal is not None:
+            return
+        waited = time.monotonic() - self.queue[0].dispatched
+        if waited > self.rank_timeout:
+            ranks = sorted(self.queue[0].receives)
+            where = ", ".join(f"rank {r}" + (f" on {self.hosts[r]}" if r < len(self.hosts) else "") for r in ranks)
+            self._fail(
+                RankLost(
+                    f"{where} has not answered for {waited:.0f} s (--server-timeout {self.rank_timeout:g}): "
+                    "its host or the network is gone"
+                )
+            )
 
     def _check_follower_errors(self) -> None:
         for rank in self.followers:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ProtocolError, ServerLost, UnsupportedTransport
+from .errors import ProtocolError, ServerLost, ServerSilent, UnsupportedTransport
 
 HEADER_LEN = 12
 #: Longest INIT text accepted. i-PI sends " key : value , " per <parameters> entry:
@@ -94,6 +94,13 @@ def check_transport(init: InitParameters) -> None:
         )
 
 
+def silence_message(seconds: float) -> str:
+    return (
+        f"the server sent nothing for {seconds:g} s (--server-timeout {seconds:g}): it is stopped, or its host "
+        "or the network is gone"
+    )
+
+
 class _EndOfStream(Exception):
     def __init__(self, received: int):
         super().__init__(received)
@@ -125,6 +132,8 @@ class Wire:
                 n = self.sock.recv_into(view[got:], size - got)
             except (ConnectionResetError, ConnectionAbortedError):  # a reset, or the socket destroyed
                 n = 0
+            except TimeoutError:  # the socket's timeout: --server-timeout (see transport.connect)
+                raise ServerSilent(silence_message(self.sock.gettimeout())) from None
             if n == 0:
                 raise _EndOfStream(got)
             got += n

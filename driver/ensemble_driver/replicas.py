@@ -18,26 +18,41 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import parallel
-from .errors import DriverError, ModelError, ReportedError
+from .errors import DriverError, ModelError, RankLost, ReportedError
 from .jobs import LocalModel
 from .model import BatchEvaluation
 from .signals import NoSignals, Stopped, StopSignals
 
 log = logging.getLogger(__name__)
 
-#: How long rank 0 waits for a replica's slice before it gives up on the replica: a
-#: slice takes as long as rank 0's own, so this is far beyond any live replica.
-SLICE_DEADLINE_S = 600.0
+#: The longest a replica sleeps between looks for its next slice: a slice is on the
+#: critical path of the step (rank 0 waits for it), so a replica looks often (a look is
+#: an MPI_Iprobe of a few microseconds), where followers, off the critical path, sleep up
+#: to 2 ms (parallel.wait_for).
+REPLICA_MAX_SLEEP_S = 1e-4
 
 
 class Model0Replicas:
-    """Rank 0's side: one batch evaluated over rank 0 and the replicas."""
+    """Rank 0's side: one batch evaluated over rank 0 and the replicas. A replica that
+    has not answered its slice within ``deadline_s`` (--server-timeout; a slice takes as
+    long as rank 0's own) is lost."""
 
-    def __init__(self, comm, model0: LocalModel, replicas: Sequence[int], natoms: int):
+    def __init__(
+        self,
+        comm,
+        model0: LocalModel,
+        replicas: Sequence[int],
+        natoms: int,
+        *,
+        deadline_s: float | None = None,
+        hosts: Sequence[str] = (),
+    ):
         self.comm = comm
         self.model0 = model0
         self.replicas = list(replicas)
         self.natoms = natoms
+        self.deadline_s = deadline_s
+        self.hosts = list(hosts)
 
     def evaluate_batch(self, positions: np.ndarray, cells: np.ndarray | None) -> BatchEvaluation:
         slices = np.array_split(np.arange(len(positions)), 1 + len(self.replicas))
@@ -54,11 +69,12 @@ class Model0Replicas:
         )
         parts = [(own.energy, own.forces, own.virial)]
         for rank, send, recv, result, _ in sent:
-            if not parallel.wait_for(
-                lambda r=rank, q=recv: q.Test() or self._failed(r), deadline=time.monotonic() + SLICE_DEADLINE_S
-            ):
-                raise ModelError(
-                    f"rank {rank} (a replica of model 0) did not answer its slice within {SLICE_DEADLINE_S:.0f} s"
+            deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+            if not parallel.wait_for(lambda r=rank, q=recv: q.Test() or self._failed(r), deadline=deadline):
+                host = f" on {self.hosts[rank]}" if rank < len(self.hosts) else ""
+                raise RankLost(
+                    f"rank {rank}{host} (a replica of model 0) has not answered for {self.deadline_s:g} s "
+                    f"(--server-timeout {self.deadline_s:g}): its host or the network is gone"
                 )
             parallel.wait_for(send.Test)
             parts.append(parallel.unpack_batch_result(result, self.natoms))
@@ -88,7 +104,7 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
                 if signals.received_at is not None and time.monotonic() - signals.received_at > FOLLOWER_SIGNAL_GRACE_S:
                     raise Stopped(signals.received)
                 time.sleep(pause)
-                pause = min(2 * pause, 2e-3)
+                pause = min(2 * pause, REPLICA_MAX_SLEEP_S)
         buf = np.empty(count)
         comm.Recv(buf, source=0, tag=parallel.TAG_CONTROL)
         if buf[0] == parallel.KIND_STOP:

@@ -77,6 +77,8 @@ class BeadRows:
         self.flush()
         if self.files is not None:
             self.files.close()
+        if self.selection is not None:
+            self.selection.close()  # the candidates and devi_summary.json, whole
 
 
 class RemoteRows:

@@ -43,6 +43,7 @@ class Served:
     periodic: bool
     signals: StopSignals
     counter: parallel.StepCounter | None
+    hosts: list[str]
 
     def leader(self, **pieces) -> Leader:
         return Leader(
@@ -52,6 +53,8 @@ class Served:
             natoms=self.template.natoms,
             periodic=self.periodic,
             settings=deviation_settings(self.config),
+            rank_timeout=self.config.server_timeout or None,
+            hosts=self.hosts,
             **pieces,
         )
 
@@ -76,7 +79,7 @@ def run_session(
     config, signals = served.config, served.signals
     try:
         with signals.interruptible():
-            sock = connect(served.address, config.connect_timeout)
+            sock = connect(served.address, config.connect_timeout, server_timeout=config.server_timeout)
         with sock:
             session = Session(
                 Wire(sock, served.template.natoms),
@@ -86,6 +89,7 @@ def run_session(
                 signals=signals,
                 next_step=served.counter.next_step if served.counter is not None else None,
                 idle=idle,
+                server_timeout=config.server_timeout,
             )
             reason = session.run()
             log.info("run ended: %s", reason.value)
@@ -124,7 +128,14 @@ def serve_rank0(served: Served, elements, files, selection) -> int:
     hub = Hub(served.comm, layout.connection_ranks[1:], sink) if config.connections > 1 else None
     replicas = None
     if layout.batch_replicas:
-        replicas = Model0Replicas(served.comm, served.members[0], layout.batch_replicas, template.natoms)
+        replicas = Model0Replicas(
+            served.comm,
+            served.members[0],
+            layout.batch_replicas,
+            template.natoms,
+            deadline_s=config.server_timeout or None,
+            hosts=served.hosts,
+        )
     watch = hub.idle if hub is not None else None
     leader = served.leader(sink=sink, replicas=replicas, hub=hub, watch=watch)
     session, _, error = run_session(served, leader, idle=watch)

@@ -82,10 +82,37 @@ def _open(address: Address) -> socket.socket:
     return sock
 
 
-def connect(address: Address, timeout: float, retry_interval: float = 0.2) -> socket.socket:
+def bound_silence(sock: socket.socket, server_timeout: float | None) -> None:
+    """Bound how long a read may wait for the server (``--server-timeout``; None or 0:
+    forever). On INET also TCP keepalive, so that a peer whose host or link is gone is
+    noticed while the connection is idle, and TCP_USER_TIMEOUT, so that data sent to it
+    and never acknowledged fails the connection after the same time (Linux, tcp(7))."""
+    if not server_timeout:
+        sock.settimeout(None)
+        return
+    sock.settimeout(server_timeout)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # probes after a third of the timeout, then every tenth, 3 unanswered: dead
+    options = (
+        ("TCP_KEEPIDLE", max(1, int(server_timeout / 3))),
+        ("TCP_KEEPINTVL", max(1, int(server_timeout / 10))),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(server_timeout * 1000)),
+    )
+    for name, value in options:
+        if hasattr(socket, name):  # Linux has all four; others some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def connect(
+    address: Address, timeout: float, retry_interval: float = 0.2, server_timeout: float | None = None
+) -> socket.socket:
     """Connect to the server, retrying until ``timeout`` seconds have passed.
 
-    Returns a blocking socket. Raises ConnectError with the last reason on failure.
+    Returns a socket whose reads wait at most ``server_timeout`` (see bound_silence).
+    Raises ConnectError with the last reason on failure.
     """
     deadline = time.monotonic() + max(timeout, 0.0)
     attempts = 0
@@ -109,4 +136,5 @@ def connect(address: Address, timeout: float, retry_interval: float = 0.2) -> so
             time.sleep(min(retry_interval, max(deadline - time.monotonic(), 0.0)))
             continue
         log.info("connected to %s", address.describe())
+        bound_silence(sock, server_timeout)
         return sock
