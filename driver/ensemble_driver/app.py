@@ -17,6 +17,7 @@ import numpy as np
 
 from . import devices, parallel
 from .config import RunConfig
+from .dumps import TrajFiles, traj_layout
 from .ensemble import LocalModel, follower_loop
 from .errors import ConfigError, DriverError, ReportedError
 from .logs import setup_logging
@@ -127,6 +128,12 @@ def log_layout(comm, layout: parallel.Layout, models: Sequence[str], placement: 
     return [host for host, _ in where]
 
 
+def open_traj_files(config: RunConfig) -> TrajFiles:
+    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+    layout = traj_layout(config.traj_files, config.out_file, config.nbeads)
+    return TrajFiles(layout, mode=mode, step_offset=config.step_offset)
+
+
 def open_deviation_files(config: RunConfig) -> BeadFiles:
     mode = "append" if config.append else "overwrite" if config.overwrite else "new"
     names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
@@ -168,7 +175,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         template = read_template(config.template)
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
-        files = selection = None
+        files = selection = traj = None
         deviation_on = config.out_freq > 0 and len(config.models) > 1
         if rank == 0 and deviation_on:
             levels = config.trust_levels()
@@ -182,13 +189,16 @@ def _run(config_source, comm, signals: StopSignals) -> int:
                     mode=mode,
                     step_offset=config.step_offset,
                 )
+            if config.traj_files is not None:  # first: its checks leave no deviation file behind
+                traj = open_traj_files(config)
             files = open_deviation_files(config)
-        return config, layout, address, template, files, selection, placement
+        return config, layout, address, template, (files, selection, traj), placement
 
-    config, layout, address, template, files, selection, placement = collective(comm, check_inputs)
+    config, layout, address, template, outputs, placement = collective(comm, check_inputs)
+    files, selection, traj = outputs
     hosts = log_layout(comm, layout, config.models, placement)
     try:
-        return _run_checked(config, comm, layout, address, template, files, selection, signals, hosts)
+        return _run_checked(config, comm, layout, address, template, outputs, signals, hosts)
     except BaseException:
         if files is not None:
             files.discard_unused()
@@ -196,6 +206,8 @@ def _run(config_source, comm, signals: StopSignals) -> int:
     finally:
         if files is not None:
             files.close()
+        if traj is not None:
+            traj.close()
         if selection is not None:
             selection.close()
             if selection.rows:
@@ -206,7 +218,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
                 )
 
 
-def _run_checked(config, comm, layout, address, template, files, selection, signals: StopSignals, hosts) -> int:
+def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
@@ -246,7 +258,7 @@ def _run_checked(config, comm, layout, address, template, files, selection, sign
         )
     else:
         served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
-        status = serve_rank0(served, elements, files, selection)
+        status = serve_rank0(served, elements, *outputs)
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)
     return status

@@ -204,6 +204,15 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "{bead} counted from 0, e.g. 'devi/bead{bead:02d}.out' (default: dpgen)",
     )
     dev.add_argument(
+        "--traj-files",
+        metavar="NAMING",
+        help="also write the structure of every deviation row, just before the row, as a LAMMPS dump frame "
+        "(id type x y z fx fy fz; model 0's forces), laid out as DP-GEN's or dpgen2's own LAMMPS runs lay "
+        "them out, beside the deviation files: 'dpgen' (traj/STEP.lammpstrj, "
+        "traj/STEP.lammpstrjBEAD for beads), 'dpgen2' (traj.dump, traj.BEAD.dump), or a pattern "
+        "with {bead} (from 0) and optionally {step} (default: none)",
+    )
+    dev.add_argument(
         "--atomic",
         action="store_true",
         default=None,
@@ -450,6 +459,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "out_freq": args.out_freq,
         "nbeads": args.nbeads,
         "bead_files": args.bead_files,
+        "traj_files": args.traj_files,
         "atomic": args.atomic,
         "relative": args.relative,
         "relative_v": args.relative_v,

@@ -69,6 +69,7 @@ class RunConfig:
     out_freq: int = 100
     nbeads: int = 1
     bead_files: str = "dpgen"
+    traj_files: str | None = None  # dumps.PRESETS or a pattern: a LAMMPS dump frame beside every row
     atomic: bool = False
     relative: float | None = None
     relative_v: float | None = None
@@ -149,6 +150,11 @@ class RunConfig:
             raise ConfigError("--committee-json sends every model's results: it needs two or more --models")
         if self.committee_json and self.extras:
             raise ConfigError("--committee-json and --extras exclude each other (both fill the extras)")
+        if self.traj_files is not None and (self.out_freq == 0 or len(self.models) < 2):
+            raise ConfigError(
+                "--traj-files writes the structure of every deviation row: it needs two or more --models and "
+                "--out-freq > 0"
+            )
         if self.trust_levels() is not None and (self.out_freq == 0 or len(self.models) < 2):
             raise ConfigError(
                 "--trust-lo/--trust-hi select candidates by the deviation: they need "
@@ -232,6 +238,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")
+    if name == "traj_files":
+        if value is None or isinstance(value, str):
+            return value
+        raise bad("a string or null")
     if name in ("template", "address", "sockets_prefix", "out_file", "bead_files", "device"):
         if isinstance(value, str):
             return value

@@ -95,8 +95,7 @@ class Hub:
     def poll(self) -> None:
         """Take in the rows and DONE messages that have arrived."""
         while (message := parallel.poll_object(self.comm, parallel.TAG_ROW)) is not None:
-            rid, step, row, positions, cell = message[1]
-            self.rows.put(rid, step, row, positions, cell)
+            self.rows.put(*message[1])
         while (message := parallel.poll_object(self.comm, parallel.TAG_DONE)) is not None:
             rank, done = message
             self.done[rank] = done

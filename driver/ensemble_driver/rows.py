@@ -19,6 +19,7 @@ import numpy as np
 
 from . import parallel
 from .deviation import Deviation, model_deviation
+from .dumps import TrajFiles, lammps_frame
 from .jobs import Job
 from .output import BeadFiles
 from .selection import Selection
@@ -33,28 +34,43 @@ class BeadRows:
     held until the one ``out_freq`` steps before it is written. None: rows are written as
     they come (one connection, whose rows come in step order)."""
 
-    def __init__(self, files: BeadFiles | None, selection: Selection | None, *, out_freq: int | None = None):
+    def __init__(
+        self,
+        files: BeadFiles | None,
+        selection: Selection | None,
+        *,
+        out_freq: int | None = None,
+        traj: TrajFiles | None = None,
+        types: np.ndarray | None = None,
+    ):
         self.files = files
         self.selection = selection
         self.out_freq = out_freq
+        self.traj = traj  # --traj-files: each row's frame, written just before the row
+        self.types = types  # model 0's type index of every atom, for the frames
         self.rows_by_bead: dict[int, int] = {}
         self._held: dict[int, dict[int, tuple]] = {}
         self._next: dict[int, int] = {}
 
-    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
+        """A row, with its structure and model 0's forces on it (for its frame)."""
         if self.out_freq is None:
-            self._write(rid, step, row, positions, cell)
+            self._write(rid, step, row, positions, cell, forces)
             return
         held = self._held.setdefault(rid, {})
-        held[step] = (row, positions, cell)
+        held[step] = (row, positions, cell, forces)
         expected = self._next.get(rid, 0)
         while expected in held:
             self._write(rid, expected, *held.pop(expected))
             expected += self.out_freq
         self._next[rid] = expected
 
-    def _write(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
-        if self.files is not None and self.files.write(rid, step, row):
+    def _write(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
+        if self.files is None or rid >= len(self.files.names):
+            return
+        if self.traj is not None:  # the frame first: a row never lands without its frame
+            self.traj.write(rid, step, lambda labelled: lammps_frame(labelled, positions, cell, self.types, forces))
+        if self.files.write(rid, step, row):
             self.rows_by_bead[rid] = self.rows_by_bead.get(rid, 0) + 1
             if self.selection is not None:
                 self.selection.add(rid, step, row, positions, cell)
@@ -77,6 +93,8 @@ class BeadRows:
         self.flush()
         if self.files is not None:
             self.files.close()
+        if self.traj is not None:
+            self.traj.close()
         if self.selection is not None:
             self.selection.close()  # the candidates and devi_summary.json, whole
 
@@ -88,9 +106,10 @@ class RemoteRows:
         self.comm = comm
         self._sends: list = []
 
-    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell: np.ndarray | None) -> None:
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
         self._sends = [s for s in self._sends if not s.Test()]
-        self._sends.append(self.comm.isend((rid, step, row, positions, cell), dest=0, tag=parallel.TAG_ROW))
+        message = (rid, step, row, positions, cell, forces)
+        self._sends.append(self.comm.isend(message, dest=0, tag=parallel.TAG_ROW))
 
     def close(self) -> None:
         parallel.wait_for(lambda: all(s.Test() for s in self._sends), deadline=time.monotonic() + 60.0)
@@ -114,7 +133,7 @@ class RowWriter:
         row = model_deviation(
             job.forces, job.virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic
         )
-        self.sink.put(job.rid, job.step, row, job.positions, job.cell)
+        self.sink.put(job.rid, job.step, row, job.positions, job.cell, job.forces[0])
         return row
 
     def close(self) -> None:

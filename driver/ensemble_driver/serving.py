@@ -101,7 +101,7 @@ def run_session(
     return session, reason, error
 
 
-def serve_rank0(served: Served, elements, files, selection) -> int:
+def serve_rank0(served: Served, elements, files, selection, traj) -> int:
     """Rank 0: its connection, every row, and the end of the job."""
     config, layout, template = served.config, served.layout, served.template
     log.info(
@@ -124,7 +124,13 @@ def serve_rank0(served: Served, elements, files, selection) -> int:
         )
     if selection is not None:
         selection.symbols = list(elements)
-    sink = BeadRows(files, selection, out_freq=config.out_freq if config.connections > 1 else None)
+    sink = BeadRows(
+        files,
+        selection,
+        out_freq=config.out_freq if config.connections > 1 else None,
+        traj=traj,
+        types=served.members[0].atom_types,
+    )
     hub = Hub(served.comm, layout.connection_ranks[1:], sink) if config.connections > 1 else None
     replicas = None
     if layout.batch_replicas:
