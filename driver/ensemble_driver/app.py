@@ -10,6 +10,7 @@ on rank 0 naming the rank, the file and the reason.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -188,6 +189,10 @@ def _run(config_source, comm, signals: StopSignals) -> int:
                     summary_file_name(names),
                     mode=mode,
                     step_offset=config.step_offset,
+                )
+            if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
+                raise ConfigError(
+                    f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
                 )
             if config.traj_files is not None:  # first: its checks leave no deviation file behind
                 traj = open_traj_files(config)

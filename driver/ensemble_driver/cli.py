@@ -190,6 +190,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="deviation every N steps of each bead, step 0 included; 0: never (default: 100, as LAMMPS)",
     )
     dev.add_argument(
+        "--out-freq-near",
+        type=int,
+        metavar="F",
+        help="denser monitoring where it matters: a bead whose latest row reached --trust-lo gets a row "
+        "every F steps (F < OUT_FREQ) until a row falls below it again; the extra rows are counted in the "
+        "summary (default: off)",
+    )
+    dev.add_argument(
         "--nbeads",
         type=int,
         metavar="P",
@@ -267,6 +275,20 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "read; the counts per class and bead are printed at the end and written to devi_summary.json.",
     )
     add_trust_options(sel)
+    sel.add_argument(
+        "--stop-after-failed",
+        type=int,
+        metavar="N",
+        help="stop paying for a run that has left the model's domain: after N rows classified failed (all "
+        "beads together), create --exit-file, so that i-PI ends the run cleanly (its soft exit: checkpoint "
+        "and outputs written, restartable) and every rank ends as on EXIT (default: off)",
+    )
+    sel.add_argument(
+        "--exit-file",
+        metavar="PATH",
+        help="the file --stop-after-failed creates: EXIT in i-PI's working directory (e.g. ../EXIT when the "
+        "driver runs elsewhere); its directory must exist",
+    )
     p.add_argument(
         "-v",
         "--verbose",
@@ -457,6 +479,9 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "verbose": args.verbose,
         "out_file": args.out_file,
         "out_freq": args.out_freq,
+        "out_freq_near": args.out_freq_near,
+        "stop_after_failed": args.stop_after_failed,
+        "exit_file": args.exit_file,
         "nbeads": args.nbeads,
         "bead_files": args.bead_files,
         "traj_files": args.traj_files,

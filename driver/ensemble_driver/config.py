@@ -67,6 +67,7 @@ class RunConfig:
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
+    out_freq_near: int = 0  # a row every this many steps for a bead at or above trust_lo (0: off)
     nbeads: int = 1
     bead_files: str = "dpgen"
     traj_files: str | None = None  # dumps.PRESETS or a pattern: a LAMMPS dump frame beside every row
@@ -83,6 +84,9 @@ class RunConfig:
     trust_hi: float | None = None
     trust_lo_v: float | None = None
     trust_hi_v: float | None = None
+    # the stop rule: after this many failed rows, create exit_file (i-PI's EXIT)
+    stop_after_failed: int = 0
+    exit_file: str | None = None
 
     def trust_levels(self):
         """The trust levels, or None when candidates are not selected."""
@@ -100,6 +104,30 @@ class RunConfig:
         are needed only for per-bead deviation rows, so by default only with two or more
         models; under i-PI each INIT costs ~0.3 ms of a step (benchmarks/overhead.py)."""
         return self.init_every_step if self.init_every_step is not None else len(self.models) > 1
+
+    def _check_monitoring(self) -> None:
+        """--out-freq-near and the stop rule."""
+        if self.out_freq_near < 0:
+            raise ConfigError(f"--out-freq-near must be >= 0 (0: off), got {self.out_freq_near}")
+        if self.out_freq_near:
+            if not self.out_freq_near < self.out_freq:
+                raise ConfigError(
+                    f"--out-freq-near {self.out_freq_near} must be below --out-freq {self.out_freq} (it makes the "
+                    "rows denser)"
+                )
+            if self.trust_lo is None:
+                raise ConfigError("--out-freq-near switches on at --trust-lo: give --trust-lo and --trust-hi")
+            if self.connections > 1:
+                raise ConfigError("--out-freq-near cannot be used with --connections > 1 yet")
+        if self.stop_after_failed < 0:
+            raise ConfigError(f"--stop-after-failed must be >= 0 (0: off), got {self.stop_after_failed}")
+        if self.stop_after_failed and self.trust_lo is None:
+            raise ConfigError("--stop-after-failed counts rows classified failed: give --trust-lo and --trust-hi")
+        if bool(self.stop_after_failed) != (self.exit_file is not None):
+            raise ConfigError(
+                "--stop-after-failed N and --exit-file PATH go together: the rule creates PATH (i-PI's EXIT file, "
+                "in i-PI's working directory) after N failed rows"
+            )
 
     @property
     def model0_rank_count(self) -> int:
@@ -150,6 +178,7 @@ class RunConfig:
             raise ConfigError("--committee-json sends every model's results: it needs two or more --models")
         if self.committee_json and self.extras:
             raise ConfigError("--committee-json and --extras exclude each other (both fill the extras)")
+        self._check_monitoring()
         if self.traj_files is not None and (self.out_freq == 0 or len(self.models) < 2):
             raise ConfigError(
                 "--traj-files writes the structure of every deviation row: it needs two or more --models and "
@@ -208,7 +237,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, int):
             return value
         raise bad("a boolean or an integer")
-    if name in ("port", "out_freq", "nbeads", "step_offset", "connections", "model0_ranks"):
+    if name in (
+        "port",
+        "out_freq",
+        "nbeads",
+        "step_offset",
+        "connections",
+        "model0_ranks",
+        "out_freq_near",
+        "stop_after_failed",
+    ):
         if (value is None and name in ("port", "model0_ranks")) or (
             isinstance(value, int) and not isinstance(value, bool)
         ):
@@ -238,7 +276,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")
-    if name == "traj_files":
+    if name in ("traj_files", "exit_file"):
         if value is None or isinstance(value, str):
             return value
         raise bad("a string or null")

@@ -64,6 +64,8 @@ class DeviationSettings:
     atomic: bool = False
     extras: bool = False
     committee: bool = False
+    out_freq_near: int = 0  # --out-freq-near (0: off)
+    trust_lo: float | None = None
 
 
 def check_cell(cell: np.ndarray | None, where: str) -> None:
@@ -104,10 +106,21 @@ class Leader:
         self.watch = watch  # after each reply: has another connection ended the run? (may raise)
         self._warned_idle_replicas = False
         deviation_on = settings.out_freq > 0 and layout.n_models > 1
-        self.steps = BeadSteps(out_freq=settings.out_freq, nbeads=settings.nbeads, deviation_on=deviation_on)
+        self.steps = BeadSteps(
+            out_freq=settings.out_freq,
+            nbeads=settings.nbeads,
+            deviation_on=deviation_on,
+            near_freq=settings.out_freq_near,
+            trust_lo=settings.trust_lo,
+        )
+        self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self.sink = sink if sink is not None else BeadRows(files, selection)
         self.rows = RowWriter(
-            self.sink, relative=settings.relative, relative_v=settings.relative_v, atomic=settings.atomic
+            self.sink,
+            relative=settings.relative,
+            relative_v=settings.relative_v,
+            atomic=settings.atomic,
+            on_row=lambda rid, row: self.steps.observe(rid, row.max_devi_f),
         )
         self.jobs = JobPipeline(
             comm, layout, local[1:], natoms=natoms, sink=self.rows.write, rank_timeout=rank_timeout, hosts=hosts
@@ -135,6 +148,9 @@ class Leader:
                 self.layout.model0_ranks,
                 ", ".join(map(str, self.replicas.replicas)),
             )
+        if self.steps.needs_latest_row(request.rid, request.step):
+            # --out-freq-near: whether this step gets a row depends on the bead's latest row
+            self.jobs.complete_until(self._last_job.get(request.rid))
         if self.settings.committee:  # every model on every structure
             row = self.steps.row_due(request.rid, request.step, warn=False)
             job = self.jobs.dispatch(request, cell, row=row)
@@ -142,6 +158,8 @@ class Leader:
             job = self.jobs.dispatch(request, cell)
         else:
             job = None
+        if job is not None and job.row:
+            self._last_job[request.rid] = job
         result = self.model0.evaluate(request.positions, cell, request.rid, request.step)
         if job is not None:
             job.put(0, result.energy, result.forces, result.virial)
@@ -169,6 +187,11 @@ class Leader:
     # -- i-PI's batched transport -----------------------------------------------------
     def begin_batches(self, batch_size: int, init_every_step: bool) -> None:
         """Called at the INIT that announces batching: refuse what cannot work with it."""
+        if self.settings.out_freq_near:
+            raise UnsupportedTransport(
+                "--out-freq-near cannot be used with i-PI's batched transport (<batch_size>) yet: a batch's "
+                "rows are known only once the next batch arrives"
+            )
         if self.layout.connections > 1:
             raise UnsupportedTransport(
                 f"i-PI's batched transport (<batch_size>) with --connections {self.layout.connections}: "

@@ -199,7 +199,10 @@ class JobPipeline:
     def complete_until(self, target: Job | None, deadline: float | None = None) -> Deviation | None:
         """Wait for the jobs at the head of the queue and hand them on, up to and
         including ``target`` (every job if None); return what the sink made of
-        ``target``. Stops early at a failure or when ``deadline`` (monotonic) passes."""
+        ``target``. Stops early at a failure or when ``deadline`` (monotonic) passes;
+        returns at once if ``target`` has been handed on already."""
+        if target is not None and target not in self.queue:
+            return None
         self.run_local()
         while self.queue and self.fatal is None:
             if not parallel.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):

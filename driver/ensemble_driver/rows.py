@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from .deviation import Deviation, model_deviation
 from .dumps import TrajFiles, lammps_frame
 from .jobs import Job
 from .output import BeadFiles
-from .selection import Selection
+from .selection import FAILED, Selection
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,19 @@ class BeadRows:
         out_freq: int | None = None,
         traj: TrajFiles | None = None,
         types: np.ndarray | None = None,
+        stop_after_failed: int = 0,
+        exit_file: str | None = None,
     ):
         self.files = files
         self.selection = selection
         self.out_freq = out_freq
         self.traj = traj  # --traj-files: each row's frame, written just before the row
         self.types = types  # model 0's type index of every atom, for the frames
+        # the stop rule: after this many rows classified failed (all beads together), the
+        # server's soft exit is asked for by creating exit_file (i-PI's EXIT)
+        self.stop_after_failed = stop_after_failed
+        self.exit_file = exit_file
+        self.failed = 0
         self.rows_by_bead: dict[int, int] = {}
         self._held: dict[int, dict[int, tuple]] = {}
         self._next: dict[int, int] = {}
@@ -73,7 +82,23 @@ class BeadRows:
         if self.files.write(rid, step, row):
             self.rows_by_bead[rid] = self.rows_by_bead.get(rid, 0) + 1
             if self.selection is not None:
-                self.selection.add(rid, step, row, positions, cell)
+                kind = self.selection.add(rid, step, row, positions, cell)
+                if kind == FAILED:
+                    self._count_failed(rid, step)
+
+    def _count_failed(self, rid: int, step: int) -> None:
+        self.failed += 1
+        if self.stop_after_failed and self.failed == self.stop_after_failed:
+            Path(self.exit_file).touch()  # type: ignore[arg-type]
+            log.warning(
+                "%d rows classified failed (the latest: bead %d, step %d; --stop-after-failed %d): created %s to "
+                "end the run (i-PI's soft exit)",
+                self.failed,
+                rid,
+                step,
+                self.stop_after_failed,
+                self.exit_file,
+            )
 
     def flush(self) -> None:
         """Write the rows still held (a row before them never came: the run failed)."""
@@ -118,8 +143,17 @@ class RemoteRows:
 class RowWriter:
     """Computes the rows of finished deviation jobs and puts them into ``sink``."""
 
-    def __init__(self, sink: BeadRows | RemoteRows, *, relative: float | None, relative_v: float | None, atomic: bool):
+    def __init__(
+        self,
+        sink: BeadRows | RemoteRows,
+        *,
+        relative: float | None,
+        relative_v: float | None,
+        atomic: bool,
+        on_row: Callable[[int, Deviation], None] | None = None,
+    ):
         self.sink = sink
+        self.on_row = on_row  # told every row, in order (the bead steps' --out-freq-near)
         self.relative = relative
         self.relative_v = relative_v
         self.atomic = atomic
@@ -133,6 +167,8 @@ class RowWriter:
         row = model_deviation(
             job.forces, job.virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic
         )
+        if self.on_row is not None:
+            self.on_row(job.rid, row)
         self.sink.put(job.rid, job.step, row, job.positions, job.cell, job.forces[0])
         return row
 

@@ -119,6 +119,8 @@ class Selection:
         self.summary_file = summary_file
         self.step_offset = step_offset
         self.counts = [dict.fromkeys(CLASSES, 0) for _ in self.names]
+        # --out-freq-near: the rows each bead got beyond --out-freq's (the bead steps count them)
+        self.extra_rows: dict[int, int] | None = None
         self._fds: dict[int, int] = {}
         self._flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         for name in self.names:
@@ -151,7 +153,7 @@ class Selection:
         for c in self.counts:
             for k in CLASSES:
                 total[k] += c[k]
-        return {
+        summary = {
             "trust_levels": self.levels.as_dict(),
             "beads": [
                 {"bead": b, **c, "candidate_file": self.names[b] if c[CANDIDATE] else None}
@@ -159,6 +161,11 @@ class Selection:
             ],
             "total": total,
         }
+        if self.extra_rows is not None:
+            for b, bead in enumerate(summary["beads"]):
+                bead["extra_rows_out_freq_near"] = self.extra_rows.get(b, 0)
+            total["extra_rows_out_freq_near"] = sum(self.extra_rows.get(b, 0) for b in range(len(self.counts)))
+        return summary
 
     def report(self) -> str:
         """The counts as a small table: one line per bead, and the total."""
@@ -169,6 +176,8 @@ class Selection:
             lines.append(f"{b['bead']:>6d} {b[ACCURATE]:>9d} {b[CANDIDATE]:>9d} {b[FAILED]:>9d}")
         t = s["total"]
         lines.append(f"{'all':>6s} {t[ACCURATE]:>9d} {t[CANDIDATE]:>9d} {t[FAILED]:>9d}")
+        if "extra_rows_out_freq_near" in t:
+            lines.append(f"{t['extra_rows_out_freq_near']} of these rows came from --out-freq-near")
         return "\n".join(lines)
 
     @property

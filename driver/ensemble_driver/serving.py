@@ -68,6 +68,8 @@ def deviation_settings(config: RunConfig) -> DeviationSettings:
         atomic=config.atomic,
         extras=config.extras,
         committee=config.committee_json,
+        out_freq_near=config.out_freq_near,
+        trust_lo=config.trust_lo,
     )
 
 
@@ -130,6 +132,8 @@ def serve_rank0(served: Served, elements, files, selection, traj) -> int:
         out_freq=config.out_freq if config.connections > 1 else None,
         traj=traj,
         types=served.members[0].atom_types,
+        stop_after_failed=config.stop_after_failed,
+        exit_file=config.exit_file,
     )
     hub = Hub(served.comm, layout.connection_ranks[1:], sink) if config.connections > 1 else None
     replicas = None
@@ -144,6 +148,8 @@ def serve_rank0(served: Served, elements, files, selection, traj) -> int:
         )
     watch = hub.idle if hub is not None else None
     leader = served.leader(sink=sink, replicas=replicas, hub=hub, watch=watch)
+    if selection is not None and config.out_freq_near:
+        selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
     session, _, error = run_session(served, leader, idle=watch)
     error = leader.finish(error)
     if session is not None:

@@ -34,10 +34,23 @@ class ResolvedBatch:
 class BeadSteps:
     """Deviation steps per bead, and the steps of i-PI's batched transport."""
 
-    def __init__(self, *, out_freq: int, nbeads: int, deviation_on: bool):
+    def __init__(
+        self,
+        *,
+        out_freq: int,
+        nbeads: int,
+        deviation_on: bool,
+        near_freq: int = 0,
+        trust_lo: float | None = None,
+    ):
         self.out_freq = out_freq
         self.nbeads = nbeads
         self.deviation_on = deviation_on
+        # --out-freq-near: a bead whose latest row reached trust_lo gets a row every near_freq steps
+        self.near_freq = near_freq
+        self.trust_lo = trust_lo
+        self.near: set[int] = set()
+        self.extra_rows: dict[int, int] = {}  # per bead: rows at steps out_freq alone would not have
         self._warned_rids: set[int] = set()
         # i-PI's batched transport (see resolve_batch()): the last batch, until the next one
         # tells how many of its structures were real, and the steps counted per request id
@@ -49,9 +62,14 @@ class BeadSteps:
         """A deviation row for request ``rid`` at ``step``: a deviation step of a bead
         below ``nbeads``. With ``warn``, a request id >= ``nbeads`` at a deviation step is
         named once."""
-        if not (self.deviation_on and step % self.out_freq == 0):
+        if not self.deviation_on:
+            return False
+        regular = step % self.out_freq == 0
+        if not (regular or (rid in self.near and step % self.near_freq == 0)):
             return False
         if rid < self.nbeads:
+            if not regular:
+                self.extra_rows[rid] = self.extra_rows.get(rid, 0) + 1
             return True
         if warn and rid not in self._warned_rids:
             self._warned_rids.add(rid)
@@ -62,6 +80,26 @@ class BeadSteps:
                 self.nbeads,
             )
         return False
+
+    def needs_latest_row(self, rid: int, step: int) -> bool:
+        """Whether a row at ``step`` depends on the bead's latest row (--out-freq-near):
+        a step of the dense series only, for a bead with rows."""
+        return bool(
+            self.near_freq
+            and self.deviation_on
+            and rid < self.nbeads
+            and step % self.near_freq == 0
+            and step % self.out_freq != 0
+        )
+
+    def observe(self, rid: int, max_devi_f: float) -> None:
+        """A bead's newest row: dense rows from now on while it is at or above trust_lo."""
+        if not self.near_freq:
+            return
+        if max_devi_f >= self.trust_lo:  # type: ignore[operator]
+            self.near.add(rid)
+        else:
+            self.near.discard(rid)
 
     def hold_batch(self, request: BatchRequest, energy: np.ndarray, forces: np.ndarray, virial: np.ndarray) -> None:
         """Keep a batch and model 0's answers to it until the next batch resolves it."""
