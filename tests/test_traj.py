@@ -5,8 +5,11 @@ the positions i-PI sent at that step (to the dump's 10 printed decimals)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
+import test_faults as faults
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
@@ -86,6 +89,42 @@ def test_frames_pair_with_rows(tmp_path, address, model_paths, reference, symbol
         assert last.split("\n", 1)[0] == str(steps[-1])
         xyz = np.array([[float(x) for x in line.split()[2:5]] for line in last.splitlines()[-len(symbols) :]])
         np.testing.assert_allclose(xyz, units.positions_from_wire(sent[steps[-1]][1]), atol=6e-11)
+    if naming == "dpgen2":
+        devi_rereads_the_task(tmp_path, model_paths[:3])
+
+
+def devi_rereads_the_task(task, models):
+    """`ensemble-driver devi` on the dumps (LAMMPS types named by model 0's type map) writes
+    the live run's rows again (the dumps' 10 decimals against i-PI's full precision: 1e-5)
+    and, with --traj-files, the same frames."""
+    out = task / "again"
+    out.mkdir()
+    dumps = [str(task / f"traj.{b + 1}.dump") for b in range(NBEADS)]
+    proc = subprocess.run(
+        [faults.tool("ensemble-driver"), "devi", *dumps, "--models", *map(str, models)]
+        + ["--format", "lammps-dump-text", "--bead-files", "dpgen2", "--traj-files", "dpgen2"]
+        + ["--out-file", str(out / "model_devi.out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for bead in range(NBEADS):
+        live = np.loadtxt(task / f"model_devi.{bead + 1}.out", ndmin=2)
+        again = np.loadtxt(out / f"model_devi.{bead + 1}.out", ndmin=2)
+        np.testing.assert_array_equal(again[:, 0], live[:, 0])  # the dumps' own steps
+        np.testing.assert_allclose(again[:, 1:], live[:, 1:], rtol=1e-5, atol=1e-9)
+        frames = [
+            f.split("ITEM: ATOMS")[1] for f in (out / f"traj.{bead + 1}.dump").read_text().split("ITEM: TIMESTEP")[1:]
+        ]
+        originals = [
+            f.split("ITEM: ATOMS")[1] for f in (task / f"traj.{bead + 1}.dump").read_text().split("ITEM: TIMESTEP")[1:]
+        ]
+        assert len(frames) == len(originals) == len(live)
+        for mine, theirs in zip(frames, originals):
+            a = np.array([[float(x) for x in line.split()[:5]] for line in mine.splitlines()[1:]])
+            b = np.array([[float(x) for x in line.split()[:5]] for line in theirs.splitlines()[1:]])
+            np.testing.assert_allclose(a, b, atol=2e-10)  # ids, types and positions
 
 
 def test_general_cell_is_rotated_into_lammps_box():

@@ -433,6 +433,12 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bead-files", default="dpgen", metavar="NAMING", help="per-bead names, as for run (default: dpgen)"
     )
+    p.add_argument(
+        "--traj-files",
+        metavar="NAMING",
+        help="also write every row's frame as a LAMMPS dump, as run does: 'dpgen', 'dpgen2' or a pattern "
+        "(default: none)",
+    )
     p.add_argument("--atomic", action="store_true", help="also write the force deviation of every atom")
     p.add_argument("--relative", type=float, metavar="NU", help="relative force deviation (as run)")
     p.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation (as run)")
@@ -601,6 +607,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
         fparam=tuple(args.fparam) if args.fparam else None,
         aparam=tuple(args.aparam) if args.aparam else None,
         aparam_array=args.aparam_array,
+        traj_files=args.traj_files,
     )
     return run_devi(settings)
 

@@ -38,12 +38,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from . import parallel
 from .deviation import model_deviation
+from .dumps import TrajFiles, lammps_frame, traj_layout
 from .errors import ConfigError, DriverError, ModelError
 from .model import DeepPotModel, Parameters, check_model_file
 from .output import BeadFiles, bead_file_names
@@ -62,6 +64,7 @@ class Frame:
     cell: np.ndarray | None  # (3, 3) Angstrom, rows = lattice vectors; None: not periodic
     step: int | None
     aparam: np.ndarray | None = None  # (nat, k): the --aparam-array values of this frame
+    types: np.ndarray | None = None  # a LAMMPS dump's atom types (from 1), until named by a type map
 
 
 def read_ipi_xyz(path: Path) -> list[Frame]:
@@ -109,6 +112,7 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
         images = ase.io.read(path, index=":", format=fmt)
     except Exception as exc:  # ASE raises many kinds
         raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
+    dump = (fmt or "").startswith("lammps-dump") or (fmt is None and path.suffix in (".dump", ".lammpstrj"))
     frames = []
     for k, atoms in enumerate(images):
         periodic = bool(atoms.pbc.any())
@@ -124,9 +128,26 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
                 atoms.cell.array.copy() if periodic else None,
                 int(step) if step is not None else None,
                 None if aparam_array is None else atom_array(atoms, aparam_array, f"trajectory {path}, frame {k}"),
+                # ASE names a dump's types by atomic number (type 1: H); the model's type map names them
+                atoms.numbers.copy() if dump else None,
             )
         )
     return frames
+
+
+def name_dump_types(series: Sequence[list[Frame]], type_map: Sequence[str], trajectories: Sequence[str]) -> None:
+    """Name the atoms of LAMMPS dump frames: type t is ``type_map[t - 1]`` (LAMMPS counts
+    types from 1 in the model's type map, as ``pair_style deepmd`` and DP-GEN's inputs do)."""
+    for path, frames in zip(trajectories, series):
+        for k, frame in enumerate(frames):
+            if frame.types is None:
+                continue
+            if frame.types.max() > len(type_map):
+                raise ConfigError(
+                    f"trajectory {path}, frame {k}: atom type {frame.types.max()} but the type map has "
+                    f"{len(type_map)} names ({', '.join(type_map)}); give --type-map"
+                )
+            frame.symbols = [type_map[t - 1] for t in frame.types]
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,7 @@ class DeviSettings:
     fparam: tuple[float, ...] | None = None
     aparam: tuple[float, ...] | None = None
     aparam_array: str | None = None  # per-atom values: this array of every frame
+    traj_files: str | None = None  # as run's --traj-files: every row's frame as a LAMMPS dump
 
     def validated(self) -> DeviSettings:
         if len(self.models) < 2:
@@ -236,6 +258,9 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     for path in settings.models:
         check_model_file(path)
     series = [read_frames(t, settings.fmt, settings.aparam_array) for t in settings.trajectories]
+    if any(f.types is not None for frames in series for f in frames):
+        type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
+        name_dump_types(series, type_map, settings.trajectories)
     for path, frames in zip(settings.trajectories, series):
         if not frames:
             raise ConfigError(f"trajectory {path}: no frames")
@@ -304,13 +329,14 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
         stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
         stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
         for j, task in enumerate(chunk):
-            rows[task] = model_deviation(
+            row = model_deviation(
                 stacked_f[j],
                 stacked_v[j],
                 relative=settings.relative,
                 relative_v=settings.relative_v,
                 atomic=settings.atomic,
             )
+            rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
         k += len(chunk)
         if layout.group == 0 and layout.position == 0:
             _progress(k, len(mine), started)
@@ -323,21 +349,31 @@ def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) ->
     selection = None
     if settings.trust is not None:
         selection = Selection(settings.trust, candidate_file_names(names), summary_file_name(names), mode=mode)
+    traj = None
+    if settings.traj_files is not None:
+        traj = TrajFiles(traj_layout(settings.traj_files, settings.out_file, len(series)), mode=mode)
     files = BeadFiles(names, atomic=settings.atomic, mode=mode)
     try:
         for s, frames in enumerate(series):
             if selection is not None:
                 selection.symbols = frames[0].symbols
+            types = _model0_types(settings, frames[0].symbols) if traj is not None else None
             for k, frame in enumerate(frames):
                 step = frame.step if frame.step is not None else k * settings.stride
-                row = rows[(s, k)]
+                row, forces = rows[(s, k)]
+                if traj is not None:  # the frame before its row, as in a live run
+                    text = partial(lammps_frame, positions=frame.positions, cell=frame.cell, types=types, forces=forces)
+                    traj.write(s, step, lambda labelled, text=text: text(labelled))
                 files.write(s, step, row)
                 if selection is not None:
                     selection.add(s, step, row, frame.positions, frame.cell)
     finally:
         files.close()
+        if traj is not None:
+            traj.close()
         if selection is not None:
             selection.close()
+
     total = sum(len(f) for f in series)
     print(f"wrote {total} deviation rows to {', '.join(names) if len(names) <= 4 else names[0] + ' .. ' + names[-1]}")
     if selection is not None:
@@ -345,3 +381,9 @@ def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) ->
             f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
             f"counts in {selection.summary_file}"
         )
+
+
+def _model0_types(settings: DeviSettings, symbols: Sequence[str]) -> np.ndarray:
+    """Model 0's type index of every atom (the dump frames' types, from 1)."""
+    type_map = list(settings.type_map or DeepPotModel(settings.models[0]).type_map)
+    return np.array([type_map.index(e) for e in symbols])
