@@ -22,8 +22,9 @@ from .dumps import TrajFiles, traj_layout
 from .ensemble import LocalModel, follower_loop
 from .errors import ConfigError, DriverError, ReportedError
 from .logs import setup_logging
-from .model import DeepPotModel, Parameters, check_model_file, one_line
+from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names
+from .parameters import Parameters
 from .replicas import replica_loop
 from .selection import Selection, candidate_file_names, summary_file_name
 from .serving import Served, serve_connection, serve_rank0

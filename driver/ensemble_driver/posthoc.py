@@ -47,8 +47,9 @@ from . import parallel
 from .deviation import model_deviation
 from .dumps import TrajFiles, lammps_frame, traj_layout
 from .errors import ConfigError, DriverError, ModelError
-from .model import DeepPotModel, Parameters, check_model_file
+from .model import DeepPotModel, check_model_file
 from .output import BeadFiles, bead_file_names
+from .parameters import Parameters
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
 from .template import atom_array, read_ipi_frame
 
