@@ -76,6 +76,7 @@ def run_ipi(
     consolidate: bool | None = None,
     batch_size: int | None = None,
     matching: str | None = None,
+    parameters: str | None = None,
     outputs: Sequence[str] | None = CHECK_OUTPUTS,
     extra_outputs: Sequence[str] = (),
     timeout: float = 300,
@@ -89,7 +90,11 @@ def run_ipi(
         IPI_INPUTS / xml,
         workdir / "input.xml",
         socket=SocketSettings(
-            address=address, consolidate_messages=consolidate, batch_size=batch_size, matching=matching
+            address=address,
+            consolidate_messages=consolidate,
+            batch_size=batch_size,
+            matching=matching,
+            parameters=parameters,
         ),
         steps=steps,
         nbeads=nbeads,

@@ -19,6 +19,8 @@ from test_ipi import check_run_against_model
 
 from ensemble_driver import units
 from ensemble_driver.deviation import Deviation
+from ensemble_driver.ipi_input import SocketSettings, prepare_input
+from ensemble_driver.launch import ProcessGroup
 from ensemble_driver.output import format_row, header_line
 from ensemble_driver.template import read_template
 
@@ -161,6 +163,59 @@ def test_ensemble_rows_and_devi_with_the_parameters(tmp_path, address, reference
         live_rows = np.loadtxt(bead_file(live, bead), ndmin=2)
         np.testing.assert_array_equal(mine[:, 0], live_rows[:, 0])
         np.testing.assert_allclose(mine[:, 1:], live_rows[:, 1:], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.timeout(400)
+def test_parameters_from_ipi_replace_the_command_line(tmp_path, address, reference, symbols):
+    """i-PI's <parameters>{fparam: 0.9}</parameters> in the INIT of every request: model 0
+    (the forces i-PI receives) and the other rank's model (the rows) are evaluated with
+    0.9, not with the run's --fparam 0.6."""
+    out_freq, nbeads = 2, 2
+    command = mpiexec(
+        2,
+        driver_command(FMODELS, tmp_path / "init.xyz", address, "--nbeads", "2", "--out-freq", "2", "--fparam", "0.6"),
+    )
+    run = run_ipi(
+        tmp_path,
+        "pimd.xml",
+        address=address,
+        steps=STEPS,
+        nbeads=nbeads,
+        drivers=[command],
+        parameters="{fparam: 0.9}",
+        outputs=(*CHECK_OUTPUTS, BIN_OUTPUT),
+    )
+    ref = WithParameters(reference, fparam=[0.9])
+    check_run_against_model(run, FMODELS[0], ref)
+    assert "i-PI's <parameters>: every model evaluated with fparam 0.9" in run.driver_logs[0]
+    expected, _ = expected_rows(run, FMODELS, ref, symbols, out_freq)
+    for bead in range(nbeads):
+        lines = bead_file(tmp_path, bead).read_text().splitlines(keepends=True)
+        assert lines[1:] == expected[bead], bead
+    frame, received = run.trajectory("pos", 0)[-1], run.trajectory("for", 0)[-1].get_forces()
+    _, f_cli, _ = WithParameters(reference, fparam=FPARAM).eval(FMODELS[0], frame)
+    assert np.abs(received - f_cli).max() > 1e-4 * np.abs(f_cli).max()  # not the command line's
+
+
+def test_bad_parameters_from_ipi_are_one_line(tmp_path, address):
+    """<parameters>{fparam: 0.1 0.2}</parameters> for a model with one frame parameter: one
+    line naming the model and the values, status 2, i-PI left as a lost client leaves it."""
+    command = driver_command(FMODELS[:1], tmp_path / "init.xyz", address, "--fparam", "0.6", "--init-each")
+    prepare_input(
+        IPI_INPUTS / "nvt.xml",
+        tmp_path / "input.xml",
+        socket=SocketSettings(address=address, parameters="{fparam: 0.1 0.2}"),
+        steps=STEPS,
+        prefix="sim",
+    )
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", command, cwd=tmp_path, ok_status=frozenset({2}))
+        assert driver.popen.wait(timeout=300) == 2, driver.tail()
+        errors = [line for line in driver.log_path.read_text().splitlines() if "error:" in line]
+    assert len(errors) == 1 and "takes 1 frame parameter(s), but i-PI's <parameters> fparam gives 2" in errors[0], (
+        errors
+    )
 
 
 def one_error_line(proc) -> str:

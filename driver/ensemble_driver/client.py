@@ -30,7 +30,7 @@ import numpy as np
 
 from . import units
 from .errors import ProtocolError, ServerSilent, UnsupportedTransport
-from .protocol import Wire, check_transport, parse_init_text, silence_message
+from .protocol import InitParameters, Wire, check_transport, parse_init_text, silence_message
 from .signals import NoSignals, StopSignals
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Request:
     step: int
     cell: np.ndarray  # (3, 3), rows are lattice vectors; all zeros if the server has no cell
     positions: np.ndarray  # (nat, 3)
+    init: InitParameters | None = None  # the INIT before it: the force field's <parameters>
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class BatchRequest:
     rid: int
     cells: np.ndarray  # (batch, 3, 3), rows are lattice vectors
     positions: np.ndarray  # (batch, nat, 3)
+    init: InitParameters | None = None
 
 
 Handler = Callable[[Request], Reply]
@@ -131,6 +133,7 @@ class Session:
         # NEEDINIT at first, whatever the option: the INIT text announces the transport.
         self._status = "NEEDINIT"
         self._rid = 0
+        self._init: InitParameters | None = None
         self._reply: Reply | list[Reply] | None = None
 
     def run(self) -> EndReason:
@@ -177,6 +180,7 @@ class Session:
             log.debug("INIT text: %r", msg.text)
         params = parse_init_text(msg.text)
         check_transport(params)
+        self._init = params
         if params.batch_size != self.stats.batch_size:
             if self.stats.batch_size > 1 or not hasattr(self.handler, "batch"):
                 raise UnsupportedTransport(
@@ -214,6 +218,7 @@ class Session:
             step=step,
             cell=units.cell_from_wire(h),
             positions=units.positions_from_wire(positions),
+            init=self._init,
         )
         self._reply = self.handler(request)
         self.stats.steps_by_rid[rid] += 1  # this connection's evaluations of rid
@@ -229,7 +234,7 @@ class Session:
             )
         log.debug("batch of %d structures received, starting at request id %d", batch, self._rid)
         replies = self.handler.batch(  # type: ignore[attr-defined]
-            BatchRequest(self._rid, units.cell_from_wire(h), units.positions_from_wire(positions))
+            BatchRequest(self._rid, units.cell_from_wire(h), units.positions_from_wire(positions), self._init)
         )
         if len(replies) != batch:
             raise ValueError(f"{len(replies)} replies for a batch of {batch}")

@@ -43,6 +43,7 @@ from .errors import DriverError, ModelError, ProtocolError, ReportedError, Unsup
 from .extras import committee_extras, deviation_extras
 from .jobs import Job, JobPipeline, LocalModel
 from .output import BeadFiles
+from .parameters import Parameters, from_server, merged
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows, RowWriter
 from .selection import Selection
@@ -114,6 +115,7 @@ class Leader:
             trust_lo=settings.trust_lo,
         )
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
+        self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
         self.sink = sink if sink is not None else BeadRows(files, selection)
         self.rows = RowWriter(
             self.sink,
@@ -122,8 +124,16 @@ class Leader:
             atomic=settings.atomic,
             on_row=lambda rid, row: self.steps.observe(rid, row.max_devi_f),
         )
+        model0 = self.model0.model
         self.jobs = JobPipeline(
-            comm, layout, local[1:], natoms=natoms, sink=self.rows.write, rank_timeout=rank_timeout, hosts=hosts
+            comm,
+            layout,
+            local[1:],
+            natoms=natoms,
+            sink=self.rows.write,
+            rank_timeout=rank_timeout,
+            hosts=hosts,
+            slots=(getattr(model0, "dim_fparam", 0), getattr(model0, "dim_aparam", 0)),
         )
 
     @property
@@ -151,19 +161,40 @@ class Leader:
         if self.steps.needs_latest_row(request.rid, request.step):
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
             self.jobs.complete_until(self._last_job.get(request.rid))
+        parameters, server = self._parameters(request.init)
         if self.settings.committee:  # every model on every structure
             row = self.steps.row_due(request.rid, request.step, warn=False)
-            job = self.jobs.dispatch(request, cell, row=row)
+            job = self.jobs.dispatch(request, cell, row=row, parameters=parameters, server_parameters=server)
         elif self.steps.row_due(request.rid, request.step):
-            job = self.jobs.dispatch(request, cell)
+            job = self.jobs.dispatch(request, cell, parameters=parameters, server_parameters=server)
         else:
             job = None
         if job is not None and job.row:
             self._last_job[request.rid] = job
-        result = self.model0.evaluate(request.positions, cell, request.rid, request.step)
+        result = self.model0.evaluate(request.positions, cell, request.rid, request.step, parameters)
         if job is not None:
             job.put(0, result.energy, result.forces, result.virial)
         return Reply(result.energy, result.forces, result.virial, self._extras(job))
+
+    def _parameters(self, init) -> tuple[Parameters | None, tuple]:
+        """The frame and atomic parameters of the server's force field (i-PI's
+        ``<parameters>{fparam: ..., aparam: ...}``, in the INIT before the structure) over
+        the run's own, checked against model 0 once per distinct values; (None, (None,
+        None)) when the server sends none."""
+        texts = (None, None) if init is None else (init.get("fparam"), init.get("aparam"))
+        if texts == (None, None):
+            return None, (None, None)
+        found = self._server_parameters.get(texts)
+        if found is None:
+            parameters = from_server(self.model0.model.parameters, *texts)
+            self.model0.model.check_parameters(parameters)
+            server = (
+                None if texts[0] is None else parameters.fparam,
+                None if texts[1] is None else parameters.aparam,
+            )
+            found = self._server_parameters[texts] = (parameters, server)
+            log.info("i-PI's <parameters>: every model evaluated with %s", parameters.describe())
+        return found
 
     def _extras(self, job: Job | None) -> bytes:
         if self.settings.committee:
@@ -231,10 +262,19 @@ class Leader:
         self._resolve_batch(next_rid=request.rid)
         distinct, source = distinct_structures(request.positions, cells)
         cells_in = None if cells is None else cells[distinct]
+        parameters, _ = self._parameters(request.init)
         if self.replicas is not None:
+            if parameters is not None:
+                raise UnsupportedTransport(
+                    "i-PI's <parameters> (fparam, aparam) with --model0-ranks > 1: the batch replicas do not "
+                    "receive them yet; use one model-0 rank"
+                )
             result = self.replicas.evaluate_batch(request.positions[distinct], cells_in)
         else:
-            result = self.model0.model.evaluate_batch(request.positions[distinct], cells_in, self.model0.atom_types)
+            extra = {} if parameters is None else {"parameters": parameters}  # the server's, if it sent any
+            result = self.model0.model.evaluate_batch(
+                request.positions[distinct], cells_in, self.model0.atom_types, **extra
+            )
         energy, forces, virial = result.energy[source], result.forces[source], result.virial[source]
         if not (np.isfinite(energy).all() and np.isfinite(forces).all() and np.isfinite(virial).all()):
             raise ModelError(
@@ -251,10 +291,12 @@ class Leader:
         if batch is None:
             return
         request = batch.request
+        parameters, server = self._parameters(request.init)
         for k, (rid, step) in enumerate(batch.beads):
             if self.steps.row_due(rid, step, warn=False):
                 cell = None if not self.periodic else request.cells[k]
-                job = self.jobs.dispatch(Request(rid, step, request.cells[k], request.positions[k]), cell)
+                structure = Request(rid, step, request.cells[k], request.positions[k])
+                job = self.jobs.dispatch(structure, cell, parameters=parameters, server_parameters=server)
                 job.put(0, batch.energy[k], batch.forces[k], batch.virial[k])
 
     # -- the end -----------------------------------------------------------------------
@@ -312,7 +354,9 @@ def follower_loop(
     request in hand, but gives up with the signal's status if no STOP comes within
     FOLLOWER_SIGNAL_GRACE_S."""
     signals = signals if signals is not None else NoSignals()
-    work = np.empty(parallel.work_size(natoms))
+    first = members[0].model if members else None
+    slots = (getattr(first, "dim_fparam", 0), getattr(first, "dim_aparam", 0))
+    work = np.empty(parallel.work_size(natoms, slots))
     out = np.empty(parallel.result_size(natoms, len(members)))
     pending_send = None
     failed = False
@@ -339,9 +383,11 @@ def follower_loop(
             return 0
         if failed:
             continue  # the leader knows; wait for its STOP
-        item = parallel.unpack_work(work, natoms)
+        item = parallel.unpack_work(work, natoms, slots)
         try:
-            results = [m.evaluate(item.positions, item.cell, item.rid, item.step) for m in members]
+            results = [
+                m.evaluate(item.positions, item.cell, item.rid, item.step, _server_parameters(m, item)) for m in members
+            ]
         except Exception as exc:  # a model failure, or a bug: report it, do not hang the leader
             failed = True
             message = (
@@ -357,6 +403,13 @@ def follower_loop(
         )
         source = dispatchers[0] if status is None else status.Get_source()
         pending_send = comm.Isend(out, dest=source, tag=parallel.TAG_RESULT)
+
+
+def _server_parameters(member: LocalModel, item: parallel.Work) -> Parameters | None:
+    """A follower's model's parameters with the server's for this structure, if any."""
+    if item.fparam is None and item.aparam is None:
+        return None
+    return merged(member.model.parameters, item.fparam, item.aparam)
 
 
 def _grace_over(signals: StopSignals) -> bool:

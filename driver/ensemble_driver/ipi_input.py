@@ -24,6 +24,7 @@ class SocketSettings:
     timeout: float | None = None
     batch_size: int | None = None
     matching: str | None = None  # 'auto', 'any' or 'lock': which client gets which request
+    parameters: str | None = None  # the force field's <parameters>, e.g. "{fparam: 0.9}"
 
 
 def _set_child(parent: ET.Element, tag: str, text: str) -> None:
@@ -75,6 +76,7 @@ def prepare_input(
         ("port", socket.port),
         ("timeout", socket.timeout),
         ("batch_size", socket.batch_size),
+        ("parameters", socket.parameters),
     ):
         if value is not None:
             _set_child(ffsocket, tag, str(value))

@@ -24,6 +24,7 @@ from .client import Request
 from .deviation import Deviation
 from .errors import DriverError, ModelError, RankLost
 from .model import DeepPotModel, Evaluation
+from .parameters import Parameters
 
 #: Deviation jobs the leader lets run ahead of the followers before it waits for them.
 MAX_PENDING_JOBS = 16
@@ -35,8 +36,13 @@ class LocalModel:
     model: DeepPotModel
     atom_types: np.ndarray
 
-    def evaluate(self, positions: np.ndarray, cell: np.ndarray | None, rid: int, step: int) -> Evaluation:
-        result = self.model.evaluate(positions, cell, self.atom_types)
+    def evaluate(
+        self, positions: np.ndarray, cell: np.ndarray | None, rid: int, step: int, parameters: Parameters | None = None
+    ) -> Evaluation:
+        if parameters is None:  # the model's own
+            result = self.model.evaluate(positions, cell, self.atom_types)
+        else:
+            result = self.model.evaluate(positions, cell, self.atom_types, parameters)
         if not (np.isfinite(result.energy) and np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
             raise ModelError(
                 f"model {self.index} ({self.model.path}) returned non-finite energy, forces or virial "
@@ -60,6 +66,8 @@ class Job:
     sends: list = field(default_factory=list)
     work_buffer: np.ndarray | None = None  # kept alive until the sends complete
     row: bool = True  # a deviation row is written for it (committee mode: not every step)
+    parameters: Parameters | None = None  # with the server's frame/atomic parameters, if it sent any
+    server_parameters: tuple = (None, None)  # those the server sent (fparam, aparam), for the followers
     dispatched: float = field(default_factory=time.monotonic)
 
     def put(self, model: int, energy: float, forces: np.ndarray, virial: np.ndarray) -> None:
@@ -88,9 +96,11 @@ class JobPipeline:
         sink: Callable[[Job], Deviation | None],
         rank_timeout: float | None = None,
         hosts: Sequence[str] = (),
+        slots: tuple[int, int] = (0, 0),
     ):
         self.comm = comm
         self.rank_timeout = rank_timeout  # a follower silent this long on the oldest job is lost
+        self.slots = slots  # (dim_fparam, dim_aparam) in every WORK, for the server's parameters
         self.hosts = list(hosts)
         self.layout = layout
         self.local_extra = list(local_extra)
@@ -105,7 +115,15 @@ class JobPipeline:
     def _fail(self, error: DriverError) -> None:
         self.fatal = self.fatal or error
 
-    def dispatch(self, request: Request, cell: np.ndarray | None, *, row: bool = True) -> Job:
+    def dispatch(
+        self,
+        request: Request,
+        cell: np.ndarray | None,
+        *,
+        row: bool = True,
+        parameters: Parameters | None = None,
+        server_parameters: tuple = (None, None),
+    ) -> Job:
         """A new job for ``request``'s structure, sent to every follower at once."""
         while len(self.queue) >= MAX_PENDING_JOBS and self.fatal is None:
             # the followers are behind: let them catch up before adding work
@@ -126,6 +144,8 @@ class JobPipeline:
             np.zeros((n, 3, 3)),
             local_todo=list(self.local_extra),
             row=row,
+            parameters=parameters,
+            server_parameters=server_parameters,
         )
         if self.followers:
             self._send_work(job)
@@ -133,8 +153,9 @@ class JobPipeline:
         return job
 
     def _send_work(self, job: Job) -> None:
-        buf = np.empty(parallel.work_size(self.natoms))
-        parallel.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions)
+        buf = np.empty(parallel.work_size(self.natoms, self.slots))
+        server_f, server_a = job.server_parameters
+        parallel.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, server_f, server_a)
         job.work_buffer = buf
         for rank in self.followers:
             job.sends.append(self.comm.Isend(buf, dest=rank, tag=parallel.TAG_CONTROL))
@@ -147,7 +168,7 @@ class JobPipeline:
             while job.local_todo:
                 member = job.local_todo.pop(0)
                 try:
-                    r = member.evaluate(job.positions, job.cell, job.rid, job.step)
+                    r = member.evaluate(job.positions, job.cell, job.rid, job.step, job.parameters)
                 except DriverError as exc:
                     self._fail(exc)
                     job.local_todo.clear()

@@ -142,9 +142,9 @@ class DeepPotModel:
             self.type_map = list(type_map)
         else:
             self.type_map = stored
-        dim_fparam, dim_aparam = int(self._dp.get_dim_fparam()), int(self._dp.get_dim_aparam())
-        default_fparam = bool(getattr(self._dp, "has_default_fparam", lambda: False)())
-        parameters.check(self.path, dim_fparam, dim_aparam, default_fparam)
+        self.dim_fparam, self.dim_aparam = int(self._dp.get_dim_fparam()), int(self._dp.get_dim_aparam())
+        self._default_fparam = bool(getattr(self._dp, "has_default_fparam", lambda: False)())
+        self.check_parameters(parameters)
         self.parameters = parameters
         self.rcut = float(self._dp.get_rcut())
         self._direct = _direct_evaluator(self._dp)
@@ -167,9 +167,22 @@ class DeepPotModel:
             )
         return np.array([index[e] for e in elements], dtype=np.int32)
 
-    def evaluate(self, positions: np.ndarray, cell: np.ndarray | None, atom_types: np.ndarray) -> Evaluation:
-        """Energy, forces and virial of one structure. ``cell`` None means not periodic."""
-        batch = self.evaluate_batch(positions[None], None if cell is None else cell[None], atom_types)
+    def check_parameters(self, parameters: Parameters) -> None:
+        """A ConfigError naming this model if ``parameters`` do not fit it."""
+        parameters.check(self.path, self.dim_fparam, self.dim_aparam, self._default_fparam)
+
+    def evaluate(
+        self,
+        positions: np.ndarray,
+        cell: np.ndarray | None,
+        atom_types: np.ndarray,
+        parameters: Parameters | None = None,
+    ) -> Evaluation:
+        """Energy, forces and virial of one structure. ``cell`` None means not periodic;
+        ``parameters`` (checked with check_parameters) replace the model's own."""
+        batch = self.evaluate_batch(
+            positions[None], None if cell is None else cell[None], atom_types, parameters=parameters
+        )
         return Evaluation(float(batch.energy[0]), batch.forces[0], batch.virial[0])
 
     def warm_up(
@@ -199,12 +212,13 @@ class DeepPotModel:
         atom_types: np.ndarray,
         *,
         aparam: np.ndarray | None = None,
+        parameters: Parameters | None = None,
     ) -> BatchEvaluation:
         """Evaluate ``nframes`` structures in one call: positions (nframes, nat, 3),
-        cells (nframes, 3, 3) or None; with the model's parameters, except that
-        ``aparam`` (nframes, nat, dim_aparam), if given, replaces its atomic ones."""
+        cells (nframes, 3, 3) or None; with the model's parameters (or ``parameters``),
+        except that ``aparam`` (nframes, nat, dim_aparam), if given, replaces the atomic ones."""
         nframes, nat = positions.shape[:2]
-        params = self.parameters.arrays(nframes, nat, aparam)
+        params = (parameters or self.parameters).arrays(nframes, nat, aparam)
         if self._direct is not None and self._direct.checked:
             return self._direct(positions, cells, atom_types, *params)
         result = self._plain_eval(positions, cells, atom_types, *params)

@@ -228,19 +228,38 @@ def wait_for(test: Callable[[], bool], *, deadline: float | None = None, max_sle
     return True
 
 
-def work_size(natoms: int) -> int:
-    return WORK_HEADER + 9 + 3 * natoms
+def work_size(natoms: int, slots: tuple[int, int] = (0, 0)) -> int:
+    """A WORK buffer's length; ``slots`` (dim_fparam, dim_aparam) of the models when they
+    take parameters the server may set (a flag and the values of each, after the positions)."""
+    return WORK_HEADER + 9 + 3 * natoms + (2 + slots[0] + slots[1] if any(slots) else 0)
 
 
 def result_size(natoms: int, n_local_models: int) -> int:
     return 1 + n_local_models * (1 + 3 * natoms + 9)
 
 
-def pack_work(buf: np.ndarray, seq: int, rid: int, step: int, cell: np.ndarray | None, positions: np.ndarray) -> None:
-    """Fill a WORK buffer in place (float64 holds the integers exactly)."""
+def pack_work(
+    buf: np.ndarray,
+    seq: int,
+    rid: int,
+    step: int,
+    cell: np.ndarray | None,
+    positions: np.ndarray,
+    slots: tuple[int, int] = (0, 0),
+    fparam: np.ndarray | None = None,
+    aparam: np.ndarray | None = None,
+) -> None:
+    """Fill a WORK buffer in place (float64 holds the integers exactly); ``fparam`` and
+    ``aparam`` (the server's, for this structure) go in the parameter slots."""
     buf[:WORK_HEADER] = (KIND_WORK, seq, rid, step, 0.0 if cell is None else 1.0)
     buf[WORK_HEADER : WORK_HEADER + 9] = 0.0 if cell is None else cell.ravel()
-    buf[WORK_HEADER + 9 :] = positions.ravel()
+    end = WORK_HEADER + 9 + positions.size
+    buf[WORK_HEADER + 9 : end] = positions.ravel()
+    if any(slots):
+        for dim, values in zip(slots, (fparam, aparam)):
+            buf[end] = 0.0 if values is None else 1.0
+            buf[end + 1 : end + 1 + dim] = 0.0 if values is None else np.ravel(values)
+            end += 1 + dim
 
 
 @dataclass(frozen=True)
@@ -250,14 +269,23 @@ class Work:
     step: int
     cell: np.ndarray | None
     positions: np.ndarray
+    fparam: np.ndarray | None = None  # the server's, for this structure
+    aparam: np.ndarray | None = None
 
 
-def unpack_work(buf: np.ndarray, natoms: int) -> Work:
+def unpack_work(buf: np.ndarray, natoms: int, slots: tuple[int, int] = (0, 0)) -> Work:
     kind, seq, rid, step, periodic = buf[:WORK_HEADER]
     assert kind == KIND_WORK
     cell = buf[WORK_HEADER : WORK_HEADER + 9].reshape(3, 3).copy() if periodic else None
-    positions = buf[WORK_HEADER + 9 : WORK_HEADER + 9 + 3 * natoms].reshape(natoms, 3).copy()
-    return Work(int(seq), int(rid), int(step), cell, positions)
+    end = WORK_HEADER + 9 + 3 * natoms
+    positions = buf[WORK_HEADER + 9 : end].reshape(natoms, 3).copy()
+    params: list[np.ndarray | None] = [None, None]
+    if any(slots):
+        for k, dim in enumerate(slots):
+            if buf[end]:
+                params[k] = buf[end + 1 : end + 1 + dim].copy()
+            end += 1 + dim
+    return Work(int(seq), int(rid), int(step), cell, positions, *params)
 
 
 def pack_results(

@@ -107,3 +107,35 @@ class Parameters:
 
 
 NO_PARAMETERS = Parameters()
+
+
+def _init_numbers(key: str, text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        values = np.array([float(x) for x in text.replace("[", " ").replace("]", " ").split()], dtype=np.float64)
+    except ValueError:
+        values = np.array([])
+    if not values.size or not np.isfinite(values).all():
+        raise ConfigError(
+            f"i-PI's <parameters> give {key} {text!r}: expected numbers separated by spaces, "
+            f"as <parameters>{{{key}: 0.5}}</parameters> or {{{key}: 0.5 1.0}}"
+        )
+    return values
+
+
+def from_server(own: Parameters, fparam_text: str | None, aparam_text: str | None) -> Parameters:
+    """The run's parameters with the server's ``fparam``/``aparam`` (i-PI's ``<parameters>``
+    of a force field, in its INIT) in place of the run's own where given; ``aparam`` is
+    then the same for every atom, as LAMMPS's ``aparam``."""
+    return merged(own, _init_numbers("fparam", fparam_text), _init_numbers("aparam", aparam_text))
+
+
+def merged(own: Parameters, fparam: np.ndarray | None, aparam: np.ndarray | None) -> Parameters:
+    """``own`` with ``fparam`` and ``aparam`` (the server's) in place where not None."""
+    return Parameters(
+        fparam=own.fparam if fparam is None else fparam,
+        aparam=own.aparam if aparam is None else aparam,
+        fparam_from=own.fparam_from if fparam is None else "i-PI's <parameters> fparam",
+        aparam_from=own.aparam_from if aparam is None else "i-PI's <parameters> aparam",
+    )

@@ -70,16 +70,28 @@ class InitMessage:
 
 @dataclass(frozen=True)
 class InitParameters:
-    """What the driver reads out of the INIT text."""
+    """What the driver reads out of the INIT text: the batch size, and the force field's
+    ``<parameters>`` as text (key -> value)."""
 
     batch_size: int
+    values: tuple[tuple[str, str], ...] = ()
+
+    def get(self, key: str) -> str | None:
+        return dict(self.values).get(key)
 
 
 def parse_init_text(text: str) -> InitParameters:
-    """Read the INIT text. i-PI (3.3) sends ``" "`` followed by ``"key : value , "`` for
-    each ``<parameters>`` entry and, when it batches requests, ``"batch_size:N"``."""
+    """Read the INIT text. i-PI (3.3, ``ForceField.queue`` in ipi/engine/forcefields.py)
+    sends ``" "`` followed by ``"key : value , "`` for each ``<parameters>`` entry and, when
+    it batches requests, ``"batch_size:N"``; a value is i-PI's ``str()`` of what it read
+    (``{fparam: 0.5 1.0}`` gives ``"0.5 1.0"``)."""
     match = _BATCH_RE.search(text)
-    return InitParameters(batch_size=int(match.group(1)) if match else 1)
+    values = []
+    for part in text.split(","):
+        key, colon, value = part.partition(":")
+        if colon and key.strip() and key.strip() != "batch_size":
+            values.append((key.strip(), value.strip()))
+    return InitParameters(batch_size=int(match.group(1)) if match else 1, values=tuple(values))
 
 
 #: Largest batch accepted: i-PI batches the beads of a ring polymer (a few to a few hundred).
