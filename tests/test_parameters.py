@@ -304,3 +304,58 @@ def test_devi_refuses_bad_parameters(tmp_path):
         )
         assert proc.returncode == status, proc.stderr[-3000:]
         assert message in one_error_line(proc)
+
+
+@pytest.mark.timeout(400)
+def test_two_force_fields_differing_in_fparam_served_by_one_driver(tmp_path, address, reference):
+    """i-PI with two force fields on two sockets, <parameters>{fparam: 0.1}</parameters> and
+    {fparam: 0.9}, each weighing 0.5 in the forces; one driver job serves both, one
+    connection each (--connections 2 --address A B): i-PI's forces are the mean of
+    DeepPot.eval with 0.1 and with 0.9, which differ."""
+    import xml.etree.ElementTree as ET
+
+    other = address + "-hi"
+    prepare_input(
+        IPI_INPUTS / "nvt.xml",
+        tmp_path / "input.xml",
+        socket=SocketSettings(address=address, parameters="{fparam: 0.1}", consolidate_messages=True),
+        steps=STEPS,
+        prefix="sim",
+        outputs=CHECK_OUTPUTS,
+        floatformat="%.16e",
+    )
+    tree = ET.parse(tmp_path / "input.xml")
+    root = tree.getroot()
+    low = root.find("ffsocket")
+    high = ET.fromstring(ET.tostring(low))
+    high.set("name", "deepmd-hi")
+    high.find("address").text = f" {other} "
+    high.find("parameters").text = " {fparam: 0.9} "
+    root.insert(list(root).index(low) + 1, high)
+    forces = root.find("system/forces")
+    for force in list(forces):
+        forces.remove(force)
+    for name in ("deepmd", "deepmd-hi"):
+        ET.SubElement(forces, "force", forcefield=name, weight="0.5")
+    tree.write(tmp_path / "input.xml")
+    command = mpiexec(2, driver_command(FMODELS[:1], tmp_path / "init.xyz", address, "--fparam", "0.6"))
+    command[command.index("--address") + 1 : command.index("--address") + 2] = [address, other]
+    command += ["--connections", "2"]
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        driver = group.start("driver", command, cwd=tmp_path)
+        group.wait(300)
+    import ase.io
+
+    positions = ase.io.read(tmp_path / "sim.pos_0.extxyz", index=":")
+    received = ase.io.read(tmp_path / "sim.for_0.extxyz", index=":")
+    assert len(positions) == len(received) == STEPS + 1
+    low_ref, high_ref = WithParameters(reference, fparam=[0.1]), WithParameters(reference, fparam=[0.9])
+    for frame, forces in zip(positions, received):
+        _, f_low, _ = low_ref.eval(FMODELS[0], frame)
+        _, f_high, _ = high_ref.eval(FMODELS[0], frame)
+        assert np.abs(f_low - f_high).max() > 1e-3 * np.abs(f_low).max()  # the two really differ
+        expected = 0.5 * (f_low + f_high)  # to 1e-6 of the largest component (extxyz prints 8 decimals)
+        assert np.abs(forces.get_forces() - expected).max() <= 1e-6 * np.abs(expected).max()
+    log = driver.log_path.read_text()
+    assert "i-PI's <parameters>: every model evaluated with fparam 0.1" in log, log[-3000:]  # rank 0's, A's

@@ -173,7 +173,8 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         layout = parallel.deal_models(len(config.models), comm.size, config.model0_rank_count, config.connections)
         placement = devices.place(config.device, node_rank, devices.visible_gpus(), parallel.host_name())
         devices.bind(placement)  # before any backend is imported
-        address = make_address(config.unix, config.address, config.port, config.sockets_prefix)
+        addresses = [make_address(config.unix, a, config.port, config.sockets_prefix) for a in config.addresses]
+        address = addresses[rank] if len(addresses) > 1 and rank < len(addresses) else addresses[0]
         template = read_template(config.template)
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])

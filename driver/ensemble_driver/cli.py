@@ -21,7 +21,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "models": tuple(args.models) if args.models else None,
         "template": args.template,
         "unix": args.unix,
-        "address": args.address,
+        "address": (args.address[0] if len(args.address) == 1 else tuple(args.address)) if args.address else None,
         "port": args.port,
         "sockets_prefix": args.sockets_prefix,
         "connect_timeout": args.connect_timeout,

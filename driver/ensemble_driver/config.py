@@ -43,7 +43,7 @@ class RunConfig:
     models: tuple[str, ...] = ()
     template: str | None = None
     unix: bool = False
-    address: str = "localhost"
+    address: str | tuple[str, ...] = "localhost"  # several: one per connection
     port: int | None = None
     sockets_prefix: str = DEFAULT_SOCKETS_PREFIX
     connect_timeout: float = 60.0
@@ -130,6 +130,10 @@ class RunConfig:
             )
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.address,) if isinstance(self.address, str) else tuple(self.address)
+
+    @property
     def model0_rank_count(self) -> int:
         """Ranks holding model 0: --model0-ranks, or one per connection."""
         return self.model0_ranks if self.model0_ranks is not None else self.connections
@@ -154,6 +158,11 @@ class RunConfig:
             raise ConfigError(f"--connections must be >= 1, got {self.connections}")
         if self.model0_ranks is not None and self.model0_ranks < 1:
             raise ConfigError(f"--model0-ranks must be >= 1, got {self.model0_ranks}")
+        if len(self.addresses) not in (1, self.connections):
+            raise ConfigError(
+                f"--address gives {len(self.addresses)} addresses for --connections {self.connections}: give one "
+                "(every connection to it) or one per connection"
+            )
         if self.connections > 1 and self.model0_rank_count != self.connections:
             raise ConfigError(
                 f"--model0-ranks {self.model0_ranks} with --connections {self.connections}: each connection has one "
@@ -280,6 +289,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if value is None or isinstance(value, str):
             return value
         raise bad("a string or null")
+    if name == "address" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value[0] if len(value) == 1 else tuple(value)
     if name in ("template", "address", "sockets_prefix", "out_file", "bead_files", "device"):
         if isinstance(value, str):
             return value

@@ -101,7 +101,13 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="use a UNIX socket named SOCKETS_PREFIX + ADDRESS (default: INET)",
     )
-    conn.add_argument("--address", help="UNIX socket name, or INET host name (default: localhost)")
+    conn.add_argument(
+        "--address",
+        nargs="+",
+        metavar="NAME",
+        help="UNIX socket name, or INET host name; with --connections K, K of them serve one connection "
+        "each (e.g. two i-PI force fields that differ in their <parameters>) (default: localhost)",
+    )
     conn.add_argument("--port", type=int, help="INET port (required for INET; i-PI's default is 65535, ASE's 31415)")
     conn.add_argument(
         "--sockets-prefix",
