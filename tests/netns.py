@@ -178,6 +178,11 @@ class TestBed:
         self._made.append(self.switch)
         try:
             self._build()
+            # a container may let namespaces be made but not entered (ip netns exec mounts
+            # /sys, unshare --uts needs CAP_SYS_ADMIN): that too means no test bed here
+            entered = run(self.on(next(iter(self.hosts)), ["true"]), check=False)
+            if entered.returncode != 0:
+                raise Unavailable(f"cannot enter a namespace: {entered.stderr.strip()}")
         except BaseException:
             self.destroy()
             raise
@@ -196,8 +201,10 @@ class TestBed:
             (ETC_NETNS / host.name / "hosts").write_text(hosts_file)
             run(["ip", "netns", "add", host.name])
             self._made.append(host.name)
-            run(["ip", "link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", host.port,
-                 "netns", self.switch])  # fmt: skip
+            veth = run(["ip", "link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", host.port,
+                        "netns", self.switch], check=False)  # fmt: skip
+            if veth.returncode != 0:
+                raise Unavailable(f"no veth links: {veth.stderr.strip()}")
             run([*sw, "link", "set", host.port, "master", "br0", "up"])
             h = ["ip", "-n", host.name]
             run([*h, "link", "set", "lo", "up"])
