@@ -115,3 +115,20 @@ def symbols():
     from ensemble_driver.template import read_template
 
     return list(read_template(IPI_INPUTS / "init.xyz").labels)
+
+
+@pytest.fixture
+def testbed():
+    """Hosts a, b and c on one switch, made of network namespaces (tests/netns.py), removed
+    after the test whatever its outcome; skipped where namespaces cannot be made."""
+    from netns import TestBed, Unavailable
+
+    bed = TestBed()
+    try:
+        bed.create()
+    except Unavailable as exc:
+        pytest.skip(f"no test bed of hosts: {exc}")
+    try:
+        yield bed
+    finally:
+        bed.destroy()

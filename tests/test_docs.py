@@ -38,7 +38,7 @@ SETUP_COMMANDS = {"demo", "test", "lint", "install"}
 #: commands a bash block may use besides those checked one by one below
 OTHER_COMMANDS = {
     "pip", "source", "export", "git", "ls", "cat", "dp", "mkdir", "cp", "rm", "touch", "pre-commit",
-    "ruff", "lmp", "echo", "printf", "wait", "kill", "tail", "head", "diff", "srun", "sbatch",
+    "ruff", "lmp", "echo", "printf", "wait", "kill", "tail", "head", "diff", "srun", "sbatch", "ip", "sed",
 }  # fmt: skip
 
 
@@ -220,12 +220,20 @@ def script_help(script: Path) -> str:
     return _SCRIPT_HELP[script]
 
 
-def check_command(argv: list[str], cwd: Path) -> str | None:
-    """None if the command is real, else why not."""
+def check_command(argv: list[str], cwd: Path, made: frozenset[str] = frozenset()) -> str | None:
+    """None if the command is real, else why not (``made``: files earlier commands of the
+    block wrote)."""
     name = Path(argv[0]).name
+    if name == "netns_ssh":  # the test bed's ssh: the wrapper, then the command on the host
+        if not (cwd / argv[0]).is_file():
+            return f"no {argv[0]}"
+        words = argv[1:]
+        while words and words[0].startswith("-"):
+            words = words[1:]  # hydra's -x
+        return check_command(words[1:], cwd, made) if len(words) > 1 else "netns_ssh runs no command on a host"
     if name in ("mpiexec", "mpirun"):
         starts = [k for k, a in enumerate(argv) if re.fullmatch(r"ensemble-driver|python(3(\.\d+)?)?", Path(a).name)]
-        return check_command(argv[starts[0] :], cwd) if starts else "mpiexec runs neither the driver nor python"
+        return check_command(argv[starts[0] :], cwd, made) if starts else "mpiexec runs neither the driver nor python"
     if name == "ensemble-driver":
         try:
             build_parser().parse_args(argv[1:])
@@ -242,7 +250,7 @@ def check_command(argv: list[str], cwd: Path) -> str | None:
         unknown = [a.split("=")[0] for a in argv[2:] if a.startswith("--") and a.split("=")[0] not in known]
         return f"{argv[1]} has no option {unknown}" if unknown else None
     if name == "i-pi":
-        missing = [a for a in argv[1:] if not (cwd / a).exists()]
+        missing = [a for a in argv[1:] if not (cwd / a).exists() and a not in made]
         return f"no i-PI input {missing}" if missing else None
     if name == "setup.sh":
         return None if argv[1:2] and argv[1] in SETUP_COMMANDS else f"setup.sh has no command {argv[1:2]}"
@@ -253,7 +261,12 @@ def check_command(argv: list[str], cwd: Path) -> str | None:
 
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_command_blocks_are_real(page):
-    bad = [f"{line}: {why}" for line, argv, cwd in bash_commands(page) if (why := check_command(argv, cwd))]
+    bad, made = [], set()
+    for line, argv, cwd in bash_commands(page):
+        if why := check_command(argv, cwd, frozenset(made)):
+            bad.append(f"{line}: {why}")
+        if ">" in argv[:-1]:  # what the block writes, an i-PI input for one
+            made.add(argv[argv.index(">") + 1])
     assert not bad, f"{page.relative_to(ROOT)}:\n" + "\n".join(bad)
 
 
@@ -265,6 +278,10 @@ def test_command_checker_catches_mistakes():
     assert check_command(["python", "benchmarks/nope.py"], ROOT)
     assert check_command(["frobnicate"], ROOT)
     assert check_command(["i-pi", "pimd.xml"], ROOT / "ipi_inputs") is None
+    assert check_command(["tests/netns_ssh", "h", "i-pi", "nope.xml"], ROOT)
+    assert check_command(["tests/netns_ssh", "h", "i-pi", "made.xml"], ROOT, frozenset({"made.xml"})) is None
+    assert check_command(["tests/netns_ssh", "-x", "h", "mpiexec", "-n", "2", "ensemble-driver", "run"], ROOT) is None
+    assert check_command(["tests/netns_ssh", "h"], ROOT)
     assert check_command(["mpiexec", "-n", "4", "ensemble-driver", "run", "--models", "a.pth", "b.pth"], ROOT) is None
 
 
