@@ -24,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_faults as faults
 import test_hosts as hosts
@@ -128,3 +129,121 @@ def test_link_of_a_follower_host_cut(tmp_path, testbed, model_paths):
         testbed.set_link("b", True)
         no_rank_left(testbed, "b")
         testbed.kill("c")
+
+
+REPLACE_STEPS = 24
+IPI_TIMEOUT = 3  # i-PI's <timeout>: a request unanswered this long goes to another client
+BIN_OUTPUT = "<trajectory filename='bin' stride='1' format='bin'> positions </trajectory>"
+BATCH = "batch of 4 structures received"  # the driver's -v log, on rank 0
+STEP_OUTPUT = "<properties stride='1' filename='out'> [ step ] </properties>"
+
+
+def steps_of(path: Path) -> list[int]:
+    return [int(row[0]) for row in faults.rows(path)]
+
+
+def last_step(properties: Path) -> int:
+    """The last step i-PI wrote in its properties file: the forces of evaluations 0 to
+    that step have reached it (step 0 is the initial structure)."""
+    lines = [line for line in properties.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return round(float(lines[-1].split()[0]))
+
+
+@pytest.mark.timeout(600)
+def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, model_paths, reference, symbols):
+    """i-PI on c (INET, <timeout> 3 s, the beads of a step in one batch, so that a step is
+    one request); the first driver, 3 ranks, on a; a's link cut and its processes killed
+    mid-run (a node that dies: no FIN); the step in progress K is i-PI's last written
+    step + 1; a replacement on b, in a directory of its own with --append --step-offset K,
+    receives the request i-PI re-queues and the run completes. Per bead, the first
+    driver's rows below K and the replacement's rows are the steps 0..N, each once, and
+    each row is the models' deviation at that step's structure (i-PI's trajectory)."""
+    import test_ensemble as ens
+
+    models = model_paths[:3]
+    c = testbed.host("c").name
+    ipi_dir, first, second = (tmp_path / name for name in ("ipi", "first", "second"))
+    ipi_dir.mkdir()
+    hosts.prepare_input(
+        hosts.IPI_INPUTS / "pimd.xml",
+        ipi_dir / "input.xml",
+        socket=hosts.SocketSettings(
+            mode="inet",
+            address=c,
+            port=PORT,
+            timeout=IPI_TIMEOUT,
+            batch_size=hosts.NBEADS,
+            consolidate_messages=True,  # i-PI needs it for batches
+        ),
+        steps=REPLACE_STEPS,
+        nbeads=hosts.NBEADS,
+        prefix="sim",
+        outputs=(STEP_OUTPUT, BIN_OUTPUT),
+    )
+    files = [f"model_devi{bead + 1}.out" for bead in range(hosts.NBEADS)]
+
+    def command(*extra: str) -> list[str]:  # the template is i-PI's init.xyz
+        argv = hosts.driver(models, ipi_dir, c, PORT)
+        argv[argv.index("--out-freq") + 1] = "1"
+        return [tool("mpiexec"), "-n", "3", *argv, *extra]
+
+    with ProcessGroup(tmp_path / "logs") as group:
+        first.mkdir()
+        second.mkdir()
+        ipi = group.start("i-pi", testbed.on("c", [tool("i-pi"), "input.xml"]), cwd=ipi_dir)
+        old = group.start("first", testbed.on("a", command()), cwd=first)
+        faults.wait_until(
+            lambda: all(rows_of(first / f) >= 5 for f in files) or None not in group.poll().values(), 240, "five rows"
+        )
+        assert old.popen.poll() is None and ipi.popen.poll() is None, ipi.tail() + old.tail()
+        # host a dies: its link first (no FIN reaches i-PI), then every process of it. The
+        # cut is made just after the driver logs a batch received, while it computes: i-PI's
+        # <timeout> covers only a request in hand; a client silent while i-PI asks its
+        # STATUS between requests blocks i-PI's polling 60 s at a time, again and again
+        batches = old.log_path.read_text().count(BATCH)
+        faults.wait_until(lambda: old.log_path.read_text().count(BATCH) > batches, 30, "a batch to be received")
+        testbed.set_link("a", False)
+        faults.wait_until(
+            lambda: (
+                "died or got unresponsive" in ipi.log_path.read_text()
+                or "Couldn't find readable socket" in ipi.log_path.read_text()
+            ),
+            70,
+            "i-PI's timeout",
+        )
+        assert "died or got unresponsive" in ipi.log_path.read_text(), "the cut fell between requests:\n" + ipi.tail()
+        k = last_step(ipi_dir / "sim.out") + 1  # the step whose request i-PI re-queued
+        testbed.kill("a")  # no FIN: a's link is down
+        new = group.start("second", testbed.on("b", command("--append", "--step-offset", str(k))), cwd=second)
+        faults.wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
+        assert ipi.popen.returncode == 0, ipi.tail() + new.tail()
+        assert new.popen.wait(timeout=30) == 0, new.tail()
+    print(f"first driver killed at step {k}")
+    expected = ens.expected_rows(
+        type("Run", (), {"workdir": ipi_dir, "prefix": "sim", "nbeads": hosts.NBEADS}),
+        models,
+        reference,
+        symbols,
+        steps=REPLACE_STEPS,
+        out_freq=1,
+    )
+    lost = {}
+    for bead, name in enumerate(files):
+        # the first driver's rows from K on are of structures whose forces i-PI never got
+        # (at most the one in flight when the link went): the replacement has them
+        kept = [r for r in faults.rows(first / name) if r[0] < k]
+        late = [int(r[0]) for r in faults.rows(first / name) if r[0] >= k]
+        assert late in ([], [k]), (name, late)
+        added = faults.rows(second / name)
+        assert [int(r[0]) for r in added] == list(range(k, REPLACE_STEPS + 1)), (name, added)
+        # the first driver's kept rows are steps 0..j, j < K; the rows of j+1..K-1 were in
+        # flight on the dead host (rank 0 writes a row once models 1 and 2 have answered)
+        old_steps = [int(r[0]) for r in kept]
+        assert old_steps == list(range(len(old_steps))), (name, old_steps)
+        lost[bead] = list(range(len(old_steps), k))
+        want = {int(line.split()[0]): [float(x) for x in line.split()] for line in expected[bead]}
+        merged = kept + added
+        np.testing.assert_allclose(
+            np.array(merged), np.array([want[int(r[0])] for r in merged]), rtol=1e-6, atol=1e-9, err_msg=name
+        )
+    print(f"steps lost with the dead host, per bead: {lost}")
