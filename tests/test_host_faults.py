@@ -11,11 +11,14 @@ a link cut at the switch (no FIN, no RST reaches anyone) and a host killed.
   hydra's proxy there) cannot be told, and wait, idle, until the link is back: then they
   end at once.
 - The driver's host killed (link cut, then every process of it killed: a node that dies
-  sends no FIN) while i-PI, on host c with <timeout>, waits for a force: i-PI gives the
-  request to a replacement driver started on host b, and the run completes; the
+  sends no FIN) while i-PI, on host c with <timeout>, waits for a step's forces: i-PI gives
+  the request to a replacement driver started on host b, and the run completes; the
   replacement's rows, in files of their own labelled with --step-offset from i-PI's
   output, join the first driver's with no step twice and every row equal to the models'
-  deviation at that step.
+  deviation at that step. The beads of a step go in one request (i-PI's <batch_size>):
+  one by one, a driver dying mid-step leaves beads a step apart, which one --step-offset
+  cannot label. i-PI's <timeout> covers only a request in hand, so the link is cut while
+  the driver computes (after its log shows a batch received).
 """
 
 from __future__ import annotations
@@ -182,16 +185,16 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
     )
     files = [f"model_devi{bead + 1}.out" for bead in range(hosts.NBEADS)]
 
-    def command(*extra: str) -> list[str]:  # the template is i-PI's init.xyz
+    def command(out: Path, *extra: str) -> list[str]:  # as docs/multi-node.md shows it
         argv = hosts.driver(models, ipi_dir, c, PORT)
         argv[argv.index("--out-freq") + 1] = "1"
-        return [tool("mpiexec"), "-n", "3", *argv, *extra]
+        return [tool("mpiexec"), "-n", "3", *argv, "--out-file", out.name, *extra]
 
     with ProcessGroup(tmp_path / "logs") as group:
         first.mkdir()
         second.mkdir()
         ipi = group.start("i-pi", testbed.on("c", [tool("i-pi"), "input.xml"]), cwd=ipi_dir)
-        old = group.start("first", testbed.on("a", command()), cwd=first)
+        old = group.start("first", testbed.on("a", command(first)), cwd=ipi_dir)
         faults.wait_until(
             lambda: all(rows_of(first / f) >= 5 for f in files) or None not in group.poll().values(), 240, "five rows"
         )
@@ -214,7 +217,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         assert "died or got unresponsive" in ipi.log_path.read_text(), "the cut fell between requests:\n" + ipi.tail()
         k = last_step(ipi_dir / "sim.out") + 1  # the step whose request i-PI re-queued
         testbed.kill("a")  # no FIN: a's link is down
-        new = group.start("second", testbed.on("b", command("--append", "--step-offset", str(k))), cwd=second)
+        new = group.start("second", testbed.on("b", command(second, "--append", "--step-offset", str(k))), cwd=ipi_dir)
         faults.wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
         assert ipi.popen.returncode == 0, ipi.tail() + new.tail()
         assert new.popen.wait(timeout=30) == 0, new.tail()
