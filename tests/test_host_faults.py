@@ -165,7 +165,8 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
 
     models = model_paths[:3]
     c = testbed.host("c").name
-    ipi_dir, first, second = (tmp_path / name for name in ("ipi", "first", "second"))
+    ipi_dir = tmp_path / "ipi"
+    first, second = ipi_dir / "first", ipi_dir / "second"  # --out-file, from i-PI's directory
     ipi_dir.mkdir()
     hosts.prepare_input(
         hosts.IPI_INPUTS / "pimd.xml",
@@ -188,7 +189,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
     def command(out: Path, *extra: str) -> list[str]:  # as docs/multi-node.md shows it
         argv = hosts.driver(models, ipi_dir, c, PORT)
         argv[argv.index("--out-freq") + 1] = "1"
-        return [tool("mpiexec"), "-n", "3", *argv, "--out-file", out.name, *extra]
+        return [tool("mpiexec"), "-n", "3", *argv, "--out-file", f"{out.name}/model_devi.out", *extra]
 
     with ProcessGroup(tmp_path / "logs") as group:
         first.mkdir()
