@@ -182,7 +182,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     dev.add_argument(
         "--out-file",
         metavar="FILE",
-        help="deviation file (default: model_devi.out); with --nbeads P > 1, the directory of the per-bead files",
+        help="deviation file (default: model_devi.out); with --nbeads P > 1 and a preset --bead-files, its directory holds the per-bead files",
     )
     dev.add_argument(
         "--out-freq",
@@ -429,7 +429,7 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
         "--out-file",
         default="model_devi.out",
         help="deviation file for one trajectory; with "
-        "several, the directory of the per-bead files (default: %(default)s)",
+        "several, its directory holds the per-bead files (default: %(default)s)",
     )
     p.add_argument(
         "--bead-files", default="dpgen", metavar="NAMING", help="per-bead names, as for run (default: dpgen)"
