@@ -110,10 +110,16 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
         raise ConfigError(f"trajectory {path}: not an i-PI xyz file (no CELL(...) on its second line)")
     import ase.io
 
+    images = []
+    shown = _Reading(path)
     try:
-        images = ase.io.read(path, index=":", format=fmt)
+        for atoms in ase.io.iread(path, index=":", format=fmt):
+            images.append(atoms)
+            shown(len(images))
     except Exception as exc:  # ASE raises many kinds
         raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
+    finally:
+        shown.done(len(images))
     dump = (fmt or "").startswith("lammps-dump") or (fmt is None and path.suffix in (".dump", ".lammpstrj"))
     frames = []
     for k, atoms in enumerate(images):
@@ -135,6 +141,27 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
             )
         )
     return frames
+
+
+class _Reading:
+    """The count of frames read so far, on a terminal, from the first rank alone, at most
+    every half second (reading a long trajectory takes seconds)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.on = sys.stderr.isatty() and parallel.launch_rank() == 0
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        if self.on and time.monotonic() - self.last > 0.5:
+            self.last = time.monotonic()
+            sys.stderr.write(f"\r  reading {self.path}: {n} frames ")
+            sys.stderr.flush()
+
+    def done(self, n: int) -> None:
+        if self.on:
+            sys.stderr.write(f"\r  reading {self.path}: {n} frames\n")
+            sys.stderr.flush()
 
 
 def name_dump_types(series: Sequence[list[Frame]], type_map: Sequence[str], trajectories: Sequence[str]) -> None:
