@@ -126,6 +126,8 @@ def against_dp(ours: Path, dp: Path) -> str:
     off = np.abs(x - y) / unit
     if np.all(off <= 1.0 + 1e-9):
         same = int(np.sum(off == 0))
+        if same == off.size:
+            return f"same values (all {off.size} printed alike)"
         return f"same values ({same} of {off.size} printed alike, the others a last-digit rounding apart)"
     return f"differ: up to {off.max():.0f} units of the last printed digit"
 
