@@ -25,6 +25,7 @@ TIME_COLUMN = {
     "scale": "ms/step (runs)",
     "page_faults": "wall ms / call",
     "direct_vs_eval": "direct ms",
+    "devi_speed": "s per run (runs)",
 }
 
 

@@ -33,10 +33,12 @@ process does it all.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -109,10 +111,16 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
         raise ConfigError(f"trajectory {path}: not an i-PI xyz file (no CELL(...) on its second line)")
     import ase.io
 
+    images = []
+    shown = _Reading(path)
     try:
-        images = ase.io.read(path, index=":", format=fmt)
+        for atoms in ase.io.iread(path, index=":", format=fmt):
+            images.append(atoms)
+            shown(len(images))
     except Exception as exc:  # ASE raises many kinds
         raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
+    finally:
+        shown.done(len(images))
     dump = (fmt or "").startswith("lammps-dump") or (fmt is None and path.suffix in (".dump", ".lammpstrj"))
     frames = []
     for k, atoms in enumerate(images):
@@ -134,6 +142,27 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
             )
         )
     return frames
+
+
+class _Reading:
+    """The count of frames read so far, on a terminal, from the first rank alone, at most
+    every half second (reading a long trajectory takes seconds)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.on = sys.stderr.isatty() and parallel.launch_rank() == 0
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        if self.on and time.monotonic() - self.last > 0.5:
+            self.last = time.monotonic()
+            sys.stderr.write(f"\r  reading {self.path}: {n} frames ")
+            sys.stderr.flush()
+
+    def done(self, n: int) -> None:
+        if self.on:
+            sys.stderr.write(f"\r  reading {self.path}: {n} frames\n")
+            sys.stderr.flush()
 
 
 def name_dump_types(series: Sequence[list[Frame]], type_map: Sequence[str], trajectories: Sequence[str]) -> None:
@@ -223,11 +252,16 @@ def _progress(done: int, total: int, started: float) -> None:
 
 @dataclass(frozen=True)
 class DeviLayout:
-    """How ``devi`` splits its work over R ranks and M models: the ranks form G =
-    max(1, R // M) groups (rank r is in group r % G); each group takes every G-th frame,
-    and within a group of k ranks the rank at position p holds models p, p + k, ... (none
-    when p >= M). So with R <= M the models are split and every rank sees every frame;
-    with R >= 2M the frames are split too."""
+    """How ``devi`` splits its work over R ranks and M models: the ranks form G groups
+    (rank r is in group r % G); each group takes every G-th chunk of frames, and within a
+    group of k ranks the rank at position p holds models p, p + k, ... (none when p >= M).
+
+    G is chosen to balance the ranks: the busiest rank evaluates 1/G of the frames with
+    ceil(M / k) models (k: the smallest group's size), and G minimises that, the
+    fewest groups among equals (fewer models to load per rank). So with M a multiple
+    of R the models are split and every rank sees every frame (4 models, 2 or 4 ranks);
+    otherwise the frames are split too (3 models on 2 ranks: each rank evaluates all 3
+    models on half of the frames, not 2 models and 1 on all of them)."""
 
     groups: int
     group: int
@@ -235,9 +269,16 @@ class DeviLayout:
     size: int
     models: tuple[int, ...]
 
+    @staticmethod
+    def n_groups(n_ranks: int, n_models: int) -> int:
+        def load(groups: int) -> float:
+            return -(-n_models // (n_ranks // groups)) / groups
+
+        return min(range(1, n_ranks + 1), key=lambda g: (round(load(g), 9), g))
+
     @classmethod
     def of(cls, rank: int, n_ranks: int, n_models: int) -> DeviLayout:
-        groups = max(1, n_ranks // n_models)
+        groups = cls.n_groups(n_ranks, n_models)
         group = rank % groups
         size = len(range(group, n_ranks, groups))
         position = rank // groups
@@ -259,20 +300,23 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     for path in settings.models:
         check_model_file(path)
     series = [read_frames(t, settings.fmt, settings.aparam_array) for t in settings.trajectories]
+    for path, frames in zip(settings.trajectories, series):
+        if not frames:
+            raise ConfigError(f"trajectory {path}: no frames")
+    n_models = len(settings.models)
+    layout = DeviLayout.of(comm.rank, comm.size, n_models)
+    group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
+    # before any model loads: OpenMP reads its thread count once, when torch starts it
+    threads = worker_threads(settings, layout, ranks_on_node(comm), len(_chunks(settings, series, layout)))
     if any(f.types is not None for frames in series for f in frames):
         type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
         name_dump_types(series, type_map, settings.trajectories)
     for path, frames in zip(settings.trajectories, series):
-        if not frames:
-            raise ConfigError(f"trajectory {path}: no frames")
         for k, f in enumerate(frames):
             if f.symbols != frames[0].symbols:
                 raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
-    n_models = len(settings.models)
-    layout = DeviLayout.of(comm.rank, comm.size, n_models)
-    group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
     try:
-        rows = _evaluate(settings, series, layout, group)
+        rows = _evaluate(settings, series, layout, group, threads)
     except DriverError as exc:
         raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
     gathered = comm.gather(rows, root=0) if comm.size > 1 else [rows]
@@ -284,11 +328,67 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     return 0
 
 
-def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group) -> dict:
-    """This rank's share: its models on its group's frames, in chunks of one series (one
-    model call per chunk and model); the group's first rank gathers the chunk's forces
-    and virials of all models and keeps the rows."""
-    n_models = len(settings.models)
+def _chunks(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> list[list[tuple[int, int]]]:
+    """This group's frames, (series, index), every G-th of all, in chunks of up to
+    ``--batch`` frames of one series: one model call per chunk and model."""
+    tasks = [(s, k) for s, frames in enumerate(series) for k in range(len(frames))]
+    mine = tasks[layout.group :: layout.groups]
+    chunks = []
+    k = 0
+    while k < len(mine):
+        chunk = [t for t in mine[k : k + settings.batch] if t[0] == mine[k][0]]
+        chunks.append(chunk)
+        k += len(chunk)
+    return chunks
+
+
+#: The variables by which a user sets the threads of the models' calls (deepmd-kit reads the
+#: DP_ ones, torch and OpenMP the others): with any of them set, ``devi`` leaves threads alone.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "TF_INTRA_OP_PARALLELISM_THREADS")
+
+
+def ranks_on_node(comm) -> int:
+    """How many ranks of ``comm`` share this rank's node (1 without MPI). Collective."""
+    if comm.size == 1:
+        return 1
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        return node.size
+    finally:
+        node.Free()
+
+
+def worker_threads(settings: DeviSettings, layout: DeviLayout, local_ranks: int, n_chunks: int) -> int:
+    """How many chunks this rank evaluates at once, each in its own thread, and the
+    threads of each model call (``OMP_NUM_THREADS``, set here before torch starts).
+
+    Unless the user set the threads (any of ``THREAD_VARIABLES``: then 1 chunk at a
+    time, their settings kept), the rank's share of the node's cores
+    (``os.sched_getaffinity`` over the ranks on the node) goes to chunks in parallel,
+    one torch thread each, when the rank holds every model (no chunk waits for another
+    rank) and every model is a PyTorch one; otherwise to the threads of one call.
+    Chunks in parallel scale with the cores where one call on several threads does not:
+    at 256 atoms a call on two threads took nearly as long as on one, and on a busy
+    machine OpenMP's waiting threads made it several times slower."""
+    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cpus // max(local_ranks, 1))
+    pytorch = all(str(m).endswith((".pth", ".pt")) for m in settings.models)
+    threads = min(share, n_chunks) if layout.size == 1 and pytorch else 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, share // threads))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    return max(threads, 1)
+
+
+def _evaluate(
+    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int = 1
+) -> dict:
+    """This rank's share: its models on its group's chunks of frames; the group's first
+    rank gathers the chunk's forces and virials of all models and keeps the rows. A rank
+    that holds every model evaluates several chunks at once in threads (``worker_threads``)."""
     parameters = settings.parameters(series)
     models = {
         m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
@@ -298,50 +398,86 @@ def _evaluate(settings: DeviSettings, series: Sequence[list[Frame]], layout: Dev
         for s, frames in enumerate(series)
         for m in models
     }
-    tasks = [(s, k) for s, frames in enumerate(series) for k in range(len(frames))]
-    mine = tasks[layout.group :: layout.groups]
+    chunks = _chunks(settings, series, layout)
+    total = sum(len(c) for c in chunks)
     rows: dict[tuple[int, int], object] = {}
     started = time.monotonic()
-    k = 0
-    while k < len(mine):
-        s = mine[k][0]
-        chunk = [t for t in mine[k : k + settings.batch] if t[0] == s]
-        frames = [series[s][i] for _, i in chunk]
-        positions = np.stack([f.positions for f in frames])
-        cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
-        aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
-        forces, virials = {}, {}
-        for m, model in models.items():
-            result = model.evaluate_batch(positions, cells, types[(s, m)], aparam=aparam)
-            if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
-                raise ModelError(
-                    f"model {settings.models[m]} returned non-finite forces or virial on "
-                    f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}"
-                )
-            forces[m], virials[m] = result.forces, result.virial
-        if layout.size > 1:
-            parts = group.gather((forces, virials), root=0)
-            if layout.position != 0:
-                k += len(chunk)
-                continue
-            for f, v in parts:
-                forces.update(f)
-                virials.update(v)
-        stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
-        stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
-        for j, task in enumerate(chunk):
-            row = model_deviation(
-                stacked_f[j],
-                stacked_v[j],
-                relative=settings.relative,
-                relative_v=settings.relative_v,
-                atomic=settings.atomic,
-            )
-            rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
-        k += len(chunk)
-        if layout.group == 0 and layout.position == 0:
-            _progress(k, len(mine), started)
+    done = 0
+    shown = layout.group == 0 and layout.position == 0
+    call = partial(_call, settings, series, types)
+    if threads == 1:
+        for chunk in chunks:
+            forces, virials = call(models, chunk)
+            if layout.size > 1:
+                parts = group.gather((forces, virials), root=0)
+                if layout.position != 0:
+                    continue
+                for f, v in parts:
+                    forces.update(f)
+                    virials.update(v)
+            _keep_rows(settings, chunk, forces, virials, rows)
+            done += len(chunk)
+            if shown:
+                _progress(done, total, started)
+        return rows
+    import torch
+
+    # OpenMP's thread count is per thread: set in each worker, or its calls take all cores
+    log.debug("devi: %d chunks in %d threads of one torch thread each", len(chunks), threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="devi", initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        # each model's first calls (TorchScript profiles its graph, the driver checks its
+        # direct path) on the first chunk, the models in parallel
+        first = list(pool.map(lambda m: call({m: models[m]}, chunks[0]), models))
+        forces = {m: f[m] for f, _ in first for m in f}
+        virials = {m: v[m] for _, v in first for m in v}
+        _keep_rows(settings, chunks[0], forces, virials, rows)
+        done = len(chunks[0])
+        if shown:
+            _progress(done, total, started)
+        for chunk, (forces, virials) in zip(chunks[1:], pool.map(partial(call, models), chunks[1:])):
+            _keep_rows(settings, chunk, forces, virials, rows)
+            done += len(chunk)
+            if shown:
+                _progress(done, total, started)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return rows
+
+
+def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, models: dict, chunk: list) -> tuple:
+    """Forces and virials of ``models`` (index -> model) on the frames of ``chunk``."""
+    s = chunk[0][0]
+    frames = [series[s][i] for _, i in chunk]
+    positions = np.stack([f.positions for f in frames])
+    cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
+    aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
+    forces, virials = {}, {}
+    for m, model in models.items():
+        result = model.evaluate_batch(positions, cells, types[(s, m)], aparam=aparam)
+        if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
+            raise ModelError(
+                f"model {settings.models[m]} returned non-finite forces or virial on "
+                f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}"
+            )
+        forces[m], virials[m] = result.forces, result.virial
+    return forces, virials
+
+
+def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict, rows: dict) -> None:
+    """The deviation rows of a chunk's frames, from every model's forces and virials."""
+    n_models = len(settings.models)
+    stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
+    stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
+    for j, task in enumerate(chunk):
+        row = model_deviation(
+            stacked_f[j],
+            stacked_v[j],
+            relative=settings.relative,
+            relative_v=settings.relative_v,
+            atomic=settings.atomic,
+        )
+        rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
 
 
 def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) -> None:
