@@ -54,6 +54,14 @@ class BatchEvaluation:
     virial: np.ndarray  # (nframes, 3, 3)
 
 
+def one_backend_thread() -> None:
+    """Limit the calling thread's PyTorch intra-op threads to one (``devi``'s worker
+    threads, each evaluating its own chunk of frames)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def check_model_file(path: str | Path) -> None:
     """Fail early, before any backend is imported, if a model file is missing."""
     path = Path(path)

@@ -49,7 +49,7 @@ from . import parallel
 from .deviation import model_deviation
 from .dumps import TrajFiles, lammps_frame, traj_layout
 from .errors import ConfigError, DriverError, ModelError
-from .model import DeepPotModel, check_model_file
+from .model import DeepPotModel, check_model_file, one_backend_thread
 from .output import BeadFiles, bead_file_names
 from .parameters import Parameters
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
@@ -420,11 +420,9 @@ def _evaluate(
             if shown:
                 _progress(done, total, started)
         return rows
-    import torch
-
     # OpenMP's thread count is per thread: set in each worker, or its calls take all cores
     log.debug("devi: %d chunks in %d threads of one torch thread each", len(chunks), threads)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="devi", initializer=torch.set_num_threads, initargs=(1,))
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="devi", initializer=one_backend_thread)
     try:
         # each model's first calls (TorchScript profiles its graph, the driver checks its
         # direct path) on the first chunk, the models in parallel
