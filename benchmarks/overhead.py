@@ -83,14 +83,14 @@ def child(
     evaluate = model_module.DeepPotModel.evaluate_batch
     if sleep_ms is not None:
 
-        def evaluate(self, positions, cells, atom_types):
+        def evaluate(self, positions, cells, atom_types, **parameters):
             time.sleep(sleep_ms / 1000)
             n = len(positions)
             return model_module.BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
 
-    def clocked(self, *args):
+    def clocked(self, *args, **kwargs):
         start, cpu_start = time.perf_counter(), time.thread_time()
-        result = evaluate(self, *args)
+        result = evaluate(self, *args, **kwargs)
         calls.append((start, time.perf_counter(), cpu_start, time.thread_time()))
         return result
 

@@ -188,9 +188,8 @@ class DeepPotModel:
     ) -> Evaluation:
         """Energy, forces and virial of one structure. ``cell`` None means not periodic;
         ``parameters`` (checked with check_parameters) replace the model's own."""
-        batch = self.evaluate_batch(
-            positions[None], None if cell is None else cell[None], atom_types, parameters=parameters
-        )
+        extra = {} if parameters is None else {"parameters": parameters}
+        batch = self.evaluate_batch(positions[None], None if cell is None else cell[None], atom_types, **extra)
         return Evaluation(float(batch.energy[0]), batch.forces[0], batch.virial[0])
 
     def warm_up(
