@@ -51,7 +51,7 @@ CONNECTIONS_DEADLINE_S = 60.0
 class Done:
     """How a connection rank's session ended."""
 
-    how: str  # "exit" (the server's EXIT), "eof" (the server closed it), "error", "stopped" (rank 0's STOP)
+    how: str  # "exit" (the server's EXIT), "eof" (the server closed it), "error", "signal", "stopped" (rank 0's STOP)
     status: int = 0
     message: str = ""
     evaluations: dict[int, int] = field(default_factory=dict)
@@ -74,6 +74,8 @@ class StoppedByRank0(DriverError):
 
 
 def _ended(rank: int, done: Done) -> ConnectionEnded:
+    if done.how == "signal":  # the job's signal, whichever rank saw it first: said as on one rank
+        return ConnectionEnded(done.message, done.status)
     if done.how == "eof":
         return ConnectionEnded(
             f"connection {rank} (rank {rank}): the server closed it while the other connections went on",
@@ -140,7 +142,7 @@ class Hub:
             # an end of stream is an error only while the run goes on (see idle): when the
             # server is gone, every connection ends so, as one connection does
             for rank, done in sorted(self.done.items()):
-                if done.how == "error":
+                if done.how in ("error", "signal"):
                     return _ended(rank, done)
         return error
 

@@ -23,7 +23,7 @@ from .model import one_line
 from .protocol import Wire
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows
-from .signals import StopSignals
+from .signals import Stopped, StopSignals
 from .template import Template
 from .transport import Address, connect
 
@@ -181,6 +181,8 @@ def serve_connection(served: Served) -> int:
     evaluations = dict(session.stats.steps_by_rid) if session is not None else {}
     if isinstance(error, StoppedByRank0):
         done = Done("stopped", error.exit_status, "", evaluations)
+    elif isinstance(error, Stopped):  # SIGTERM/SIGINT: mpiexec gave it to every rank, rank 0 too
+        done = Done("signal", error.exit_status, str(error), evaluations)
     elif error is not None:
         done = Done("error", error.exit_status, str(error), evaluations)
     else:
