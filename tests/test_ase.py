@@ -8,21 +8,14 @@ without EXIT: the driver must then exit 0.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import tool
+from conftest import free_port, tool
 from harness import relative_error
 
 TOL = 1e-6
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def alloy(seed: int):

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import IPI_INPUTS, tool
+from conftest import IPI_INPUTS, free_port, tool
 from netns import ETC_NETNS, MPI_OVER_THE_LINKS, TestBed, Unavailable, wait_for
 
 from ensemble_driver.ipi_input import SocketSettings, prepare_input
@@ -152,12 +151,6 @@ def run(workdir: Path, ipi: list[str], mpiexec: list[str], env: dict[str, str] |
 def outputs(workdir: Path) -> dict[str, bytes]:
     names = [f"model_devi{bead + 1}.out" for bead in range(NBEADS)] + ["sim.out"]
     return {name: (workdir / name).read_bytes() for name in names}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(300)

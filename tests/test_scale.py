@@ -17,13 +17,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 
 import numpy as np
 import pytest
 import test_faults as faults
-from conftest import IPI_INPUTS
+from conftest import IPI_INPUTS, free_port
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, bead_file, expected_rows, mpiexec
 from test_ipi import check_run_against_model
@@ -194,19 +193,13 @@ def test_two_connections_end_together(tmp_path, address, model_paths, fault):
     assert min(counts) >= 2 and max(counts) - min(counts) <= 1, counts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(400)
 def test_one_connection_lost_ends_the_job(tmp_path, address, model_paths):
     """i-PI over INET; the socket of connection 1 destroyed by the kernel (ss -K) while
     connection 0 lives: the job ends with status 4 and one line naming connection 1,
     every rank gone within 10 s, the rows whole and in step order. (i-PI itself never
     closes one client alone without EXIT; a dead link or host does.)"""
-    port = _free_port()
+    port = free_port()
     faults.prepare_input(
         IPI_INPUTS / "pimd.xml",
         tmp_path / "input.xml",

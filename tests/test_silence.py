@@ -12,15 +12,9 @@ import socket
 
 import pytest
 import test_faults as faults
-from conftest import IPI_INPUTS
+from conftest import IPI_INPUTS, free_port
 
 TIMEOUT = 3  # --server-timeout for these tests, seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(tmp_path, address, model_paths, group, mode: str):
@@ -28,7 +22,7 @@ def _start(tmp_path, address, model_paths, group, mode: str):
     settings = faults.SocketSettings(address=address)
     extra = ["--nbeads", "2", "--out-freq", "2", "--server-timeout", str(TIMEOUT)]
     if mode == "inet":
-        port = _free_port()
+        port = free_port()
         settings = faults.SocketSettings(address="127.0.0.1", mode="inet", port=port)
     faults.prepare_input(
         IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=settings, steps=100000, nbeads=2, prefix="sim"
