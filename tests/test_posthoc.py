@@ -15,7 +15,8 @@ from conftest import tool
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import bead_file, mpiexec
 
-from ensemble_driver.posthoc import DeviLayout, read_frames
+from ensemble_driver.frames import read_frames
+from ensemble_driver.posthoc import DeviLayout
 
 STEPS, OUT_FREQ, NBEADS = 6, 2, 3
 XYZ_OUTPUT = f"<trajectory filename='xyzpos' stride='{OUT_FREQ}' format='xyz'> positions </trajectory>"

@@ -17,7 +17,7 @@ from ensemble_driver import units
 from ensemble_driver.config import RunConfig
 from ensemble_driver.deviation import Deviation, model_deviation
 from ensemble_driver.errors import ConfigError
-from ensemble_driver.posthoc import read_ipi_xyz
+from ensemble_driver.frames import read_ipi_xyz
 from ensemble_driver.selection import (
     ACCURATE,
     CANDIDATE,

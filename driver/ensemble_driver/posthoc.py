@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -49,135 +47,13 @@ from . import parallel
 from .deviation import model_deviation
 from .dumps import TrajFiles, lammps_frame, traj_layout
 from .errors import ConfigError, DriverError, ModelError
+from .frames import Frame, name_dump_types, read_frames
 from .model import DeepPotModel, check_model_file, one_backend_thread
 from .output import BeadFiles, bead_file_names
 from .parameters import Parameters
 from .selection import Selection, TrustLevels, candidate_file_names, summary_file_name
-from .template import atom_array, read_ipi_frame
 
 log = logging.getLogger(__name__)
-
-_STEP = re.compile(r"Step:\s*(\d+)")
-
-
-@dataclass
-class Frame:
-    symbols: list[str]
-    positions: np.ndarray  # (nat, 3) Angstrom
-    cell: np.ndarray | None  # (3, 3) Angstrom, rows = lattice vectors; None: not periodic
-    step: int | None
-    aparam: np.ndarray | None = None  # (nat, k): the --aparam-array values of this frame
-    types: np.ndarray | None = None  # a LAMMPS dump's atom types (from 1), until named by a type map
-
-
-def read_ipi_xyz(path: Path) -> list[Frame]:
-    """Frames of an i-PI xyz trajectory, in Angstrom."""
-    lines = path.read_text().splitlines()
-    frames = []
-    k = 0
-    while k < len(lines):
-        if not lines[k].strip():
-            k += 1
-            continue
-        frame = read_ipi_frame(lines, k, str(path))
-        if frame.cell is None:
-            raise ConfigError(f"{path}, line {k + 2}: no CELL(abcABC), CELL(H) or CELL(GENH) in the comment line")
-        step = _STEP.search(frame.comment)
-        frames.append(Frame(list(frame.labels), frame.positions, frame.cell, int(step.group(1)) if step else None))
-        k = frame.end
-    return frames
-
-
-def is_ipi_xyz(path: Path) -> bool:
-    with open(path, errors="replace") as f:
-        f.readline()
-        return "CELL(" in f.readline()
-
-
-def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | None = None) -> list[Frame]:
-    """Every frame of one trajectory file (i-PI xyz or anything ASE reads); with
-    ``aparam_array``, each frame's per-atom array of that name too."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"trajectory {path}: no such file")
-    if fmt in (None, "ipi") and path.suffix == ".xyz" and is_ipi_xyz(path):
-        if aparam_array is not None:
-            raise ConfigError(
-                f"trajectory {path}: an i-PI xyz file has no per-atom arrays, so no {aparam_array!r} "
-                "for --aparam-array (use extended XYZ)"
-            )
-        return read_ipi_xyz(path)
-    if fmt == "ipi":
-        raise ConfigError(f"trajectory {path}: not an i-PI xyz file (no CELL(...) on its second line)")
-    import ase.io
-
-    images = []
-    shown = _Reading(path)
-    try:
-        for atoms in ase.io.iread(path, index=":", format=fmt):
-            images.append(atoms)
-            shown(len(images))
-    except Exception as exc:  # ASE raises many kinds
-        raise ConfigError(f"trajectory {path}: ASE cannot read it: {' '.join(str(exc).split())}") from None
-    finally:
-        shown.done(len(images))
-    dump = (fmt or "").startswith("lammps-dump") or (fmt is None and path.suffix in (".dump", ".lammpstrj"))
-    frames = []
-    for k, atoms in enumerate(images):
-        periodic = bool(atoms.pbc.any())
-        step = atoms.info.get("step", atoms.info.get("timestep"))
-        if step is None and isinstance(atoms.info.get("ipi_comment"), str):
-            # i-PI's format='ase' (extxyz) keeps its own comment line here: "Step: N  Bead: b ..."
-            found = _STEP.search(atoms.info["ipi_comment"])
-            step = found.group(1) if found else None
-        frames.append(
-            Frame(
-                atoms.get_chemical_symbols(),
-                atoms.positions.copy(),
-                atoms.cell.array.copy() if periodic else None,
-                int(step) if step is not None else None,
-                None if aparam_array is None else atom_array(atoms, aparam_array, f"trajectory {path}, frame {k}"),
-                # ASE names a dump's types by atomic number (type 1: H); the model's type map names them
-                atoms.numbers.copy() if dump else None,
-            )
-        )
-    return frames
-
-
-class _Reading:
-    """The count of frames read so far, on a terminal, from the first rank alone, at most
-    every half second (reading a long trajectory takes seconds)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.on = sys.stderr.isatty() and parallel.launch_rank() == 0
-        self.last = time.monotonic()
-
-    def __call__(self, n: int) -> None:
-        if self.on and time.monotonic() - self.last > 0.5:
-            self.last = time.monotonic()
-            sys.stderr.write(f"\r  reading {self.path}: {n} frames ")
-            sys.stderr.flush()
-
-    def done(self, n: int) -> None:
-        if self.on:
-            sys.stderr.write(f"\r  reading {self.path}: {n} frames\n")
-            sys.stderr.flush()
-
-
-def name_dump_types(series: Sequence[list[Frame]], type_map: Sequence[str], trajectories: Sequence[str]) -> None:
-    """Name the atoms of LAMMPS dump frames: type t is ``type_map[t - 1]`` (LAMMPS counts
-    types from 1 in the model's type map, as ``pair_style deepmd`` and DP-GEN's inputs do)."""
-    for path, frames in zip(trajectories, series):
-        for k, frame in enumerate(frames):
-            if frame.types is None:
-                continue
-            if frame.types.max() > len(type_map):
-                raise ConfigError(
-                    f"trajectory {path}, frame {k}: atom type {frame.types.max()} but the type map has "
-                    f"{len(type_map)} names ({', '.join(type_map)}); give --type-map"
-                )
-            frame.symbols = [type_map[t - 1] for t in frame.types]
 
 
 @dataclass(frozen=True)
@@ -307,7 +183,7 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     layout = DeviLayout.of(comm.rank, comm.size, n_models)
     group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
     # before any model loads: OpenMP reads its thread count once, when torch starts it
-    threads = worker_threads(settings, layout, ranks_on_node(comm), len(_chunks(settings, series, layout)))
+    threads = worker_threads(settings, layout, parallel.ranks_on_node(comm), len(_chunks(settings, series, layout)))
     if any(f.types is not None for frames in series for f in frames):
         type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
         name_dump_types(series, type_map, settings.trajectories)
@@ -345,19 +221,6 @@ def _chunks(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviL
 #: The variables by which a user sets the threads of the models' calls (deepmd-kit reads the
 #: DP_ ones, torch and OpenMP the others): with any of them set, ``devi`` leaves threads alone.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "TF_INTRA_OP_PARALLELISM_THREADS")
-
-
-def ranks_on_node(comm) -> int:
-    """How many ranks of ``comm`` share this rank's node (1 without MPI). Collective."""
-    if comm.size == 1:
-        return 1
-    from mpi4py import MPI
-
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    try:
-        return node.size
-    finally:
-        node.Free()
 
 
 def worker_threads(settings: DeviSettings, layout: DeviLayout, local_ranks: int, n_chunks: int) -> int:
