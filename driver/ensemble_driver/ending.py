@@ -29,7 +29,7 @@ STOP_DEADLINE_S = 60.0
 #: took from dispatch to written when that is longer (large systems, slow models), but
 #: never more than ABORT_DRAIN_MAX_S: within a batch system's grace between SIGTERM and
 #: SIGKILL (Slurm's KillWait is 30 s by default) and the followers' own grace
-#: (ensemble.FOLLOWER_SIGNAL_GRACE_S).
+#: (signals.FOLLOWER_SIGNAL_GRACE_S).
 ABORT_DRAIN_S = 5.0
 ABORT_DRAIN_MAX_S = 20.0
 #: How long the live ranks have to take their STOP after a rank was lost (errors.RankLost).

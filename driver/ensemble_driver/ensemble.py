@@ -52,9 +52,6 @@ from .steps import BeadSteps
 
 log = logging.getLogger(__name__)
 
-#: How long a follower that received SIGTERM/SIGINT waits for the leader's STOP.
-FOLLOWER_SIGNAL_GRACE_S = 30.0
-
 
 @dataclass(frozen=True)
 class DeviationSettings:
@@ -352,7 +349,7 @@ def follower_loop(
 
     After SIGTERM/SIGINT a follower goes on serving, so that the leader can finish the
     request in hand, but gives up with the signal's status if no STOP comes within
-    FOLLOWER_SIGNAL_GRACE_S."""
+    signals.FOLLOWER_SIGNAL_GRACE_S."""
     signals = signals if signals is not None else NoSignals()
     first = members[0].model if members else None
     slots = (getattr(first, "dim_fparam", 0), getattr(first, "dim_aparam", 0))
@@ -369,7 +366,7 @@ def follower_loop(
             (lambda r=req: r.Test()) if status is None else (lambda r=req, s=status: r.Test(s)),
             deadline=time.monotonic() + 1.0,
         ):
-            if signals.received is not None and _grace_over(signals):
+            if signals.grace_over():
                 req.Cancel()
                 req.Wait()
                 raise Stopped(signals.received)
@@ -410,9 +407,3 @@ def _server_parameters(member: LocalModel, item: parallel.Work) -> Parameters | 
     if item.fparam is None and item.aparam is None:
         return None
     return merged(member.model.parameters, item.fparam, item.aparam)
-
-
-def _grace_over(signals: StopSignals) -> bool:
-    if signals.received_at is None:
-        return False
-    return time.monotonic() - signals.received_at > FOLLOWER_SIGNAL_GRACE_S

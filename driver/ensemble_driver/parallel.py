@@ -114,6 +114,20 @@ def node_local_rank(comm) -> int:
         node.Free()
 
 
+def ranks_on_node(comm) -> int:
+    """How many ranks of ``comm`` share this rank's node (1 without MPI): the size of
+    the same shared-memory split. Collective."""
+    if isinstance(comm, SerialComm) or comm.size == 1:
+        return 1
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        return node.size
+    finally:
+        node.Free()
+
+
 def host_name() -> str:
     return socket.gethostname()
 

@@ -90,8 +90,6 @@ class Model0Replicas:
 def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals | None = None) -> int:
     """A batch replica: evaluate the slices rank 0 sends until its STOP (as
     :func:`ensemble.follower_loop`: 0 after a clean run, ReportedError after a failed one)."""
-    from .ensemble import FOLLOWER_SIGNAL_GRACE_S
-
     signals = signals if signals is not None else NoSignals()
     failed = False
     structures = slices = 0
@@ -101,7 +99,7 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
         while count is None:
             count = parallel.probe_count(comm, 0, parallel.TAG_CONTROL)
             if count is None:
-                if signals.received_at is not None and time.monotonic() - signals.received_at > FOLLOWER_SIGNAL_GRACE_S:
+                if signals.grace_over():
                     raise Stopped(signals.received)
                 time.sleep(pause)
                 pause = min(2 * pause, REPLICA_MAX_SLEEP_S)

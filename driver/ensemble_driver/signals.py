@@ -23,6 +23,10 @@ from .errors import DriverError
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
+#: How long a rank other than 0 that received SIGTERM/SIGINT keeps serving rank 0, waiting
+#: for its STOP, before it stops on its own.
+FOLLOWER_SIGNAL_GRACE_S = 30.0
+
 
 class Stopped(DriverError):
     """Raised when the driver was asked to stop by SIGTERM or SIGINT."""
@@ -59,6 +63,10 @@ class StopSignals:
         if self._raise_now:
             self._raise_now = False
             raise Stopped(signum)
+
+    def grace_over(self) -> bool:
+        """A signal came more than FOLLOWER_SIGNAL_GRACE_S ago."""
+        return self.received_at is not None and time.monotonic() - self.received_at > FOLLOWER_SIGNAL_GRACE_S
 
     def check(self) -> None:
         """Raise Stopped if a signal has been received."""
