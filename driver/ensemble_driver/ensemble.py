@@ -358,18 +358,7 @@ def follower_loop(
     pending_send = None
     failed = False
     while True:
-        if len(dispatchers) == 1:
-            req, status = comm.Irecv(work, source=dispatchers[0], tag=parallel.TAG_CONTROL), None
-        else:
-            req, status = parallel.irecv_any(comm, work, parallel.TAG_CONTROL)
-        while not parallel.wait_for(
-            (lambda r=req: r.Test()) if status is None else (lambda r=req, s=status: r.Test(s)),
-            deadline=time.monotonic() + 1.0,
-        ):
-            if signals.grace_over():
-                req.Cancel()
-                req.Wait()
-                raise Stopped(signals.received)
+        source = _next_work(comm, work, dispatchers, signals)
         if work[0] == parallel.KIND_STOP:
             if pending_send is not None:
                 parallel.wait_for(pending_send.Test)
@@ -398,8 +387,25 @@ def follower_loop(
         parallel.pack_results(
             out, item.seq, [r.energy for r in results], [r.forces for r in results], [r.virial for r in results]
         )
-        source = dispatchers[0] if status is None else status.Get_source()
         pending_send = comm.Isend(out, dest=source, tag=parallel.TAG_RESULT)
+
+
+def _next_work(comm, work: np.ndarray, dispatchers: Sequence[int], signals: StopSignals) -> int:
+    """Receive the next WORK or STOP into ``work``; return the rank that sent it. Stop on a
+    signal once its grace is over."""
+    if len(dispatchers) == 1:
+        req, status = comm.Irecv(work, source=dispatchers[0], tag=parallel.TAG_CONTROL), None
+    else:
+        req, status = parallel.irecv_any(comm, work, parallel.TAG_CONTROL)
+    while not parallel.wait_for(
+        (lambda: req.Test()) if status is None else (lambda: req.Test(status)),
+        deadline=time.monotonic() + 1.0,
+    ):
+        if signals.grace_over():
+            req.Cancel()
+            req.Wait()
+            raise Stopped(signals.received)
+    return dispatchers[0] if status is None else status.Get_source()
 
 
 def _server_parameters(member: LocalModel, item: parallel.Work) -> Parameters | None:
