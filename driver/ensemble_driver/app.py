@@ -161,6 +161,45 @@ def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSig
             signals.restore()
 
 
+def _open_outputs(config) -> tuple:
+    """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
+    asked for. The checks that can fail come before the deviation files are made."""
+    files = selection = traj = None
+    if config.out_freq == 0 or len(config.models) < 2:
+        return files, selection, traj
+    levels = config.trust_levels()
+    if levels is not None:
+        mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+        names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+        selection = Selection(
+            levels, candidate_file_names(names), summary_file_name(names), mode=mode, step_offset=config.step_offset
+        )
+    if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
+        raise ConfigError(
+            f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
+        )
+    if config.traj_files is not None:  # first: its checks leave no deviation file behind
+        traj = open_traj_files(config)
+    files = open_deviation_files(config)
+    return files, selection, traj
+
+
+def _close_outputs(files, selection, traj) -> None:
+    """Close rank 0's outputs and print the counts of the rows by class."""
+    if files is not None:
+        files.close()
+    if traj is not None:
+        traj.close()
+    if selection is not None:
+        selection.close()
+        if selection.rows:
+            print(
+                f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+                f"counts in {selection.summary_file}",
+                flush=True,
+            )
+
+
 def _run(config_source, comm, signals: StopSignals) -> int:
     rank = comm.rank
     node_rank = parallel.node_local_rank(comm)  # collective, so before anything can fail
@@ -178,28 +217,8 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         template = read_template(config.template)
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
-        files = selection = traj = None
-        deviation_on = config.out_freq > 0 and len(config.models) > 1
-        if rank == 0 and deviation_on:
-            levels = config.trust_levels()
-            if levels is not None:
-                mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-                names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
-                selection = Selection(
-                    levels,
-                    candidate_file_names(names),
-                    summary_file_name(names),
-                    mode=mode,
-                    step_offset=config.step_offset,
-                )
-            if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
-                raise ConfigError(
-                    f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
-                )
-            if config.traj_files is not None:  # first: its checks leave no deviation file behind
-                traj = open_traj_files(config)
-            files = open_deviation_files(config)
-        return config, layout, address, template, (files, selection, traj), placement
+        outputs = _open_outputs(config) if rank == 0 else (None, None, None)
+        return config, layout, address, template, outputs, placement
 
     config, layout, address, template, outputs, placement = collective(comm, check_inputs)
     files, selection, traj = outputs
@@ -211,18 +230,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
             files.discard_unused()
         raise
     finally:
-        if files is not None:
-            files.close()
-        if traj is not None:
-            traj.close()
-        if selection is not None:
-            selection.close()
-            if selection.rows:
-                print(
-                    f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-                    f"counts in {selection.summary_file}",
-                    flush=True,
-                )
+        _close_outputs(files, selection, traj)
 
 
 def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts) -> int:

@@ -106,24 +106,7 @@ def run_session(
 def serve_rank0(served: Served, elements, files, selection, traj) -> int:
     """Rank 0: its connection, every row, and the end of the job."""
     config, layout, template = served.config, served.layout, served.template
-    log.info(
-        "%d atoms (%s), %s; model 0: %s",
-        template.natoms,
-        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
-        "periodic" if served.periodic else "not periodic",
-        config.models[0],
-    )
-    if served.members[0].model.parameters.describe():
-        log.info("every model evaluated with %s", served.members[0].model.parameters.describe())
-    if files is not None:
-        log.info(
-            "%d models on %d rank(s) %s; deviation every %d steps to %s",
-            layout.n_models,
-            layout.n_ranks,
-            [list(m) for m in layout.models_of],
-            config.out_freq,
-            ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
-        )
+    _log_start(served, elements, files)
     if selection is not None:
         selection.symbols = list(elements)
     sink = BeadRows(
@@ -152,6 +135,38 @@ def serve_rank0(served: Served, elements, files, selection, traj) -> int:
         selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
     session, _, error = run_session(served, leader, idle=watch)
     error = leader.finish(error)
+    _log_end(served, session, leader, hub, files)
+    if error is not None:
+        raise error
+    return 0
+
+
+def _log_start(served: Served, elements, files) -> None:
+    """The run's start-up lines on rank 0: the system, the parameters, the ensemble."""
+    config, layout, template = served.config, served.layout, served.template
+    log.info(
+        "%d atoms (%s), %s; model 0: %s",
+        template.natoms,
+        ", ".join(f"{n} {e}" for e, n in sorted(Counter(elements).items())),
+        "periodic" if served.periodic else "not periodic",
+        config.models[0],
+    )
+    if served.members[0].model.parameters.describe():
+        log.info("every model evaluated with %s", served.members[0].model.parameters.describe())
+    if files is not None:
+        log.info(
+            "%d models on %d rank(s) %s; deviation every %d steps to %s",
+            layout.n_models,
+            layout.n_ranks,
+            [list(m) for m in layout.models_of],
+            config.out_freq,
+            ", ".join(files.names) if len(files.names) <= 4 else f"{files.names[0]} .. {files.names[-1]}",
+        )
+
+
+def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files) -> None:
+    """The run's closing lines on rank 0: evaluations per request id, rows per bead."""
+    config = served.config
     if session is not None:
         counts = session.stats.steps_by_rid if session.stats.batch_size == 1 else leader.batch_steps
         if hub is not None:
@@ -166,9 +181,6 @@ def serve_rank0(served: Served, elements, files, selection, traj) -> int:
         )
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
-    if error is not None:
-        raise error
-    return 0
 
 
 def serve_connection(served: Served) -> int:
