@@ -72,17 +72,17 @@ def test_no_gpu_here_means_cpu():
 
 
 @pytest.mark.timeout(120)
-def test_node_local_rank_under_mpiexec():
+def test_node_share_under_mpiexec():
     code = (
         "from ensemble_driver import parallel; c = parallel.world(); "
-        "g = c.allgather(parallel.node_local_rank(c)); print(g if c.rank == 0 else '', end='')"
+        "g = c.allgather(parallel.node_share(c)); print(g if c.rank == 0 else '', end='')"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     run = subprocess.run(
         ["mpiexec", "-n", "3", sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=env
     )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[0, 1, 2]"  # one host: the node-local ranks are the ranks
+    assert run.stdout.strip() == "[(0, 3), (1, 3), (2, 3)]"  # one host: the node-local ranks are the ranks
 
 
 @pytest.mark.timeout(120)

@@ -202,7 +202,7 @@ def _close_outputs(files, selection, traj) -> None:
 
 def _run(config_source, comm, signals: StopSignals) -> int:
     rank = comm.rank
-    node_rank = parallel.node_local_rank(comm)  # collective, so before anything can fail
+    node_rank = parallel.node_share(comm)[0]  # collective, so before anything can fail
 
     def check_inputs():
         config = config_source() if callable(config_source) else config_source

@@ -99,31 +99,17 @@ class SerialComm:
         os._exit(errorcode)
 
 
-def node_local_rank(comm) -> int:
-    """This rank's index among the ranks on its own node (0 without MPI): MPI's
-    shared-memory split (MPI_COMM_TYPE_SHARED), which groups the ranks that share a node,
-    whatever the launcher's placement. Collective: every rank calls it."""
+def node_share(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks on its own node, how many ranks that node has);
+    (0, 1) without MPI. MPI's shared-memory split (MPI_COMM_TYPE_SHARED) groups the ranks
+    that share a node, whatever the launcher's placement. Collective: every rank calls it."""
     if isinstance(comm, SerialComm):
-        return 0
+        return 0, 1
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     try:
-        return node.rank
-    finally:
-        node.Free()
-
-
-def ranks_on_node(comm) -> int:
-    """How many ranks of ``comm`` share this rank's node (1 without MPI): the size of
-    the same shared-memory split. Collective."""
-    if isinstance(comm, SerialComm) or comm.size == 1:
-        return 1
-    from mpi4py import MPI
-
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    try:
-        return node.size
+        return node.rank, node.size
     finally:
         node.Free()
 

@@ -183,7 +183,7 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     layout = DeviLayout.of(comm.rank, comm.size, n_models)
     group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
     # before any model loads: OpenMP reads its thread count once, when torch starts it
-    threads = worker_threads(settings, layout, parallel.ranks_on_node(comm), len(_chunks(settings, series, layout)))
+    threads = worker_threads(settings, layout, parallel.node_share(comm)[1], len(_chunks(settings, series, layout)))
     if any(f.types is not None for frames in series for f in frames):
         type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
         name_dump_types(series, type_map, settings.trajectories)
