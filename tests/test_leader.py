@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble_driver import parallel
+from ensemble_driver import messages, parallel
 from ensemble_driver.client import Request
 from ensemble_driver.ensemble import DeviationSettings, Leader, LocalModel
 from ensemble_driver.errors import ModelError
@@ -64,7 +64,7 @@ class FakeComm:
 
     def deliver(self, index: int, seq: int, forces: list[np.ndarray], virials: list[np.ndarray]):
         source, buf, req = self.receives[index]
-        parallel.pack_results(buf, seq, [0.0] * len(forces), forces, virials)
+        messages.pack_results(buf, seq, [0.0] * len(forces), forces, virials)
         req.done = True
 
 
@@ -109,7 +109,7 @@ def test_structure_goes_out_first_and_the_reply_does_not_wait(tmp_path):
 
     reply = leader(request(0))
     # both followers got the structure before model 0 was evaluated
-    assert events == [("send", 1, parallel.KIND_WORK), ("send", 2, parallel.KIND_WORK), ("eval", "m0")]
+    assert events == [("send", 1, messages.KIND_WORK), ("send", 2, messages.KIND_WORK), ("eval", "m0")]
     np.testing.assert_array_equal(reply.forces, request(0).positions)  # model 0's answer
     leader.after_reply()  # nothing has arrived: returns at once, no row yet
     assert rows(tmp_path) == []
@@ -170,7 +170,7 @@ def test_follower_failure_ends_the_run_after_the_reply(tmp_path):
     error = leader.finish(ModelError("rank 1: cannot evaluate: out of memory"))
     assert error is not None and error.exit_status == 5
     assert comm.receives[0][2].cancelled  # the abandoned receive does not outlive the run
-    assert comm.sent[-1][1][:2].tolist() == [parallel.KIND_STOP, 5.0]
+    assert comm.sent[-1][1][:2].tolist() == [messages.KIND_STOP, 5.0]
 
 
 def test_request_ids_beyond_nbeads_get_no_rows(tmp_path, caplog):
@@ -202,14 +202,14 @@ class ScriptedComm:
 
 
 def work_message(seq: int, step: int) -> np.ndarray:
-    buf = np.empty(parallel.work_size(NAT))
-    parallel.pack_work(buf, seq, 0, step, None, np.arange(6.0).reshape(NAT, 3))
+    buf = np.empty(messages.work_size(NAT))
+    messages.pack_work(buf, seq, 0, step, None, np.arange(6.0).reshape(NAT, 3))
     return buf
 
 
 def test_follower_reports_a_failing_model_then_waits_for_the_leader():
-    from ensemble_driver.ensemble import follower_loop
     from ensemble_driver.errors import ReportedError
+    from ensemble_driver.followers import follower_loop
 
     class Failing:
         path = "m2.pth"
@@ -224,7 +224,7 @@ def test_follower_reports_a_failing_model_then_waits_for_the_leader():
             return Evaluation(1.0, positions, np.eye(3))
 
     model = Failing()
-    stop = np.array([parallel.KIND_STOP, 5.0])
+    stop = np.array([messages.KIND_STOP, 5.0])
     comm = ScriptedComm([work_message(0, 0), work_message(1, 5), work_message(2, 10), stop])
     with pytest.raises(ReportedError) as stopped:
         follower_loop(comm, [LocalModel(2, model, np.zeros(NAT, np.int32))], natoms=NAT)
@@ -235,11 +235,11 @@ def test_follower_reports_a_failing_model_then_waits_for_the_leader():
 
 
 def test_follower_exits_0_after_a_clean_run():
-    from ensemble_driver.ensemble import follower_loop
+    from ensemble_driver.followers import follower_loop
 
-    comm = ScriptedComm([work_message(0, 0), np.array([parallel.KIND_STOP, 0.0])])
+    comm = ScriptedComm([work_message(0, 0), np.array([messages.KIND_STOP, 0.0])])
     assert follower_loop(comm, [LocalModel(1, FakeModel([], "m1", 1.0), np.zeros(NAT, np.int32))], natoms=NAT) == 0
-    seq, energies, forces, _ = parallel.unpack_results(comm.results[0], NAT, 1)
+    seq, energies, forces, _ = messages.unpack_results(comm.results[0], NAT, 1)
     assert seq == 0 and energies[0] == 1.0
 
 
@@ -272,13 +272,13 @@ def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
     leader._resolve_batch(next_rid=None)  # what finish() does at the end of the run
     assert leader.batch_steps == {b: 3 for b in range(6)}  # padding never counted
     # the deviation went out for steps 0 and 2 of every bead, with that bead's structure
-    work = [buf for dest, buf in comm.sent if buf[0] == parallel.KIND_WORK]
+    work = [buf for dest, buf in comm.sent if buf[0] == messages.KIND_WORK]
     got = sorted((int(buf[2]), int(buf[3])) for buf in work)
     assert got == sorted((b, s) for b in range(6) for s in (0, 2))
     for buf in work:
         rid, step = int(buf[2]), int(buf[3])
         expected = np.arange(6.0).reshape(NAT, 3) + 10 * rid + 0.1 * step
-        np.testing.assert_array_equal(buf[parallel.WORK_HEADER + 9 :].reshape(NAT, 3), expected)
+        np.testing.assert_array_equal(buf[messages.WORK_HEADER + 9 :].reshape(NAT, 3), expected)
 
 
 def test_batch_evaluates_each_distinct_structure_once(tmp_path):

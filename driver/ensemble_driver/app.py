@@ -19,8 +19,9 @@ import numpy as np
 from . import devices, parallel
 from .config import RunConfig
 from .dumps import TrajFiles, traj_layout
-from .ensemble import LocalModel, follower_loop
+from .ensemble import LocalModel
 from .errors import ConfigError, DriverError, ReportedError
+from .followers import follower_loop
 from .logs import setup_logging
 from .model import DeepPotModel, check_model_file, one_line
 from .output import BeadFiles, bead_file_names

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import parallel
+from . import messages, parallel
 from .errors import DriverError, ProtocolError
 from .rows import BeadRows
 
@@ -96,9 +96,9 @@ class Hub:
 
     def poll(self) -> None:
         """Take in the rows and DONE messages that have arrived."""
-        while (message := parallel.poll_object(self.comm, parallel.TAG_ROW)) is not None:
+        while (message := parallel.poll_object(self.comm, messages.TAG_ROW)) is not None:
             self.rows.put(*message[1])
-        while (message := parallel.poll_object(self.comm, parallel.TAG_DONE)) is not None:
+        while (message := parallel.poll_object(self.comm, messages.TAG_DONE)) is not None:
             rank, done = message
             self.done[rank] = done
             log.info(
@@ -121,8 +121,8 @@ class Hub:
         """Stop the other connections and wait for their DONE (their rows written);
         return the error the run ends with."""
         status = error.exit_status if error is not None else 0
-        stop = np.array([parallel.KIND_STOP, float(status)])
-        self._stops = [self.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in self.ranks]
+        stop = np.array([messages.KIND_STOP, float(status)])
+        self._stops = [self.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in self.ranks]
         finished = parallel.wait_for(
             lambda: self.poll() or len(self.done) == len(self.ranks), deadline=time.monotonic() + CONNECTIONS_DEADLINE_S
         )
@@ -160,7 +160,7 @@ class Link:
     def __init__(self, comm):
         self.comm = comm
         self._stop = np.zeros(2)
-        self._stop_request = comm.Irecv(self._stop, source=0, tag=parallel.TAG_CONTROL)
+        self._stop_request = comm.Irecv(self._stop, source=0, tag=messages.TAG_CONTROL)
         self.stopped = False
 
     def idle(self) -> None:
@@ -171,7 +171,7 @@ class Link:
 
     def finish(self, done: Done) -> None:
         """Report how this connection ended, then wait for rank 0's STOP."""
-        send = self.comm.isend(done, dest=0, tag=parallel.TAG_DONE)
+        send = self.comm.isend(done, dest=0, tag=messages.TAG_DONE)
         if not parallel.wait_for(
             lambda: send.Test() and (self.stopped or self._stop_request.Test()),
             deadline=time.monotonic() + CONNECTIONS_DEADLINE_S,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import parallel
+from . import messages, parallel
 from .errors import DriverError, RankLost
 from .jobs import JobPipeline
 from .rows import RowWriter
@@ -90,8 +90,8 @@ def stop_followers(
     not take it (with the jobs' own sends) within ``deadline_s``."""
     if not ranks:
         return
-    stop = np.array([parallel.KIND_STOP, float(status)])
-    sends = [jobs.comm.Isend(stop, dest=rank, tag=parallel.TAG_CONTROL) for rank in ranks]
+    stop = np.array([messages.KIND_STOP, float(status)])
+    sends = [jobs.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in ranks]
     sends.extend(jobs.sends_in_flight())
     if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + deadline_s) and abort:
         log.error("followers did not take the stop message within %.0f s: aborting the MPI job", deadline_s)

@@ -12,7 +12,8 @@ Leader (rank 0), per structure from the server:
    finished rows are written in step order.
 
 Non-deviation steps involve no other rank. Followers wait for WORK, evaluate their models
-in turn and send the results back (see :mod:`parallel` for the messages).
+in turn and send the results back (see :mod:`followers`, and :mod:`messages` for the
+messages).
 
 Failure is collective: a follower that fails reports to the leader, which finishes the
 request in hand, writes the rows it has, stops every follower and exits with the
@@ -24,13 +25,12 @@ which bead and step and whether it gets a deviation; :mod:`jobs` dispatches the
 deviation jobs to the followers, runs the leader's own extra models and collects the
 results; :mod:`rows` writes the finished jobs' rows in step order; :mod:`extras` makes the
 answers' committee or deviation JSON; :mod:`ending` drains, stops the followers and closes
-the files. The followers' side is :func:`follower_loop`, here.
+the files. The followers' side is :func:`followers.follower_loop`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,15 +39,14 @@ import numpy as np
 from . import ending, parallel
 from .client import BatchRequest, Reply, Request
 from .connections import Hub
-from .errors import DriverError, ModelError, ProtocolError, ReportedError, UnsupportedTransport
+from .errors import DriverError, ModelError, ProtocolError, UnsupportedTransport
 from .extras import committee_extras, deviation_extras
 from .jobs import Job, JobPipeline, LocalModel
 from .output import BeadFiles
-from .parameters import Parameters, from_server, merged
+from .parameters import Parameters, from_server
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows, RowWriter
 from .selection import Selection
-from .signals import NoSignals, Stopped, StopSignals
 from .steps import BeadSteps
 
 log = logging.getLogger(__name__)
@@ -331,85 +330,3 @@ def distinct_structures(positions: np.ndarray, cells: np.ndarray | None) -> tupl
     distinct = np.flatnonzero(~same)
     source = np.cumsum(~same) - 1  # the distinct structure each slot copies
     return distinct, source
-
-
-def follower_loop(
-    comm,
-    members: Sequence[LocalModel],
-    *,
-    natoms: int,
-    signals: StopSignals | None = None,
-    dispatchers: Sequence[int] = (0,),
-) -> int:
-    """Serve the connection ranks (``dispatchers``) until rank 0 sends STOP: each WORK is
-    answered to the rank that sent it. After a clean run return 0; after a failed one
-    raise ReportedError (not printed here): the failure goes to every connection rank,
-    and rank 0, which prints the reason, ends the job with the status (a follower exiting
-    first with an error would make MPICH kill the leader before it reports).
-
-    After SIGTERM/SIGINT a follower goes on serving, so that the leader can finish the
-    request in hand, but gives up with the signal's status if no STOP comes within
-    signals.FOLLOWER_SIGNAL_GRACE_S."""
-    signals = signals if signals is not None else NoSignals()
-    first = members[0].model if members else None
-    slots = (getattr(first, "dim_fparam", 0), getattr(first, "dim_aparam", 0))
-    work = np.empty(parallel.work_size(natoms, slots))
-    out = np.empty(parallel.result_size(natoms, len(members)))
-    pending_send = None
-    failed = False
-    while True:
-        source = _next_work(comm, work, dispatchers, signals)
-        if work[0] == parallel.KIND_STOP:
-            if pending_send is not None:
-                parallel.wait_for(pending_send.Test)
-            status = int(work[1])
-            log.debug("stopped by the leader (run status %d)", status)
-            if status:
-                raise ReportedError("", status, print_here=False)
-            return 0
-        if failed:
-            continue  # the leader knows; wait for its STOP
-        item = parallel.unpack_work(work, natoms, slots)
-        try:
-            results = [
-                m.evaluate(item.positions, item.cell, item.rid, item.step, _server_parameters(m, item)) for m in members
-            ]
-        except Exception as exc:  # a model failure, or a bug: report it, do not hang the leader
-            failed = True
-            message = (
-                str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            )
-            for rank in dispatchers:
-                comm.send(message, dest=rank, tag=parallel.TAG_ERROR)
-            continue
-        if pending_send is not None:
-            parallel.wait_for(pending_send.Test)  # `out` is free again
-        parallel.pack_results(
-            out, item.seq, [r.energy for r in results], [r.forces for r in results], [r.virial for r in results]
-        )
-        pending_send = comm.Isend(out, dest=source, tag=parallel.TAG_RESULT)
-
-
-def _next_work(comm, work: np.ndarray, dispatchers: Sequence[int], signals: StopSignals) -> int:
-    """Receive the next WORK or STOP into ``work``; return the rank that sent it. Stop on a
-    signal once its grace is over."""
-    if len(dispatchers) == 1:
-        req, status = comm.Irecv(work, source=dispatchers[0], tag=parallel.TAG_CONTROL), None
-    else:
-        req, status = parallel.irecv_any(comm, work, parallel.TAG_CONTROL)
-    while not parallel.wait_for(
-        (lambda: req.Test()) if status is None else (lambda: req.Test(status)),
-        deadline=time.monotonic() + 1.0,
-    ):
-        if signals.grace_over():
-            req.Cancel()
-            req.Wait()
-            raise Stopped(signals.received)
-    return dispatchers[0] if status is None else status.Get_source()
-
-
-def _server_parameters(member: LocalModel, item: parallel.Work) -> Parameters | None:
-    """A follower's model's parameters with the server's for this structure, if any."""
-    if item.fparam is None and item.aparam is None:
-        return None
-    return merged(member.model.parameters, item.fparam, item.aparam)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import parallel
+from . import messages, parallel
 from .client import Request
 from .deviation import Deviation
 from .errors import DriverError, ModelError, RankLost
@@ -153,14 +153,14 @@ class JobPipeline:
         return job
 
     def _send_work(self, job: Job) -> None:
-        buf = np.empty(parallel.work_size(self.natoms, self.slots))
+        buf = np.empty(messages.work_size(self.natoms, self.slots))
         server_f, server_a = job.server_parameters
-        parallel.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, server_f, server_a)
+        messages.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, server_f, server_a)
         job.work_buffer = buf
         for rank in self.followers:
-            job.sends.append(self.comm.Isend(buf, dest=rank, tag=parallel.TAG_CONTROL))
-            rbuf = np.empty(parallel.result_size(self.natoms, len(self.layout.models_of[rank])))
-            job.receives[rank] = (self.comm.Irecv(rbuf, source=rank, tag=parallel.TAG_RESULT), rbuf)
+            job.sends.append(self.comm.Isend(buf, dest=rank, tag=messages.TAG_CONTROL))
+            rbuf = np.empty(messages.result_size(self.natoms, len(self.layout.models_of[rank])))
+            job.receives[rank] = (self.comm.Irecv(rbuf, source=rank, tag=messages.TAG_RESULT), rbuf)
 
     def run_local(self) -> None:
         """Evaluate the leader's own extra models on every job that still needs them."""
@@ -182,7 +182,7 @@ class JobPipeline:
             for rank, (req, buf) in list(job.receives.items()):
                 if req.Test():
                     models = self.layout.models_of[rank]
-                    seq, energies, forces, virials = parallel.unpack_results(buf, self.natoms, len(models))
+                    seq, energies, forces, virials = messages.unpack_results(buf, self.natoms, len(models))
                     if seq != job.seq:
                         self._fail(DriverError(f"internal error: rank {rank} answered job {seq} for job {job.seq}"))
                     for k, model in enumerate(models):
@@ -207,8 +207,8 @@ class JobPipeline:
 
     def _check_follower_errors(self) -> None:
         for rank in self.followers:
-            if self.comm.Iprobe(source=rank, tag=parallel.TAG_ERROR):
-                message = self.comm.recv(source=rank, tag=parallel.TAG_ERROR)
+            if self.comm.Iprobe(source=rank, tag=messages.TAG_ERROR):
+                message = self.comm.recv(source=rank, tag=messages.TAG_ERROR)
                 self._fail(ModelError(f"rank {rank}: {message}"))
 
     def collect(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import parallel
+from . import messages, parallel
 from .errors import DriverError, ModelError, RankLost, ReportedError
 from .jobs import LocalModel
 from .model import BatchEvaluation
@@ -59,10 +59,10 @@ class Model0Replicas:
         sent = []
         for rank, part in zip(self.replicas, slices[1:]):
             if len(part):
-                buf = parallel.pack_batch(None if cells is None else cells[part], positions[part])
-                result = np.empty(parallel.batch_result_size(self.natoms, len(part)))
-                send = self.comm.Isend(buf, dest=rank, tag=parallel.TAG_CONTROL)
-                sent.append((rank, send, self.comm.Irecv(result, source=rank, tag=parallel.TAG_RESULT), result, buf))
+                buf = messages.pack_batch(None if cells is None else cells[part], positions[part])
+                result = np.empty(messages.batch_result_size(self.natoms, len(part)))
+                send = self.comm.Isend(buf, dest=rank, tag=messages.TAG_CONTROL)
+                sent.append((rank, send, self.comm.Irecv(result, source=rank, tag=messages.TAG_RESULT), result, buf))
         mine = slices[0]
         own = self.model0.model.evaluate_batch(
             positions[mine], None if cells is None else cells[mine], self.model0.atom_types
@@ -77,19 +77,19 @@ class Model0Replicas:
                     f"(--server-timeout {self.deadline_s:g}): its host or the network is gone"
                 )
             parallel.wait_for(send.Test)
-            parts.append(parallel.unpack_batch_result(result, self.natoms))
+            parts.append(messages.unpack_batch_result(result, self.natoms))
         energy, forces, virial = (np.concatenate(x) for x in zip(*parts))
         return BatchEvaluation(energy, forces, virial)
 
     def _failed(self, rank: int) -> bool:
-        if self.comm.Iprobe(source=rank, tag=parallel.TAG_ERROR):
-            raise ModelError(f"rank {rank}: {self.comm.recv(source=rank, tag=parallel.TAG_ERROR)}")
+        if self.comm.Iprobe(source=rank, tag=messages.TAG_ERROR):
+            raise ModelError(f"rank {rank}: {self.comm.recv(source=rank, tag=messages.TAG_ERROR)}")
         return False
 
 
 def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals | None = None) -> int:
     """A batch replica: evaluate the slices rank 0 sends until its STOP (as
-    :func:`ensemble.follower_loop`: 0 after a clean run, ReportedError after a failed one)."""
+    :func:`followers.follower_loop`: 0 after a clean run, ReportedError after a failed one)."""
     signals = signals if signals is not None else NoSignals()
     failed = False
     structures = slices = 0
@@ -97,22 +97,22 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
         count = None
         pause = 1e-5
         while count is None:
-            count = parallel.probe_count(comm, 0, parallel.TAG_CONTROL)
+            count = parallel.probe_count(comm, 0, messages.TAG_CONTROL)
             if count is None:
                 if signals.grace_over():
                     raise Stopped(signals.received)
                 time.sleep(pause)
                 pause = min(2 * pause, REPLICA_MAX_SLEEP_S)
         buf = np.empty(count)
-        comm.Recv(buf, source=0, tag=parallel.TAG_CONTROL)
-        if buf[0] == parallel.KIND_STOP:
+        comm.Recv(buf, source=0, tag=messages.TAG_CONTROL)
+        if buf[0] == messages.KIND_STOP:
             log.info("rank %d (batch replica of model 0): %d structures in %d slices", comm.rank, structures, slices)
             if int(buf[1]):
                 raise ReportedError("", int(buf[1]), print_here=False)
             return 0
         if failed:
             continue
-        cells, positions = parallel.unpack_batch(buf, natoms)
+        cells, positions = messages.unpack_batch(buf, natoms)
         try:
             result = model0.model.evaluate_batch(positions, cells, model0.atom_types)
             if not (np.isfinite(result.energy).all() and np.isfinite(result.forces).all()):
@@ -122,9 +122,9 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
             message = (
                 str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             )
-            comm.send(message, dest=0, tag=parallel.TAG_ERROR)
+            comm.send(message, dest=0, tag=messages.TAG_ERROR)
             continue
         structures += len(positions)
         slices += 1
-        answer = parallel.pack_batch_result(result.energy, result.forces, result.virial)
-        parallel.wait_for(comm.Isend(answer, dest=0, tag=parallel.TAG_RESULT).Test)
+        answer = messages.pack_batch_result(result.energy, result.forces, result.virial)
+        parallel.wait_for(comm.Isend(answer, dest=0, tag=messages.TAG_RESULT).Test)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import parallel
+from . import messages, parallel
 from .deviation import Deviation, model_deviation
 from .dumps import TrajFiles, lammps_frame
 from .jobs import Job
@@ -134,7 +134,7 @@ class RemoteRows:
     def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
         self._sends = [s for s in self._sends if not s.Test()]
         message = (rid, step, row, positions, cell, forces)
-        self._sends.append(self.comm.isend(message, dest=0, tag=parallel.TAG_ROW))
+        self._sends.append(self.comm.isend(message, dest=0, tag=messages.TAG_ROW))
 
     def close(self) -> None:
         parallel.wait_for(lambda: all(s.Test() for s in self._sends), deadline=time.monotonic() + 60.0)
