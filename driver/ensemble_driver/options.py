@@ -94,7 +94,38 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "accepts deepmd-kit dp_ipi's keys (graph_file, coord_file, use_unix, host, port, "
         "atom_type); options given on the command line win",
     )
-    conn = p.add_argument_group("connection")
+    _connection_options(p.add_argument_group("connection"))
+    _system_options(p.add_argument_group("system"))
+    dev = p.add_argument_group(
+        "ensemble and deviation",
+        "With several --models, run under mpiexec: rank 0 talks to the server and evaluates "
+        "model 0, which alone drives the dynamics; the other ranks hold the other models. "
+        "Every OUT_FREQ steps all models evaluate the same structure and the deviation is "
+        "written as LAMMPS's pair_style deepmd writes it.",
+    )
+    _deviation_output_options(dev)
+    _deviation_kind_options(dev)
+    sel = p.add_argument_group(
+        "candidate selection",
+        "With trust levels, every deviation row is classified as DP-GEN does it: candidate if "
+        "TRUST_LO <= max_devi_f < TRUST_HI (or the same for the virial), else failed if at or above "
+        "a high level, else accurate. Candidate structures are appended, per bead, to extended XYZ "
+        "files beside the deviation files (model_devi1.out -> candidates1.xyz), which ASE and dpdata "
+        "read; the counts per class and bead are printed at the end and written to devi_summary.json.",
+    )
+    _selection_options(sel)
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=None,
+        help="more output (-v: every message and evaluation; default: start and end lines)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _connection_options(conn) -> None:
+    """run's options for the server connection and the layout of connections and model-0 ranks."""
     conn.add_argument(
         "--unix",
         action="store_true",
@@ -152,7 +183,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "over these R0 ranks and evaluated at once; the other models go to the ranks after them "
         "(default: one per connection)",
     )
-    sysg = p.add_argument_group("system")
+
+
+def _system_options(sysg) -> None:
+    """run's options describing the system: types, device, parameters, periodicity."""
     sysg.add_argument(
         "--type-map",
         nargs="+",
@@ -172,13 +206,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="periodic system or not (default: periodic if the template has a cell; i-PI xyz templates are periodic)",
     )
-    dev = p.add_argument_group(
-        "ensemble and deviation",
-        "With several --models, run under mpiexec: rank 0 talks to the server and evaluates "
-        "model 0, which alone drives the dynamics; the other ranks hold the other models. "
-        "Every OUT_FREQ steps all models evaluate the same structure and the deviation is "
-        "written as LAMMPS's pair_style deepmd writes it.",
-    )
+
+
+def _deviation_output_options(dev) -> None:
+    """run's options for when and where deviation rows (and their dump frames) are written."""
     dev.add_argument(
         "--out-file",
         metavar="FILE",
@@ -221,6 +252,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "traj/STEP.lammpstrjBEAD for beads), 'dpgen2' (traj.dump, traj.BEAD.dump), or a pattern "
         "with {bead} (from 0) and optionally {step} (default: none)",
     )
+
+
+def _deviation_kind_options(dev) -> None:
+    """run's options for what the deviation holds, what the server gets of it, and existing files."""
     dev.add_argument(
         "--atomic",
         action="store_true",
@@ -267,14 +302,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="add K to the step of every row (with --append: the step i-PI restarted from)",
     )
-    sel = p.add_argument_group(
-        "candidate selection",
-        "With trust levels, every deviation row is classified as DP-GEN does it: candidate if "
-        "TRUST_LO <= max_devi_f < TRUST_HI (or the same for the virial), else failed if at or above "
-        "a high level, else accurate. Candidate structures are appended, per bead, to extended XYZ "
-        "files beside the deviation files (model_devi1.out -> candidates1.xyz), which ASE and dpdata "
-        "read; the counts per class and bead are printed at the end and written to devi_summary.json.",
-    )
+
+
+def _selection_options(sel) -> None:
+    """run's options for candidate selection and the stop rule."""
     add_trust_options(sel)
     sel.add_argument(
         "--stop-after-failed",
@@ -290,14 +321,6 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="the file --stop-after-failed creates: EXIT in i-PI's working directory (e.g. ../EXIT when the "
         "driver runs elsewhere); its directory must exist",
     )
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=None,
-        help="more output (-v: every message and evaluation; default: start and end lines)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
 def add_parameter_options(group, array_from: str) -> None:
