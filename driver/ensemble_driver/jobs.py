@@ -3,7 +3,7 @@
 
 A job is dispatched before model 0 evaluates its structure: the structure goes to every
 follower at once (non-blocking Isend, with an Irecv posted for each follower's results;
-see :mod:`parallel` for the messages), and the leader's own extra models evaluate it after
+see :mod:`messages` for the messages), and the leader's own extra models evaluate it after
 the reply. Results are taken in without blocking. Finished jobs leave the pipeline in the
 order they were dispatched, so each bead's rows come in step order: the pipeline hands
 them to its ``sink`` (the row writer). A follower's failure, or one of the leader's own

@@ -125,7 +125,7 @@ class BeadRows:
 
 
 class RemoteRows:
-    """A connection rank's rows, sent to rank 0 (ROW messages, see :mod:`parallel`)."""
+    """A connection rank's rows, sent to rank 0 (ROW messages, see :mod:`messages`)."""
 
     def __init__(self, comm):
         self.comm = comm
