@@ -6,7 +6,9 @@ integers in them (sequence numbers, request ids, steps) exactly. :mod:`parallel`
 them; this module only fills and reads them (no MPI here).
 
 - WORK, connection rank -> ensemble rank: ``[1, seq, rid, step, periodic, cell(9),
-  positions(3N)]``; STOP, rank 0 -> any rank, has the same tag: ``[0, exit status]``;
+  positions(3N)]``, then, for models with frame or atomic parameters, a flag and the
+  server's values of each (see :func:`work_size`); STOP, rank 0 -> any rank, has the same
+  tag: ``[0, exit status]``;
 - RESULT, ensemble rank -> the connection rank that sent the WORK: ``[seq, then per
   model: energy, forces(3N), virial(9)]``;
 - ERROR, ensemble rank -> every connection rank: a pickled one-line message (rare);
