@@ -20,10 +20,10 @@ from . import devices, parallel
 from .config import RunConfig
 from .dumps import TrajFiles, traj_layout
 from .ensemble import LocalModel
-from .errors import ConfigError, DriverError, ReportedError
+from .errors import ConfigError, DriverError, ReportedError, one_line
 from .followers import follower_loop
 from .logs import setup_logging
-from .model import DeepPotModel, check_model_file, one_line
+from .model import DeepPotModel, check_model_file
 from .output import BeadFiles, bead_file_names
 from .parameters import Parameters
 from .replicas import replica_loop

@@ -70,3 +70,15 @@ class ReportedError(DriverError):
         self.exit_status = exit_status
         self.print_here = print_here
         self.wait_for_leader = not print_here
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message with newlines folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a rank reports of a failure to the rank that prints it: a DriverError's own
+    message (meant for the user), anything else (a bug) as its type and message."""
+    return str(exc) if isinstance(exc, DriverError) else one_line(exc)

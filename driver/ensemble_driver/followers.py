@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import messages, parallel
-from .errors import DriverError, ReportedError
+from .errors import ReportedError, failure_text
 from .jobs import LocalModel
 from .parameters import Parameters, merged
 from .signals import NoSignals, Stopped, StopSignals
@@ -68,9 +68,7 @@ def follower_loop(
             ]
         except Exception as exc:  # a model failure, or a bug: report it, do not hang the leader
             failed = True
-            message = (
-                str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            )
+            message = failure_text(exc)
             for rank in dispatchers:
                 comm.send(message, dest=rank, tag=messages.TAG_ERROR)
             continue

@@ -23,17 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, one_line
 from .parameters import NO_PARAMETERS, Parameters
 from .signals import Stopped
 
 log = logging.getLogger(__name__)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message with newlines folded."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import messages, parallel
-from .errors import DriverError, ModelError, RankLost, ReportedError
+from .errors import ModelError, RankLost, ReportedError, failure_text
 from .jobs import LocalModel
 from .model import BatchEvaluation
 from .signals import NoSignals, Stopped, StopSignals
@@ -119,9 +119,7 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
                 raise ModelError(f"model 0 ({model0.model.path}) returned non-finite energy or forces in a batch slice")
         except Exception as exc:
             failed = True
-            message = (
-                str(exc) if isinstance(exc, DriverError) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            )
+            message = failure_text(exc)
             comm.send(message, dest=0, tag=messages.TAG_ERROR)
             continue
         structures += len(positions)

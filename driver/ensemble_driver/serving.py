@@ -18,8 +18,7 @@ from .client import EndReason, Session
 from .config import RunConfig
 from .connections import Done, Hub, Link, StoppedByRank0
 from .ensemble import DeviationSettings, Leader, LocalModel
-from .errors import DriverError, ReportedError
-from .model import one_line
+from .errors import DriverError, ReportedError, one_line
 from .protocol import Wire
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows
