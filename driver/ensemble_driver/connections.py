@@ -121,7 +121,7 @@ class Hub:
         """Stop the other connections and wait for their DONE (their rows written);
         return the error the run ends with."""
         status = error.exit_status if error is not None else 0
-        stop = np.array([messages.KIND_STOP, float(status)])
+        stop = messages.pack_stop(status)
         self._stops = [self.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in self.ranks]
         finished = parallel.wait_for(
             lambda: self.poll() or len(self.done) == len(self.ranks), deadline=time.monotonic() + CONNECTIONS_DEADLINE_S
@@ -159,7 +159,7 @@ class Link:
 
     def __init__(self, comm):
         self.comm = comm
-        self._stop = np.zeros(2)
+        self._stop = np.zeros(messages.STOP_SIZE)
         self._stop_request = comm.Irecv(self._stop, source=0, tag=messages.TAG_CONTROL)
         self.stopped = False
 
@@ -167,7 +167,7 @@ class Link:
         """Session hook while this rank waits for its server: end on rank 0's STOP."""
         if self._stop_request.Test():
             self.stopped = True
-            raise StoppedByRank0(int(self._stop[1]))
+            raise StoppedByRank0(messages.stop_status(self._stop))
 
     def finish(self, done: Done) -> None:
         """Report how this connection ended, then wait for rank 0's STOP."""

@@ -12,8 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from . import messages, parallel
 from .errors import DriverError, RankLost
 from .jobs import JobPipeline
@@ -90,7 +88,7 @@ def stop_followers(
     not take it (with the jobs' own sends) within ``deadline_s``."""
     if not ranks:
         return
-    stop = np.array([messages.KIND_STOP, float(status)])
+    stop = messages.pack_stop(status)
     sends = [jobs.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in ranks]
     sends.extend(jobs.sends_in_flight())
     if not parallel.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + deadline_s) and abort:

@@ -51,10 +51,10 @@ def follower_loop(
     failed = False
     while True:
         source = _next_work(comm, work, dispatchers, signals)
-        if work[0] == messages.KIND_STOP:
+        status = messages.stop_status(work)
+        if status is not None:
             if pending_send is not None:
                 parallel.wait_for(pending_send.Test)
-            status = int(work[1])
             log.debug("stopped by the leader (run status %d)", status)
             if status:
                 raise ReportedError("", status, print_here=False)

@@ -36,6 +36,18 @@ KIND_WORK = 1.0
 KIND_BATCH = 2.0
 BATCH_HEADER = 3  # kind, n, periodic
 WORK_HEADER = 5  # kind, seq, rid, step, periodic
+STOP_SIZE = 2  # kind, exit status
+
+
+# -- STOP: rank 0 ends the run -----------------------------------------------------------
+def pack_stop(status: int) -> np.ndarray:
+    """A STOP with the run's exit status (sent on the WORK tag, so it ends any wait)."""
+    return np.array([KIND_STOP, float(status)])
+
+
+def stop_status(buf: np.ndarray) -> int | None:
+    """The exit status a STOP carries; None when ``buf`` holds a WORK or a BATCH."""
+    return int(buf[1]) if buf[0] == KIND_STOP else None
 
 
 # -- WORK and RESULT: a structure to the ensemble ranks, their models' results back --------

@@ -105,10 +105,11 @@ def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals 
                 pause = min(2 * pause, REPLICA_MAX_SLEEP_S)
         buf = np.empty(count)
         comm.Recv(buf, source=0, tag=messages.TAG_CONTROL)
-        if buf[0] == messages.KIND_STOP:
+        status = messages.stop_status(buf)
+        if status is not None:
             log.info("rank %d (batch replica of model 0): %d structures in %d slices", comm.rank, structures, slices)
-            if int(buf[1]):
-                raise ReportedError("", int(buf[1]), print_here=False)
+            if status:
+                raise ReportedError("", status, print_here=False)
             return 0
         if failed:
             continue
