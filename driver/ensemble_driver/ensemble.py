@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ending, parallel
+from . import ending, messages, parallel
 from .client import BatchRequest, Reply, Request
 from .connections import Hub
 from .errors import DriverError, ModelError, ProtocolError, UnsupportedTransport
@@ -129,7 +129,7 @@ class Leader:
             sink=self.rows.write,
             rank_timeout=rank_timeout,
             hosts=hosts,
-            slots=(getattr(model0, "dim_fparam", 0), getattr(model0, "dim_aparam", 0)),
+            slots=messages.parameter_slots(model0),
         )
 
     @property

@@ -43,8 +43,7 @@ def follower_loop(
     request in hand, but gives up with the signal's status if no STOP comes within
     its grace (:meth:`StopSignals.grace_over`)."""
     signals = signals if signals is not None else NoSignals()
-    first = members[0].model if members else None
-    slots = (getattr(first, "dim_fparam", 0), getattr(first, "dim_aparam", 0))
+    slots = messages.parameter_slots(members[0].model if members else None)
     work = np.empty(messages.work_size(natoms, slots))
     out = np.empty(messages.result_size(natoms, len(members)))
     pending_send = None

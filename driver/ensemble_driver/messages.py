@@ -51,6 +51,12 @@ def stop_status(buf: np.ndarray) -> int | None:
 
 
 # -- WORK and RESULT: a structure to the ensemble ranks, their models' results back --------
+def parameter_slots(model) -> tuple[int, int]:
+    """(dim_fparam, dim_aparam) of ``model`` (None: no model), the parameter slots of every
+    WORK: sender and receiver size their buffers by it, so both take it from here."""
+    return (getattr(model, "dim_fparam", 0), getattr(model, "dim_aparam", 0))
+
+
 def work_size(natoms: int, slots: tuple[int, int] = (0, 0)) -> int:
     """A WORK buffer's length; ``slots`` (dim_fparam, dim_aparam) of the models when they
     take parameters the server may set (a flag and the values of each, after the positions)."""
