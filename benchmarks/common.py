@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input  # noqa: E402
-from ensemble_driver.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
+from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
 
 REPEATS = {32: (2, 2, 2), 256: (4, 4, 4), 2048: (8, 8, 8)}
 _TIMING = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s+([0-9.eE+-]+)")

@@ -30,7 +30,7 @@ from common import HERE, ROOT, grouped_bars  # noqa: E402
 
 
 def alternated(natoms: int, steps: int, workdir: Path) -> dict:
-    from ensemble_driver import model as model_module
+    from ensemble_driver.models import deepmd as model_module
 
     evaluate = model_module.DeepPotModel.evaluate_batch
     times: dict[str, list[float]] = {"direct": [], "DeepPot.eval": []}

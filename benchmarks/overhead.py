@@ -74,9 +74,10 @@ def child(
 ) -> dict:
     """Run the driver in this process against a real i-PI; the clocked model calls. With
     ``sleep_ms`` the model call is replaced by a sleep that long (no CPU, zero forces)."""
-    from ensemble_driver import model as model_module
     from ensemble_driver.cli import _cmd_run, build_parser
-    from ensemble_driver.launch import ProcessGroup
+    from ensemble_driver.demo.launch import ProcessGroup
+    from ensemble_driver.models import deepmd as model_module
+    from ensemble_driver.models.results import BatchEvaluation
 
     address = _prepare(workdir, natoms, steps)
     calls: list[tuple[float, float, float, float]] = []
@@ -86,7 +87,7 @@ def child(
         def evaluate(self, positions, cells, atom_types, **parameters):
             time.sleep(sleep_ms / 1000)
             n = len(positions)
-            return model_module.BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
+            return BatchEvaluation(np.zeros(n), np.zeros(positions.shape), np.zeros((n, 3, 3)))
 
     def clocked(self, *args, **kwargs):
         start, cpu_start = time.perf_counter(), time.thread_time()
@@ -129,7 +130,7 @@ def ase_child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
     from ase.calculators.socketio import SocketClient
     from ase_client import DPForSocket
 
-    from ensemble_driver.launch import ProcessGroup
+    from ensemble_driver.demo.launch import ProcessGroup
 
     address = _prepare(workdir, natoms, steps)
     atoms = ase.io.read(workdir / "structure" / "init.extxyz")
@@ -156,7 +157,7 @@ def ase_child(model: str, natoms: int, workdir: Path, steps: int) -> dict:
 
 def _prepare(workdir: Path, natoms: int, steps: int) -> str:
     """A fresh run directory with the i-PI input and structure; the socket's address."""
-    from ensemble_driver.ipi_input import SocketSettings, prepare_input
+    from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 
     if workdir.exists():
         shutil.rmtree(workdir)

@@ -35,7 +35,7 @@ CONFIGS = {"4 kB pages (THP_MEM_ALLOC_ENABLE=0)": "0", "huge pages (the driver's
 def measure(natoms: int, calls: int) -> dict:
     from ase.build import bulk
 
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat(REPEATS[natoms])
     atoms.symbols[::2] = "Au"

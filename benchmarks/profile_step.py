@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, ROOT, write_structures  # noqa: E402
 
 from ensemble_driver.cli import _cmd_run, build_parser  # noqa: E402
-from ensemble_driver.ipi_input import SocketSettings, prepare_input  # noqa: E402
-from ensemble_driver.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
+from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
 
 
 def main() -> int:
@@ -72,10 +72,12 @@ def main() -> int:
     print("the driver's own functions, by cumulative time:")
     stats.sort_stats("cumulative").print_stats("ensemble_driver", args.top)
     # the model's share: DeepPotModel.evaluate_batch (the direct PyTorch path or DeepPot.eval)
-    evals = [(k, v) for k, v in stats.stats.items() if k[2] == "evaluate_batch" and k[0].endswith("model.py")]
+    evals = [
+        (k, v) for k, v in stats.stats.items() if k[2] == "evaluate_batch" and k[0].endswith(("deepmd.py", "direct.py"))
+    ]
     in_eval = max((v[3] for k, v in evals), default=0.0)
     calls = max((v[1] for k, v in evals), default=0)
-    loop = [(k, v) for k, v in stats.stats.items() if k[2] == "run" and k[0].endswith("client.py")]
+    loop = [(k, v) for k, v in stats.stats.items() if k[2] == "run" and k[0].endswith("session.py")]
     in_loop = loop[0][1][3] if loop else float("nan")
     print(
         f"wall {wall:.2f} s; Session.run {in_loop:.2f} s; model calls {in_eval:.2f} s in {calls} calls "

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input  # noqa: E402
-from ensemble_driver.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
+from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
 
 
 def rank_pids(marker: str) -> dict[int, int]:

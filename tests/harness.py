@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from conftest import IPI_INPUTS, tool
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input
-from ensemble_driver.launch import ProcessGroup
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 
 # What the tests need from i-PI, at full precision: per-bead positions and forces in
 # extxyz ('ase' units: Angstrom, eV/Angstrom, with ASE's constants) and, as properties,

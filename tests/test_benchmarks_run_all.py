@@ -67,7 +67,6 @@ def test_committed_page_is_what_the_committed_results_render():
     assert rendered.encode() == PAGE.read_bytes()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)  # ~6 min alone on 2 cores; twice that when the machine is busy
 def test_quick_run_writes_every_table(tmp_path):
     proc = subprocess.run(

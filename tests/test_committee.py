@@ -13,7 +13,7 @@ import pytest
 from harness import driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
-from ensemble_driver import units
+from ensemble_driver.wire import units
 
 STEPS = 6
 OUTPUTS = (

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import IPI_INPUTS
 
-from ensemble_driver.app import template_elements
 from ensemble_driver.config import RunConfig, build_config, load_config_file
 from ensemble_driver.errors import ConfigError
-from ensemble_driver.template import read_template
-from ensemble_driver.transport import InetAddress, UnixAddress, make_address
+from ensemble_driver.run import template_elements
+from ensemble_driver.wire.template import read_template
+from ensemble_driver.wire.transport import InetAddress, UnixAddress, make_address
 
 
 def test_ipi_xyz_template():
@@ -32,7 +32,7 @@ def test_ipi_xyz_with_labels_ase_cannot_read(tmp_path):
 def test_template_geometry_in_angstrom(tmp_path):
     """The template's own structure (for warming the models up) in Angstrom, whatever
     units the i-PI xyz comment line declares (atomic units when none)."""
-    from ensemble_driver.units import BOHR_ANGSTROM
+    from ensemble_driver.wire.units import BOHR_ANGSTROM
 
     path = tmp_path / "w.xyz"
     path.write_text("2\n# CELL(H): 10 0 0 0 11 0 0 0 12 cell{angstrom}\nCu 1 2 3\nAu 0 0 1\n")
@@ -160,7 +160,7 @@ def test_missing_settings():
 
 
 def test_atom_type_maps_labels_through_model0_type_map():
-    from ensemble_driver.template import Template
+    from ensemble_driver.wire.template import Template
 
     template = Template("w.xyz", ("OW", "HW1", "HW2"), True)
     assert template_elements(template, {"OW": 0, "HW1": 1, "HW2": 1}, ["O", "H"]) == ["O", "H", "H"]
@@ -186,7 +186,7 @@ def test_unix_path_limit_is_the_os_limit(tmp_path):
     import os
     import socket
 
-    from ensemble_driver.transport import MAX_UNIX_PATH_BYTES
+    from ensemble_driver.wire.transport import MAX_UNIX_PATH_BYTES
 
     base = str(tmp_path) + "/"
     for extra, ok in ((0, True), (1, False)):

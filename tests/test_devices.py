@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_driver import devices
-from ensemble_driver.devices import Placement, bind, place, visible_gpus
 from ensemble_driver.errors import ConfigError
+from ensemble_driver.models import devices
+from ensemble_driver.models.devices import Placement, bind, place, visible_gpus
 
 
 @pytest.mark.parametrize(
@@ -74,8 +74,8 @@ def test_no_gpu_here_means_cpu():
 @pytest.mark.timeout(120)
 def test_node_share_under_mpiexec():
     code = (
-        "from ensemble_driver import parallel; c = parallel.world(); "
-        "g = c.allgather(parallel.node_share(c)); print(g if c.rank == 0 else '', end='')"
+        "from ensemble_driver import ranks; c = ranks.world(); "
+        "g = c.allgather(ranks.node_share(c)); print(g if c.rank == 0 else '', end='')"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     run = subprocess.run(

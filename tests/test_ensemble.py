@@ -18,9 +18,9 @@ from conftest import IPI_INPUTS, tool
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ipi import check_run_against_model
 
-from ensemble_driver import units
 from ensemble_driver.deviation import Deviation
-from ensemble_driver.output import format_row, header_line
+from ensemble_driver.outputs.model_devi import format_row, header_line
+from ensemble_driver.wire import units
 
 NBEADS = 4
 STEPS = 7

@@ -18,8 +18,8 @@ from conftest import IPI_INPUTS, tool
 from harness import driver_command
 from tap import KillAtPosdata
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input
-from ensemble_driver.launch import ProcessGroup
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 
 HERE = Path(__file__).resolve().parent
 
@@ -251,9 +251,9 @@ def test_nan_is_never_sent(tmp_path, address, model_paths):
 
 def test_nan_in_rows_is_impossible():
     """The guard the NaN test relies on, for every model of the ensemble."""
-    from ensemble_driver.ensemble import LocalModel
+    from ensemble_driver.ensemble.leader import LocalModel
     from ensemble_driver.errors import ModelError
-    from ensemble_driver.model import Evaluation
+    from ensemble_driver.models.results import Evaluation
 
     class Bad:
         path = "bad.pth"

@@ -17,9 +17,9 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble_driver.client import EndReason, Reply, Session
 from ensemble_driver.errors import ProtocolError
-from ensemble_driver.protocol import Wire, encode_header
+from ensemble_driver.wire.protocol import Wire, encode_header
+from ensemble_driver.wire.session import EndReason, Reply, Session
 
 NAT = 4
 PEAK_LIMIT = 1 << 20  # bytes; the template implies ~100 bytes of positions

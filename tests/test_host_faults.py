@@ -34,7 +34,7 @@ import test_hosts as hosts
 from conftest import tool
 from netns import MPI_OVER_THE_LINKS
 
-from ensemble_driver.launch import ProcessGroup
+from ensemble_driver.demo.launch import ProcessGroup
 
 TIMEOUT = 5  # --server-timeout, s
 PORT = hosts.PORT

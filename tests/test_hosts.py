@@ -21,8 +21,8 @@ import pytest
 from conftest import IPI_INPUTS, free_port, tool
 from netns import ETC_NETNS, MPI_OVER_THE_LINKS, TestBed, Unavailable, wait_for
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input
-from ensemble_driver.launch import ProcessGroup
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 
 HERE = Path(__file__).resolve().parent
 NBEADS = 4

@@ -16,7 +16,7 @@ import pytest
 from conftest import IPI_INPUTS, tool
 from harness import driver_command, relative_error, run_ipi
 
-from ensemble_driver.launch import GroupFailed
+from ensemble_driver.demo.launch import GroupFailed
 
 TOL = 1e-6
 STEPS = 4
@@ -84,7 +84,7 @@ def test_backend_neutral_dp_model_is_refused_before_connecting(tmp_path, address
     """deepmd-kit's backend-neutral format (`dp convert-backend m0.pth m0.dp`) is evaluated
     by deepmd.dpmodel in NumPy: its energy is model 0's, but its forces and virial are NaN
     (no derivatives), so it cannot drive dynamics: refused as it loads, with one line."""
-    from ensemble_driver.template import read_template
+    from ensemble_driver.wire.template import read_template
 
     template = read_template(IPI_INPUTS / "init.xyz")
     dp = reference.deeppot(dp_format_model)
@@ -139,8 +139,8 @@ def test_unknown_element_fails_before_connecting(tmp_path, address, model_paths)
 
 def test_batched_transport_with_extras_is_refused_clearly(tmp_path, address, model_paths):
     """--extras needs each structure's bead at once, which i-PI's batches do not say."""
-    from ensemble_driver.ipi_input import SocketSettings, prepare_input
-    from ensemble_driver.launch import ProcessGroup
+    from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+    from ensemble_driver.demo.launch import ProcessGroup
 
     prepare_input(
         IPI_INPUTS / "pimd.xml",

@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble_driver import messages, parallel
-from ensemble_driver.client import Request
-from ensemble_driver.ensemble import DeviationSettings, Leader, LocalModel
+from ensemble_driver.ensemble.layout import Layout
+from ensemble_driver.ensemble.leader import DeviationSettings, Leader, LocalModel, messages
 from ensemble_driver.errors import ModelError
-from ensemble_driver.model import Evaluation
-from ensemble_driver.output import BeadFiles
+from ensemble_driver.models.results import Evaluation
+from ensemble_driver.outputs.model_devi import BeadFiles
+from ensemble_driver.wire.session import Request
 
 NAT = 2
 
@@ -77,7 +77,7 @@ class FakeModel:
         return Evaluation(1.0, positions * self.scale, np.eye(3) * self.scale)
 
     def evaluate_batch(self, positions, cells, atom_types):
-        from ensemble_driver.model import BatchEvaluation
+        from ensemble_driver.models.results import BatchEvaluation
 
         self.events.append(("eval_batch", self.path, len(positions)))
         n = len(positions)
@@ -104,7 +104,7 @@ def rows(tmp_path) -> list[list[str]]:
 
 def test_structure_goes_out_first_and_the_reply_does_not_wait(tmp_path):
     events: list = []
-    layout = parallel.Layout(((0,), (1,), (2,)))
+    layout = Layout(((0,), (1,), (2,)))
     leader, comm = make_leader(tmp_path, events, layout, [(0, 1.0)], out_freq=2)
 
     reply = leader(request(0))
@@ -136,7 +136,7 @@ def test_structure_goes_out_first_and_the_reply_does_not_wait(tmp_path):
 
 def test_rows_are_written_in_step_order(tmp_path):
     events: list = []
-    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
     for step in range(3):
         leader(request(step))
         leader.after_reply()
@@ -152,7 +152,7 @@ def test_rows_are_written_in_step_order(tmp_path):
 
 def test_one_rank_evaluates_the_others_after_replying(tmp_path):
     events: list = []
-    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)], out_freq=1)
+    leader, _ = make_leader(tmp_path, events, Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)], out_freq=1)
     leader(request(0))
     assert events == [("eval", "m0")]  # the reply is ready before models 1 and 2 run
     leader.after_reply()
@@ -162,7 +162,7 @@ def test_one_rank_evaluates_the_others_after_replying(tmp_path):
 
 def test_follower_failure_ends_the_run_after_the_reply(tmp_path):
     events: list = []
-    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
     leader(request(0))
     comm.errors[1] = "cannot evaluate: out of memory"
     with pytest.raises(ModelError, match="rank 1: cannot evaluate: out of memory"):
@@ -175,7 +175,7 @@ def test_follower_failure_ends_the_run_after_the_reply(tmp_path):
 
 def test_request_ids_beyond_nbeads_get_no_rows(tmp_path, caplog):
     events: list = []
-    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, nbeads=1)
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, nbeads=1)
     leader(request(0, rid=3))
     assert comm.sent == [] and "request id 3 >= --nbeads 1" in caplog.text
 
@@ -208,8 +208,8 @@ def work_message(seq: int, step: int) -> np.ndarray:
 
 
 def test_follower_reports_a_failing_model_then_waits_for_the_leader():
+    from ensemble_driver.ensemble.followers import follower_loop
     from ensemble_driver.errors import ReportedError
-    from ensemble_driver.followers import follower_loop
 
     class Failing:
         path = "m2.pth"
@@ -235,7 +235,7 @@ def test_follower_reports_a_failing_model_then_waits_for_the_leader():
 
 
 def test_follower_exits_0_after_a_clean_run():
-    from ensemble_driver.followers import follower_loop
+    from ensemble_driver.ensemble.followers import follower_loop
 
     comm = ScriptedComm([work_message(0, 0), np.array([messages.KIND_STOP, 0.0])])
     assert follower_loop(comm, [LocalModel(1, FakeModel([], "m1", 1.0), np.zeros(NAT, np.int32))], natoms=NAT) == 0
@@ -245,7 +245,7 @@ def test_follower_exits_0_after_a_clean_run():
 
 def batch_request(rid: int, beads: list[int], step: int):
     """A batched POSDATA: the given beads' structures (a repeated bead is padding)."""
-    from ensemble_driver.client import BatchRequest
+    from ensemble_driver.wire.session import BatchRequest
 
     positions = np.array([np.arange(6.0).reshape(NAT, 3) + 10 * b + 0.1 * step for b in beads])
     return BatchRequest(rid, np.repeat(np.eye(3)[None] * 10, len(beads), 0), positions)
@@ -262,7 +262,7 @@ def batch_request(rid: int, beads: list[int], step: int):
 )
 def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
     events: list = []
-    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=2, nbeads=6)
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=2, nbeads=6)
     leader.begin_batches(4, init_every_step=True)
     for step in range(3):
         for rid, beads in batches:
@@ -283,7 +283,7 @@ def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
 
 def test_batch_evaluates_each_distinct_structure_once(tmp_path):
     events: list = []
-    leader, _ = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=0, nbeads=4)
+    leader, _ = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=0, nbeads=4)
     leader.begin_batches(4, init_every_step=True)
     replies = leader.batch(batch_request(0, [7, 7, 7, 7], 0))  # step 0: every bead the same
     assert events == [("eval_batch", "m0", 1)]
@@ -296,7 +296,7 @@ def test_batch_evaluates_each_distinct_structure_once(tmp_path):
 def test_batched_transport_refuses_extras(tmp_path):
     from ensemble_driver.errors import UnsupportedTransport
 
-    leader, _ = make_leader(tmp_path, [], parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, extras=True)
+    leader, _ = make_leader(tmp_path, [], Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, extras=True)
     with pytest.raises(UnsupportedTransport, match="--extras cannot be used"):
         leader.begin_batches(4, init_every_step=True)
 
@@ -305,7 +305,7 @@ def test_drain_after_an_error_follows_the_latest_row(tmp_path):
     """After an error the leader waits for the rows in flight: 5 s, or twice what the
     latest row took from dispatch to written (large systems, slow models), at most 20 s."""
     events: list = []
-    leader, comm = make_leader(tmp_path, events, parallel.Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
     assert leader.abort_drain_s() == 5.0
     for step, took in ((0, 6.0), (1, 40.0), (2, 0.5)):
         leader(request(step))

@@ -31,7 +31,7 @@ def plain(reference, path, positions, cells, atom_types):
 
 
 def test_direct_path_equals_deeppot_eval(model_paths, reference, structures):
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     frames, positions, cells = structures
     model = DeepPotModel(model_paths[1])
@@ -55,7 +55,7 @@ def test_direct_path_equals_deeppot_eval(model_paths, reference, structures):
 
 
 def test_direct_path_can_be_turned_off(model_paths, monkeypatch):
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     monkeypatch.setenv("ENSEMBLE_DRIVER_PLAIN_EVAL", "1")
     assert DeepPotModel(model_paths[0])._direct is None
@@ -64,7 +64,7 @@ def test_direct_path_can_be_turned_off(model_paths, monkeypatch):
 def test_torch_huge_pages_on_unless_the_user_chose(model_paths, monkeypatch):
     import os
 
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "placeholder")  # so that teardown restores the original
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
@@ -77,17 +77,19 @@ def test_torch_huge_pages_on_unless_the_user_chose(model_paths, monkeypatch):
 
 def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkeypatch):
     """A deepmd-kit whose internals changed meaning must cost speed, never correctness."""
-    from ensemble_driver import model as model_module
+    from ensemble_driver.models import deepmd as model_module
+    from ensemble_driver.models import direct as direct_module
+    from ensemble_driver.models.results import BatchEvaluation
 
     frames, positions, cells = structures
     model = model_module.DeepPotModel(model_paths[0])
-    real_call = model_module._TorchDirect.__call__
+    real_call = direct_module.TorchDirect.__call__
 
     def off_by_a_little(self, *args):
         result = real_call(self, *args)
-        return model_module.BatchEvaluation(result.energy + 1e-9, result.forces, result.virial)
+        return BatchEvaluation(result.energy + 1e-9, result.forces, result.virial)
 
-    monkeypatch.setattr(model_module._TorchDirect, "__call__", off_by_a_little)
+    monkeypatch.setattr(direct_module.TorchDirect, "__call__", off_by_a_little)
     types = model.atom_types(frames[0].get_chemical_symbols())
     first = model.evaluate(positions[0], cells[0], types)
     assert model._direct is None
@@ -95,7 +97,7 @@ def test_a_direct_path_that_disagrees_is_dropped(model_paths, structures, monkey
 
 
 def test_warm_up_checks_the_direct_path_and_stops_when_warm(model_paths, structures):
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     frames, positions, cells = structures
     model = DeepPotModel(model_paths[2])
@@ -112,7 +114,7 @@ def test_warm_up_checks_the_direct_path_and_stops_when_warm(model_paths, structu
 def test_a_non_finite_first_result_defers_the_check(model_paths, structures):
     """Two atoms on one site give NaN: nothing to compare, so neither path is chosen
     yet; the next (sound) structure decides."""
-    from ensemble_driver.model import DeepPotModel
+    from ensemble_driver.models.deepmd import DeepPotModel
 
     frames, positions, cells = structures
     model = DeepPotModel(model_paths[0])
@@ -136,7 +138,8 @@ def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
     if not pb:
         pytest.skip("ENSEMBLE_DRIVER_TEST_PB is not set")
     pytest.importorskip("deepmd.tf")
-    from ensemble_driver.model import DeepPotModel, _TFDirect
+    from ensemble_driver.models.deepmd import DeepPotModel
+    from ensemble_driver.models.direct import TFDirect as _TFDirect
 
     frames, positions, cells = structures
     model = DeepPotModel(pb)
@@ -165,7 +168,7 @@ def test_direct_path_with_parameters_equals_deeppot_eval(reference, structures, 
     model's own (devi's per-frame values)."""
     from conftest import MODELS
 
-    from ensemble_driver.model import DeepPotModel, Parameters
+    from ensemble_driver.models.deepmd import DeepPotModel, Parameters
 
     frames, positions, cells = structures
     nat = positions.shape[1]

@@ -7,7 +7,7 @@ import pytest
 
 from ensemble_driver.deviation import Deviation
 from ensemble_driver.errors import ConfigError
-from ensemble_driver.output import BeadFiles, DeviationFile, bead_file_names, format_row, header_line
+from ensemble_driver.outputs.model_devi import BeadFiles, DeviationFile, bead_file_names, format_row, header_line
 
 # The LAMMPS plugin's layout (deepmd-kit source/lmp/pair_deepmd.cpp), typed out once.
 GOLDEN_HEADER = (

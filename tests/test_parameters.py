@@ -17,12 +17,12 @@ from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 from test_ipi import check_run_against_model
 
-from ensemble_driver import units
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 from ensemble_driver.deviation import Deviation
-from ensemble_driver.ipi_input import SocketSettings, prepare_input
-from ensemble_driver.launch import ProcessGroup
-from ensemble_driver.output import format_row, header_line
-from ensemble_driver.template import read_template
+from ensemble_driver.outputs.model_devi import format_row, header_line
+from ensemble_driver.wire import units
+from ensemble_driver.wire.template import read_template
 
 STEPS = 4
 FPARAM = [0.6]

@@ -15,8 +15,8 @@ from conftest import tool
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import bead_file, mpiexec
 
-from ensemble_driver.frames import read_frames
-from ensemble_driver.posthoc import DeviLayout
+from ensemble_driver.devi.command import DeviLayout
+from ensemble_driver.devi.frames import read_frames
 
 STEPS, OUT_FREQ, NBEADS = 6, 2, 3
 XYZ_OUTPUT = f"<trajectory filename='xyzpos' stride='{OUT_FREQ}' format='xyz'> positions </trajectory>"
@@ -177,7 +177,7 @@ def test_devi_errors_name_the_file(tmp_path, model_paths):
 
 def test_plot_writes_a_png(tmp_path):
     from ensemble_driver.deviation import Deviation
-    from ensemble_driver.output import format_row, header_line
+    from ensemble_driver.outputs.model_devi import format_row, header_line
 
     rng = np.random.default_rng(1)
     for bead in range(1, 5):

@@ -13,8 +13,8 @@ import test_faults as faults
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
-from ensemble_driver import units
-from ensemble_driver.dumps import lammps_box, lammps_frame
+from ensemble_driver.outputs.dumps import lammps_box, lammps_frame
+from ensemble_driver.wire import units
 
 NBEADS = 4
 STEPS = 6

@@ -13,10 +13,10 @@ import threading
 import numpy as np
 import pytest
 
-from ensemble_driver import units
-from ensemble_driver.client import EndReason, Reply, Request, Session
 from ensemble_driver.errors import ProtocolError, UnsupportedTransport
-from ensemble_driver.protocol import HEADER_LEN, Wire, encode_header, parse_init_text
+from ensemble_driver.wire import units
+from ensemble_driver.wire.protocol import HEADER_LEN, Wire, encode_header, parse_init_text
+from ensemble_driver.wire.session import EndReason, Reply, Request, Session
 
 NAT = 3
 

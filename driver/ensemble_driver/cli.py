@@ -1,4 +1,4 @@
-"""Command line: the commands (their options are built in :mod:`options`): each runs its work (``app``, ``posthoc``, ``plot``, ``demo``) and ends with its status, one line per error."""
+"""Command line: the commands (their options are built in :mod:`options`): each runs its work (``run``, ``devi.command``, ``devi.plot``, ``demo.command``) and ends with its status, one line per error."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .app import run
     from .config import build_config, load_config_file
+    from .run import run
 
     cli_settings = _settings_from_args(args)
     setup_logging(args.verbose or 0, args.quiet)
@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo.command import run_demo
 
     setup_logging(0)
     return run_demo(
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_devi(args: argparse.Namespace) -> int:
     from .config import RunConfig
-    from .posthoc import DeviSettings, run_devi
+    from .devi.command import DeviSettings, run_devi
 
     setup_logging(args.verbose)
     levels = RunConfig(
@@ -166,7 +166,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_deviation
+    from .devi.plot import plot_deviation
 
     counts = plot_deviation(args.files, args.output, trust_lo=args.trust_lo, trust_hi=args.trust_hi, title=args.title)
     total = sum(counts.values())
@@ -191,7 +191,7 @@ def _guarded(command, args: argparse.Namespace) -> tuple[int, DriverError | None
         # Under MPI an error is either agreed by all ranks (printed by rank 0 only, and
         # naming the rank it came from) or met identically by every rank before the ranks
         # talk (bad options): rank 0 prints it for all.
-        from .parallel import launch_rank
+        from .ranks import launch_rank
 
         if getattr(exc, "print_here", launch_rank() == 0):
             _say(f"{PROG}: error: {exc}")

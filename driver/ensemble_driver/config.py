@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .devices import CHOICES
 from .errors import ConfigError
+from .models.devices import CHOICES
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
 
@@ -94,7 +94,7 @@ class RunConfig:
             if self.trust_lo_v is not None or self.trust_hi_v is not None:
                 raise ConfigError("--trust-lo-v/--trust-hi-v need --trust-lo and --trust-hi as well")
             return None
-        from .selection import TrustLevels
+        from .outputs.selection import TrustLevels
 
         return TrustLevels(self.trust_lo, self.trust_hi, self.trust_lo_v, self.trust_hi_v)
 

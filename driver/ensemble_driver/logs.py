@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .parallel import launch_rank, launched_by_mpi
+from .ranks import launch_rank, launched_by_mpi
 
 PROG = "ensemble-driver"
 

@@ -1,6 +1,6 @@
 """The connection ranks' run: connect, serve the server with a :class:`ensemble.Leader`
-until the run ends, finish (the rank roles: see :mod:`ensemble`; several connections:
-see :mod:`connections`).
+until the run ends, finish (the rank roles: see :mod:`ensemble.layout`; several connections:
+see :mod:`ensemble.connections`).
 
 Rank 0 serves its connection, writes every row and ends the job; with ``--connections
 K`` ranks 1..K-1 serve one connection each and report to rank 0.
@@ -13,18 +13,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from . import parallel
-from .client import EndReason, Session
+from . import ranks
 from .config import RunConfig
-from .connections import Done, Hub, Link, StoppedByRank0
-from .ensemble import DeviationSettings, Leader, LocalModel
+from .ensemble.connections import Done, Hub, Link, StoppedByRank0
+from .ensemble.layout import Layout
+from .ensemble.leader import DeviationSettings, Leader, LocalModel
+from .ensemble.replicas import Model0Replicas
+from .ensemble.rows import BeadRows, RemoteRows
 from .errors import DriverError, ReportedError, one_line
-from .protocol import Wire
-from .replicas import Model0Replicas
-from .rows import BeadRows, RemoteRows
 from .signals import Stopped, StopSignals
-from .template import Template
-from .transport import Address, connect
+from .wire.protocol import Wire
+from .wire.session import EndReason, Session
+from .wire.template import Template
+from .wire.transport import Address, connect
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,13 @@ class Served:
 
     config: RunConfig
     comm: Any
-    layout: parallel.Layout
+    layout: Layout
     address: Address
     template: Template
     members: list[LocalModel]
     periodic: bool
     signals: StopSignals
-    counter: parallel.StepCounter | None
+    counter: ranks.StepCounter | None
     hosts: list[str]
 
     def leader(self, **pieces) -> Leader:
@@ -184,7 +185,7 @@ def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files) ->
 
 def serve_connection(served: Served) -> int:
     """A connection rank other than 0: its connection, its rows sent to rank 0, then how
-    it ended (see :mod:`connections`). Its errors are printed by rank 0."""
+    it ended (see :mod:`ensemble.connections`). Its errors are printed by rank 0."""
     link = Link(served.comm)
     leader = served.leader(sink=RemoteRows(served.comm), watch=link.idle)
     session, reason, error = run_session(served, leader, idle=link.idle)

@@ -5,7 +5,7 @@ half a FORCEREADY on the wire nor half a row in a file. The handler therefore ra
 only where nothing is half done: while the driver is blocked waiting for the server (or
 for a connection, or loading models). Anywhere else it only records the signal; the
 session then finishes the request in hand, sends the whole reply, and stops at the next
-safe point. Rows are always whole: each is one ``write`` (see :mod:`output`).
+safe point. Rows are always whole: each is one ``write`` (see :mod:`outputs.model_devi`).
 
 Under ``mpiexec`` every rank receives the signal. Followers keep serving the leader until
 it stops them (see :func:`followers.follower_loop`), so the leader writes what it can and

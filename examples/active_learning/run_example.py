@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-from ensemble_driver.ipi_input import SocketSettings, prepare_input  # noqa: E402
-from ensemble_driver.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
+from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
 
 
 def tool(name: str) -> str:

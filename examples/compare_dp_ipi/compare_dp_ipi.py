@@ -36,9 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples" / "models"))
 
-from ensemble_driver.demo import property_columns  # noqa: E402
-from ensemble_driver.ipi_input import SocketSettings, prepare_input  # noqa: E402
-from ensemble_driver.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.demo.command import property_columns  # noqa: E402
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
+from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -1,0 +1,387 @@
+"""``ensemble-driver devi``: the model deviation of existing trajectories.
+
+For runs made without the driver, or to re-check a run with other models. Every input
+file is one series (one bead): its rows go to one deviation file, named as in a live run
+(one file: ``--out-file``; several: per bead, ``--bead-files``), in the same format, with
+the same options (``--relative``, ``--relative-v``, ``--atomic``) and the same candidate
+selection (``--trust-lo``/``--trust-hi``: candidates*.xyz and devi_summary.json).
+
+Input formats:
+
+- i-PI's xyz trajectories (``<trajectory format='xyz'> positions </trajectory>``): the
+  comment line carries the cell (``CELL(abcABC)``), the step, the bead and the units of
+  positions and cell (``positions{atomic_unit}`` by default in i-PI, or ``angstrom``,
+  ``nanometer``, ``ase``); they are read here, since ASE would take Bohr for Angstrom;
+- anything else ASE reads (extxyz, LAMMPS dumps with ``--format lammps-dump-text``, VASP,
+  ASE trajectories, ...).
+
+Frame and atomic parameters, for models trained with them, are given as for ``run``:
+``--fparam`` and ``--aparam`` (the same for every frame), or ``--aparam-array NAME``: the
+per-atom array NAME of every frame (extended XYZ), so that each frame is evaluated with
+its own values, as ``dp model-devi`` takes them from a system's ``aparam.npy``.
+
+The step of a row is the trajectory's own (i-PI's ``Step:``, also inside the
+``ipi_comment`` of its ``format='ase'`` extxyz, or extxyz ``step=``) when it
+carries one, else the frame's index times ``--stride``.
+
+Under ``mpiexec`` the models and the frames are split over the ranks (``DeviLayout``:
+with no more ranks than models each rank loads only its models; with twice as many or
+more, groups of ranks take every G-th frame) and rank 0 writes the files; alone, one
+process does it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from .. import ranks
+from ..deviation import model_deviation
+from ..errors import ConfigError, DriverError, ModelError
+from ..models.deepmd import DeepPotModel, check_model_file, one_backend_thread
+from ..models.parameters import Parameters
+from ..outputs.dumps import TrajFiles, lammps_frame, traj_layout
+from ..outputs.model_devi import BeadFiles, bead_file_names
+from ..outputs.selection import Selection, TrustLevels, candidate_file_names, summary_file_name
+from .frames import Frame, name_dump_types, read_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviSettings:
+    trajectories: tuple[str, ...]
+    models: tuple[str, ...]
+    fmt: str | None = None
+    stride: int = 1
+    type_map: tuple[str, ...] | None = None
+    out_file: str = "model_devi.out"
+    bead_files: str = "dpgen"
+    atomic: bool = False
+    relative: float | None = None
+    relative_v: float | None = None
+    overwrite: bool = False
+    append: bool = False
+    trust: TrustLevels | None = None
+    batch: int = 8
+    fparam: tuple[float, ...] | None = None
+    aparam: tuple[float, ...] | None = None
+    aparam_array: str | None = None  # per-atom values: this array of every frame
+    traj_files: str | None = None  # as run's --traj-files: every row's frame as a LAMMPS dump
+
+    def validated(self) -> DeviSettings:
+        if len(self.models) < 2:
+            raise ConfigError("devi needs two or more --models (the deviation is their spread)")
+        if not self.trajectories:
+            raise ConfigError("no trajectory given")
+        if self.stride < 1:
+            raise ConfigError(f"--stride must be >= 1, got {self.stride}")
+        if self.overwrite and self.append:
+            raise ConfigError("--overwrite and --append exclude each other")
+        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.aparam is not None and self.aparam_array is not None:
+            raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
+        for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
+            if values is not None and not np.isfinite(values).all():
+                raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
+        return self
+
+    def parameters(self, series: Sequence[list[Frame]]) -> Parameters:
+        """The parameters every model is made with. With --aparam-array the first frame's
+        array stands for all (each call gets its frames' own): it is what the models'
+        dimensions are checked against; every frame's must have its shape."""
+        fparam = None if self.fparam is None else np.array(self.fparam, dtype=np.float64)
+        if self.aparam_array is None:
+            aparam = None if self.aparam is None else np.array(self.aparam, dtype=np.float64)
+            return Parameters(fparam=fparam, aparam=aparam)
+        first = series[0][0].aparam
+        for path, frames in zip(self.trajectories, series):
+            for k, frame in enumerate(frames):
+                if frame.aparam.shape[1] != first.shape[1]:
+                    raise ConfigError(
+                        f"trajectory {path}, frame {k}: array {self.aparam_array!r} has {frame.aparam.shape[1]} "
+                        f"column(s), frame 0 of {self.trajectories[0]} has {first.shape[1]}"
+                    )
+        source = f"--aparam-array {self.aparam_array} of trajectory {self.trajectories[0]}"
+        return Parameters(fparam=fparam, aparam=first, aparam_from=source)
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    if sys.stderr.isatty():
+        rate = done / max(time.monotonic() - started, 1e-9)
+        left = (total - done) / rate if rate else 0
+        sys.stderr.write(f"\r  {done}/{total} frames on rank 0, {rate:.1f}/s, ~{left:.0f} s left ")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class DeviLayout:
+    """How ``devi`` splits its work over R ranks and M models: the ranks form G groups
+    (rank r is in group r % G); each group takes every G-th chunk of frames, and within a
+    group of k ranks the rank at position p holds models p, p + k, ... (none when p >= M).
+
+    G is chosen to balance the ranks: the busiest rank evaluates 1/G of the frames with
+    ceil(M / k) models (k: the smallest group's size), and G minimises that, the
+    fewest groups among equals (fewer models to load per rank). So with M a multiple
+    of R the models are split and every rank sees every frame (4 models, 2 or 4 ranks);
+    otherwise the frames are split too (3 models on 2 ranks: each rank evaluates all 3
+    models on half of the frames, not 2 models and 1 on all of them)."""
+
+    groups: int
+    group: int
+    position: int
+    size: int
+    models: tuple[int, ...]
+
+    @staticmethod
+    def n_groups(n_ranks: int, n_models: int) -> int:
+        def load(groups: int) -> float:
+            return -(-n_models // (n_ranks // groups)) / groups
+
+        return min(range(1, n_ranks + 1), key=lambda g: (round(load(g), 9), g))
+
+    @classmethod
+    def of(cls, rank: int, n_ranks: int, n_models: int) -> DeviLayout:
+        groups = cls.n_groups(n_ranks, n_models)
+        group = rank % groups
+        size = len(range(group, n_ranks, groups))
+        position = rank // groups
+        return cls(groups, group, position, size, tuple(range(position, n_models, size)))
+
+
+def _on_rank(exc: DriverError, rank: int) -> DriverError:
+    """An error met by one rank alone: it prints it itself, naming the rank."""
+    error = DriverError(f"rank {rank}: {exc}")
+    error.exit_status = exc.exit_status
+    error.print_here = True
+    return error
+
+
+def run_devi(settings: DeviSettings, comm=None) -> int:
+    """Compute and write the deviation of every frame of every trajectory. Returns 0."""
+    settings.validated()
+    comm = comm if comm is not None else ranks.world()
+    for path in settings.models:
+        check_model_file(path)
+    series = [read_frames(t, settings.fmt, settings.aparam_array) for t in settings.trajectories]
+    for path, frames in zip(settings.trajectories, series):
+        if not frames:
+            raise ConfigError(f"trajectory {path}: no frames")
+    n_models = len(settings.models)
+    layout = DeviLayout.of(comm.rank, comm.size, n_models)
+    group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
+    # before any model loads: OpenMP reads its thread count once, when torch starts it
+    threads = worker_threads(settings, layout, ranks.node_share(comm)[1], len(_chunks(settings, series, layout)))
+    if any(f.types is not None for frames in series for f in frames):
+        type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
+        name_dump_types(series, type_map, settings.trajectories)
+    for path, frames in zip(settings.trajectories, series):
+        for k, f in enumerate(frames):
+            if f.symbols != frames[0].symbols:
+                raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
+    try:
+        rows = _evaluate(settings, series, layout, group, threads)
+    except DriverError as exc:
+        raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
+    gathered = comm.gather(rows, root=0) if comm.size > 1 else [rows]
+    if comm.rank != 0:
+        return 0
+    for part in gathered:
+        rows.update(part)
+    _write(settings, series, rows)
+    return 0
+
+
+def _chunks(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> list[list[tuple[int, int]]]:
+    """This group's frames, (series, index), every G-th of all, in chunks of up to
+    ``--batch`` frames of one series: one model call per chunk and model."""
+    tasks = [(s, k) for s, frames in enumerate(series) for k in range(len(frames))]
+    mine = tasks[layout.group :: layout.groups]
+    chunks = []
+    k = 0
+    while k < len(mine):
+        chunk = [t for t in mine[k : k + settings.batch] if t[0] == mine[k][0]]
+        chunks.append(chunk)
+        k += len(chunk)
+    return chunks
+
+
+#: The variables by which a user sets the threads of the models' calls (deepmd-kit reads the
+#: DP_ ones, torch and OpenMP the others): with any of them set, ``devi`` leaves threads alone.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "TF_INTRA_OP_PARALLELISM_THREADS")
+
+
+def worker_threads(settings: DeviSettings, layout: DeviLayout, local_ranks: int, n_chunks: int) -> int:
+    """How many chunks this rank evaluates at once, each in its own thread, and the
+    threads of each model call (``OMP_NUM_THREADS``, set here before torch starts).
+
+    Unless the user set the threads (any of ``THREAD_VARIABLES``: then 1 chunk at a
+    time, their settings kept), the rank's share of the node's cores
+    (``os.sched_getaffinity`` over the ranks on the node) goes to chunks in parallel,
+    one torch thread each, when the rank holds every model (no chunk waits for another
+    rank) and every model is a PyTorch one; otherwise to the threads of one call.
+    Chunks in parallel scale with the cores where one call on several threads does not:
+    at 256 atoms a call on two threads took nearly as long as on one, and on a busy
+    machine OpenMP's waiting threads made it several times slower."""
+    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cpus // max(local_ranks, 1))
+    pytorch = all(str(m).endswith((".pth", ".pt")) for m in settings.models)
+    threads = min(share, n_chunks) if layout.size == 1 and pytorch else 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, share // threads))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    return max(threads, 1)
+
+
+def _evaluate(
+    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int = 1
+) -> dict:
+    """This rank's share: its models on its group's chunks of frames; the group's first
+    rank gathers the chunk's forces and virials of all models and keeps the rows. A rank
+    that holds every model evaluates several chunks at once in threads (``worker_threads``)."""
+    parameters = settings.parameters(series)
+    models = {
+        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
+    }
+    types = {
+        (s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
+        for s, frames in enumerate(series)
+        for m in models
+    }
+    chunks = _chunks(settings, series, layout)
+    total = sum(len(c) for c in chunks)
+    rows: dict[tuple[int, int], object] = {}
+    started = time.monotonic()
+    done = 0
+    shown = layout.group == 0 and layout.position == 0
+    call = partial(_call, settings, series, types)
+    if threads == 1:
+        for chunk in chunks:
+            forces, virials = call(models, chunk)
+            if layout.size > 1:
+                parts = group.gather((forces, virials), root=0)
+                if layout.position != 0:
+                    continue
+                for f, v in parts:
+                    forces.update(f)
+                    virials.update(v)
+            _keep_rows(settings, chunk, forces, virials, rows)
+            done += len(chunk)
+            if shown:
+                _progress(done, total, started)
+        return rows
+    # OpenMP's thread count is per thread: set in each worker, or its calls take all cores
+    log.debug("devi: %d chunks in %d threads of one torch thread each", len(chunks), threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="devi", initializer=one_backend_thread)
+    try:
+        # each model's first calls (TorchScript profiles its graph, the driver checks its
+        # direct path) on the first chunk, the models in parallel
+        first = list(pool.map(lambda m: call({m: models[m]}, chunks[0]), models))
+        forces = {m: f[m] for f, _ in first for m in f}
+        virials = {m: v[m] for _, v in first for m in v}
+        _keep_rows(settings, chunks[0], forces, virials, rows)
+        done = len(chunks[0])
+        if shown:
+            _progress(done, total, started)
+        for chunk, (forces, virials) in zip(chunks[1:], pool.map(partial(call, models), chunks[1:])):
+            _keep_rows(settings, chunk, forces, virials, rows)
+            done += len(chunk)
+            if shown:
+                _progress(done, total, started)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return rows
+
+
+def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, models: dict, chunk: list) -> tuple:
+    """Forces and virials of ``models`` (index -> model) on the frames of ``chunk``."""
+    s = chunk[0][0]
+    frames = [series[s][i] for _, i in chunk]
+    positions = np.stack([f.positions for f in frames])
+    cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
+    aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
+    forces, virials = {}, {}
+    for m, model in models.items():
+        result = model.evaluate_batch(positions, cells, types[(s, m)], aparam=aparam)
+        if not (np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
+            raise ModelError(
+                f"model {settings.models[m]} returned non-finite forces or virial on "
+                f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}"
+            )
+        forces[m], virials[m] = result.forces, result.virial
+    return forces, virials
+
+
+def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict, rows: dict) -> None:
+    """The deviation rows of a chunk's frames, from every model's forces and virials."""
+    n_models = len(settings.models)
+    stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
+    stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
+    for j, task in enumerate(chunk):
+        row = model_deviation(
+            stacked_f[j],
+            stacked_v[j],
+            relative=settings.relative,
+            relative_v=settings.relative_v,
+            atomic=settings.atomic,
+        )
+        rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
+
+
+def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) -> None:
+    names = bead_file_names(settings.out_file, settings.bead_files, len(series))
+    mode = "append" if settings.append else "overwrite" if settings.overwrite else "new"
+    selection = None
+    if settings.trust is not None:
+        selection = Selection(settings.trust, candidate_file_names(names), summary_file_name(names), mode=mode)
+    traj = None
+    if settings.traj_files is not None:
+        traj = TrajFiles(traj_layout(settings.traj_files, settings.out_file, len(series)), mode=mode)
+    files = BeadFiles(names, atomic=settings.atomic, mode=mode)
+    try:
+        for s, frames in enumerate(series):
+            if selection is not None:
+                selection.symbols = frames[0].symbols
+            types = _model0_types(settings, frames[0].symbols) if traj is not None else None
+            for k, frame in enumerate(frames):
+                step = frame.step if frame.step is not None else k * settings.stride
+                row, forces = rows[(s, k)]
+                if traj is not None:  # the frame before its row, as in a live run
+                    text = partial(lammps_frame, positions=frame.positions, cell=frame.cell, types=types, forces=forces)
+                    traj.write(s, step, lambda labelled, text=text: text(labelled))
+                files.write(s, step, row)
+                if selection is not None:
+                    selection.add(s, step, row, frame.positions, frame.cell)
+    finally:
+        files.close()
+        if traj is not None:
+            traj.close()
+        if selection is not None:
+            selection.close()
+
+    total = sum(len(f) for f in series)
+    print(f"wrote {total} deviation rows to {', '.join(names) if len(names) <= 4 else names[0] + ' .. ' + names[-1]}")
+    if selection is not None:
+        print(
+            f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+            f"counts in {selection.summary_file}"
+        )
+
+
+def _model0_types(settings: DeviSettings, symbols: Sequence[str]) -> np.ndarray:
+    """Model 0's type index of every atom (the dump frames' types, from 1)."""
+    type_map = list(settings.type_map or DeepPotModel(settings.models[0]).type_map)
+    return np.array([type_map.index(e) for e in symbols])

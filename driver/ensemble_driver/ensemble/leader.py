@@ -1,0 +1,333 @@
+"""The ensemble: model 0 drives the dynamics; every ``out_freq`` steps all models evaluate.
+
+Leader (rank 0), per structure from the server:
+
+1. on a deviation step (``step % out_freq == 0`` for a bead below ``nbeads``) it sends
+   the structure to the followers first, so that every model computes at the same time;
+2. it evaluates model 0 and hands the answer back to the session, which sends it to the
+   server at once: the answer never waits for the other models (unless ``--extras``
+   asks for the deviation inside it);
+3. after the reply it evaluates the extra models it holds itself (only when it runs
+   alone, as LAMMPS does) and collects whatever results have arrived, without blocking;
+   finished rows are written in step order.
+
+Non-deviation steps involve no other rank. Followers wait for WORK, evaluate their models
+in turn and send the results back (see :mod:`followers`, and :mod:`messages` for the
+messages).
+
+Failure is collective: a follower that fails reports to the leader, which finishes the
+request in hand, writes the rows it has, stops every follower and exits with the
+failure's status; the leader never leaves a follower waiting.
+
+The leader (:class:`Leader`, the session's handler) answers with model 0 and composes
+pieces with one job each, the data going one way: :mod:`steps` says which request is
+which bead and step and whether it gets a deviation; :mod:`jobs` dispatches the
+deviation jobs to the followers, runs the leader's own extra models and collects the
+results; :mod:`rows` writes the finished jobs' rows in step order; :mod:`extras` makes the
+answers' committee or deviation JSON; :mod:`ending` drains, stops the followers and closes
+the files. The followers' side is :func:`followers.follower_loop`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DriverError, ModelError, ProtocolError, UnsupportedTransport
+from ..models.parameters import Parameters, from_server
+from ..outputs.model_devi import BeadFiles
+from ..outputs.selection import Selection
+from ..wire.session import BatchRequest, Reply, Request
+from . import ending, messages
+from .connections import Hub
+from .extras import committee_extras, deviation_extras
+from .jobs import Job, JobPipeline, LocalModel
+from .layout import Layout
+from .replicas import Model0Replicas
+from .rows import BeadRows, RemoteRows, RowWriter
+from .steps import BeadSteps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviationSettings:
+    out_freq: int = 100
+    nbeads: int = 1
+    relative: float | None = None
+    relative_v: float | None = None
+    atomic: bool = False
+    extras: bool = False
+    committee: bool = False
+    out_freq_near: int = 0  # --out-freq-near (0: off)
+    trust_lo: float | None = None
+
+
+def check_cell(cell: np.ndarray | None, where: str) -> None:
+    if cell is not None and abs(np.linalg.det(cell)) < 1e-8:
+        raise ProtocolError(
+            f"the server sent a cell of zero volume ({where}) for a periodic system; if the "
+            "system is not periodic, run with --no-pbc"
+        )
+
+
+class Leader:
+    """The session handler of rank 0: answers with model 0, runs the ensemble beside it."""
+
+    def __init__(
+        self,
+        comm,
+        layout: Layout,
+        local: Sequence[LocalModel],
+        *,
+        natoms: int,
+        periodic: bool,
+        settings: DeviationSettings,
+        files: BeadFiles | None = None,
+        selection: Selection | None = None,
+        sink: BeadRows | RemoteRows | None = None,
+        replicas: Model0Replicas | None = None,
+        hub: Hub | None = None,
+        watch: Callable[[], None] | None = None,
+        rank_timeout: float | None = None,
+        hosts: Sequence[str] = (),
+    ):
+        self.model0 = local[0]
+        self.periodic = periodic
+        self.settings = settings
+        self.layout = layout
+        self.replicas = replicas
+        self.hub = hub
+        self.watch = watch  # after each reply: has another connection ended the run? (may raise)
+        self._warned_idle_replicas = False
+        deviation_on = settings.out_freq > 0 and layout.n_models > 1
+        self.steps = BeadSteps(
+            out_freq=settings.out_freq,
+            nbeads=settings.nbeads,
+            deviation_on=deviation_on,
+            near_freq=settings.out_freq_near,
+            trust_lo=settings.trust_lo,
+        )
+        self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
+        self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
+        self.sink = sink if sink is not None else BeadRows(files, selection)
+        self.rows = RowWriter(
+            self.sink,
+            relative=settings.relative,
+            relative_v=settings.relative_v,
+            atomic=settings.atomic,
+            on_row=lambda rid, row: self.steps.observe(rid, row.max_devi_f),
+        )
+        model0 = self.model0.model
+        self.jobs = JobPipeline(
+            comm,
+            layout,
+            local[1:],
+            natoms=natoms,
+            sink=self.rows.write,
+            rank_timeout=rank_timeout,
+            hosts=hosts,
+            slots=messages.parameter_slots(model0),
+        )
+
+    @property
+    def batch_steps(self) -> dict[int, int]:
+        """Evaluations per request id with i-PI's batched transport."""
+        return self.steps.batch_steps
+
+    @property
+    def rows_by_bead(self) -> dict[int, int]:
+        return getattr(self.sink, "rows_by_bead", {})
+
+    # -- the session's handler ---------------------------------------------------------
+    def __call__(self, request: Request) -> Reply:
+        cell = request.cell if self.periodic else None
+        check_cell(cell, f"bead {request.rid}, step {request.step}")
+        if self.replicas is not None and not self._warned_idle_replicas:
+            self._warned_idle_replicas = True
+            log.warning(
+                "--model0-ranks %d: ranks %s evaluate model 0 only for i-PI's batched transport (<batch_size>), "
+                "but this server sends one structure per message, so they stay idle; use --connections to "
+                "serve the beads in parallel",
+                self.layout.model0_ranks,
+                ", ".join(map(str, self.replicas.replicas)),
+            )
+        if self.steps.needs_latest_row(request.rid, request.step):
+            # --out-freq-near: whether this step gets a row depends on the bead's latest row
+            self.jobs.complete_until(self._last_job.get(request.rid))
+        parameters, server = self._parameters(request.init)
+        if self.settings.committee:  # every model on every structure
+            row = self.steps.row_due(request.rid, request.step, warn=False)
+            job = self.jobs.dispatch(request, cell, row=row, parameters=parameters, server_parameters=server)
+        elif self.steps.row_due(request.rid, request.step):
+            job = self.jobs.dispatch(request, cell, parameters=parameters, server_parameters=server)
+        else:
+            job = None
+        if job is not None and job.row:
+            self._last_job[request.rid] = job
+        result = self.model0.evaluate(request.positions, cell, request.rid, request.step, parameters)
+        if job is not None:
+            job.put(0, result.energy, result.forces, result.virial)
+        return Reply(result.energy, result.forces, result.virial, self._extras(job))
+
+    def _parameters(self, init) -> tuple[Parameters | None, tuple]:
+        """The frame and atomic parameters of the server's force field (i-PI's
+        ``<parameters>{fparam: ..., aparam: ...}``, in the INIT before the structure) over
+        the run's own, checked against model 0 once per distinct values; (None, (None,
+        None)) when the server sends none."""
+        texts = (None, None) if init is None else (init.get("fparam"), init.get("aparam"))
+        if texts == (None, None):
+            return None, (None, None)
+        found = self._server_parameters.get(texts)
+        if found is None:
+            parameters = from_server(self.model0.model.parameters, *texts)
+            self.model0.model.check_parameters(parameters)
+            server = (
+                None if texts[0] is None else parameters.fparam,
+                None if texts[1] is None else parameters.aparam,
+            )
+            found = self._server_parameters[texts] = (parameters, server)
+            log.info("i-PI's <parameters>: every model evaluated with %s", parameters.describe())
+        return found
+
+    def _extras(self, job: Job | None) -> bytes:
+        if self.settings.committee:
+            self.jobs.complete_until(job)  # the answer needs every model's result for this structure
+            # after a failure the answer goes without the committee; after_reply raises it
+            return committee_extras(job) if self.jobs.fatal is None else b""
+        if self.settings.extras:
+            # --extras needs this step's row now
+            return deviation_extras(self.jobs.complete_until(job) if job is not None else None)
+        return b""
+
+    def after_reply(self) -> None:
+        """Called once the answer is on its way: local extra models, then collect."""
+        self.jobs.run_local()
+        self.jobs.collect()
+        if self.jobs.fatal is not None:
+            raise self.jobs.fatal
+        if self.watch is not None:
+            self.watch()  # the other connections' rows, and their ends
+
+    # -- i-PI's batched transport -----------------------------------------------------
+    def begin_batches(self, batch_size: int, init_every_step: bool) -> None:
+        """Called at the INIT that announces batching: refuse what cannot work with it."""
+        if self.settings.out_freq_near:
+            raise UnsupportedTransport(
+                "--out-freq-near cannot be used with i-PI's batched transport (<batch_size>) yet: a batch's "
+                "rows are known only once the next batch arrives"
+            )
+        if self.layout.connections > 1:
+            raise UnsupportedTransport(
+                f"i-PI's batched transport (<batch_size>) with --connections {self.layout.connections}: "
+                "a batch's beads are told apart only with one connection; use one connection and "
+                "--model0-ranks to split the batches over ranks"
+            )
+        if self.settings.committee:
+            raise UnsupportedTransport(
+                "--committee-json cannot be used with i-PI's batched transport (<batch_size>) yet"
+            )
+        if self.settings.extras:
+            raise UnsupportedTransport(
+                "--extras cannot be used with i-PI's batched transport (<batch_size>): which bead each "
+                "structure of a batch is becomes known only with the next batch"
+            )
+        if self.steps.deviation_on and not init_every_step:
+            raise UnsupportedTransport(
+                "the deviation needs every batch's INIT (its first request id) with i-PI's batched "
+                "transport: do not use --no-init-each"
+            )
+
+    def batch(self, request: BatchRequest) -> list[Reply]:
+        """Model 0 on a batched POSDATA, in one model call.
+
+        i-PI says only the request id of the first structure, and pads a batch by
+        repeating its last structure, sometimes before all the beads of a step are queued
+        (its poll thread may dispatch while the step is being queued). With one client,
+        the batches of a step are consecutive runs of its beads, so the next batch's first
+        id tells how many structures of this one were real beads (and the end of the run
+        closes the last one). The deviation of a batch is therefore dispatched when the
+        next batch arrives, before model 0 evaluates that one.
+        """
+        cells = request.cells if self.periodic else None
+        if cells is not None:
+            for cell in cells:
+                check_cell(cell, f"batch starting at request id {request.rid}")
+        self._resolve_batch(next_rid=request.rid)
+        distinct, source = distinct_structures(request.positions, cells)
+        cells_in = None if cells is None else cells[distinct]
+        parameters, _ = self._parameters(request.init)
+        if self.replicas is not None:
+            if parameters is not None:
+                raise UnsupportedTransport(
+                    "i-PI's <parameters> (fparam, aparam) with --model0-ranks > 1: the batch replicas do not "
+                    "receive them yet; use one model-0 rank"
+                )
+            result = self.replicas.evaluate_batch(request.positions[distinct], cells_in)
+        else:
+            extra = {} if parameters is None else {"parameters": parameters}  # the server's, if it sent any
+            result = self.model0.model.evaluate_batch(
+                request.positions[distinct], cells_in, self.model0.atom_types, **extra
+            )
+        energy, forces, virial = result.energy[source], result.forces[source], result.virial[source]
+        if not (np.isfinite(energy).all() and np.isfinite(forces).all() and np.isfinite(virial).all()):
+            raise ModelError(
+                f"model 0 ({self.model0.model.path}) returned non-finite energy, forces or virial in the "
+                f"batch starting at request id {request.rid}"
+            )
+        self.steps.hold_batch(request, energy, forces, virial)
+        return [Reply(float(energy[k]), forces[k], virial[k], b"") for k in range(len(energy))]
+
+    def _resolve_batch(self, next_rid: int | None) -> None:
+        """Count the real structures of the pending batch, give each its bead and step,
+        and start the deviation of those at a deviation step."""
+        batch = self.steps.resolve_batch(next_rid)
+        if batch is None:
+            return
+        request = batch.request
+        parameters, server = self._parameters(request.init)
+        for k, (rid, step) in enumerate(batch.beads):
+            if self.steps.row_due(rid, step, warn=False):
+                cell = None if not self.periodic else request.cells[k]
+                structure = Request(rid, step, request.cells[k], request.positions[k])
+                job = self.jobs.dispatch(structure, cell, parameters=parameters, server_parameters=server)
+                job.put(0, batch.energy[k], batch.forces[k], batch.virial[k])
+
+    # -- the end -----------------------------------------------------------------------
+    def finish(self, error: DriverError | None) -> DriverError | None:
+        """Write what can be written, stop every follower, close the files; return the
+        error the run ends with (see :func:`ending.finish`)."""
+        rank0 = isinstance(self.sink, BeadRows)
+        stop = [*self.layout.batch_replicas, *self.layout.ensemble_ranks] if rank0 else []
+        return ending.finish(
+            self.jobs,
+            self.rows,
+            error,
+            before_drain=lambda: self._resolve_batch(next_rid=None),
+            others=self.hub.finish if self.hub is not None else None,
+            stop=stop,
+        )
+
+    def abort_drain_s(self) -> float:
+        """How long to wait for the rows in flight after an error (see ending.ABORT_DRAIN_S)."""
+        return ending.abort_drain_s(self.rows.latest_row_s)
+
+
+def distinct_structures(positions: np.ndarray, cells: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the distinct consecutive structures of a batch, and for every slot
+    the distinct structure it copies."""
+    # distinct consecutive structures only: padding, and step 0 where every bead is
+    # the same, are copies of the structure before them
+    same = np.array(
+        [False]
+        + [
+            np.array_equal(positions[k], positions[k - 1]) and (cells is None or np.array_equal(cells[k], cells[k - 1]))
+            for k in range(1, len(positions))
+        ]
+    )
+    distinct = np.flatnonzero(~same)
+    source = np.cumsum(~same) - 1  # the distinct structure each slot copies
+    return distinct, source

@@ -1,0 +1,175 @@
+"""The messages between ranks: their tags and the layout of their buffers.
+
+Messages are NumPy float64 buffers moved with mpi4py's upper-case point-to-point calls
+(no pickling on the hot path), all of a size fixed by the atom count; float64 holds the
+integers in them (sequence numbers, request ids, steps) exactly. :mod:`ranks` moves
+them; this module only fills and reads them (no MPI here).
+
+- WORK, connection rank -> ensemble rank: ``[1, seq, rid, step, periodic, cell(9),
+  positions(3N)]``, then, for models with frame or atomic parameters, a flag and the
+  server's values of each (see :func:`work_size`); STOP, rank 0 -> any rank, has the same
+  tag: ``[0, exit status]``;
+- RESULT, ensemble rank -> the connection rank that sent the WORK: ``[seq, then per
+  model: energy, forces(3N), virial(9)]``;
+- ERROR, ensemble rank -> every connection rank: a pickled one-line message (rare);
+- BATCH, rank 0 -> batch replica, on the WORK tag: ``[2, n, periodic, cells(9n),
+  positions(3Nn)]``, answered on the RESULT tag with ``[n, energies(n), forces(3Nn),
+  virials(9n)]`` (see :mod:`replicas`);
+- ROW and DONE, connection rank -> rank 0: a finished deviation row, and the end of a
+  connection (pickled, once per row or per connection; see :mod:`connections`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+TAG_CONTROL = 11
+TAG_RESULT = 12
+TAG_ERROR = 13
+TAG_ROW = 14
+TAG_DONE = 15
+KIND_STOP = 0.0
+KIND_WORK = 1.0
+KIND_BATCH = 2.0
+BATCH_HEADER = 3  # kind, n, periodic
+WORK_HEADER = 5  # kind, seq, rid, step, periodic
+STOP_SIZE = 2  # kind, exit status
+
+
+# -- STOP: rank 0 ends the run -----------------------------------------------------------
+def pack_stop(status: int) -> np.ndarray:
+    """A STOP with the run's exit status (sent on the WORK tag, so it ends any wait)."""
+    return np.array([KIND_STOP, float(status)])
+
+
+def stop_status(buf: np.ndarray) -> int | None:
+    """The exit status a STOP carries; None when ``buf`` holds a WORK or a BATCH."""
+    return int(buf[1]) if buf[0] == KIND_STOP else None
+
+
+# -- WORK and RESULT: a structure to the ensemble ranks, their models' results back --------
+def parameter_slots(model) -> tuple[int, int]:
+    """(dim_fparam, dim_aparam) of ``model`` (None: no model), the parameter slots of every
+    WORK: sender and receiver size their buffers by it, so both take it from here."""
+    return (getattr(model, "dim_fparam", 0), getattr(model, "dim_aparam", 0))
+
+
+def work_size(natoms: int, slots: tuple[int, int] = (0, 0)) -> int:
+    """A WORK buffer's length; ``slots`` (dim_fparam, dim_aparam) of the models when they
+    take parameters the server may set (a flag and the values of each, after the positions)."""
+    return WORK_HEADER + 9 + 3 * natoms + (2 + slots[0] + slots[1] if any(slots) else 0)
+
+
+def result_size(natoms: int, n_local_models: int) -> int:
+    return 1 + n_local_models * (1 + 3 * natoms + 9)
+
+
+def pack_work(
+    buf: np.ndarray,
+    seq: int,
+    rid: int,
+    step: int,
+    cell: np.ndarray | None,
+    positions: np.ndarray,
+    slots: tuple[int, int] = (0, 0),
+    fparam: np.ndarray | None = None,
+    aparam: np.ndarray | None = None,
+) -> None:
+    """Fill a WORK buffer in place (float64 holds the integers exactly); ``fparam`` and
+    ``aparam`` (the server's, for this structure) go in the parameter slots."""
+    buf[:WORK_HEADER] = (KIND_WORK, seq, rid, step, 0.0 if cell is None else 1.0)
+    buf[WORK_HEADER : WORK_HEADER + 9] = 0.0 if cell is None else cell.ravel()
+    end = WORK_HEADER + 9 + positions.size
+    buf[WORK_HEADER + 9 : end] = positions.ravel()
+    if any(slots):
+        for dim, values in zip(slots, (fparam, aparam)):
+            buf[end] = 0.0 if values is None else 1.0
+            buf[end + 1 : end + 1 + dim] = 0.0 if values is None else np.ravel(values)
+            end += 1 + dim
+
+
+@dataclass(frozen=True)
+class Work:
+    seq: int
+    rid: int
+    step: int
+    cell: np.ndarray | None
+    positions: np.ndarray
+    fparam: np.ndarray | None = None  # the server's, for this structure
+    aparam: np.ndarray | None = None
+
+
+def unpack_work(buf: np.ndarray, natoms: int, slots: tuple[int, int] = (0, 0)) -> Work:
+    kind, seq, rid, step, periodic = buf[:WORK_HEADER]
+    assert kind == KIND_WORK
+    cell = buf[WORK_HEADER : WORK_HEADER + 9].reshape(3, 3).copy() if periodic else None
+    end = WORK_HEADER + 9 + 3 * natoms
+    positions = buf[WORK_HEADER + 9 : end].reshape(natoms, 3).copy()
+    params: list[np.ndarray | None] = [None, None]
+    if any(slots):
+        for k, dim in enumerate(slots):
+            if buf[end]:
+                params[k] = buf[end + 1 : end + 1 + dim].copy()
+            end += 1 + dim
+    return Work(int(seq), int(rid), int(step), cell, positions, *params)
+
+
+def pack_results(
+    buf: np.ndarray, seq: int, energies: Sequence[float], forces: Sequence[np.ndarray], virials: Sequence[np.ndarray]
+) -> None:
+    buf[0] = seq
+    offset = 1
+    for e, f, v in zip(energies, forces, virials):
+        buf[offset] = e
+        buf[offset + 1 : offset + 1 + f.size] = f.ravel()
+        offset += 1 + f.size
+        buf[offset : offset + 9] = v.ravel()
+        offset += 9
+
+
+def unpack_results(buf: np.ndarray, natoms: int, n_local_models: int):
+    """(seq, energies (n,), forces (n, nat, 3), virials (n, 3, 3)) from a RESULT buffer."""
+    body = buf[1:].reshape(n_local_models, 1 + 3 * natoms + 9)
+    return (
+        int(buf[0]),
+        body[:, 0].copy(),
+        body[:, 1 : 1 + 3 * natoms].reshape(n_local_models, natoms, 3).copy(),
+        body[:, 1 + 3 * natoms :].reshape(n_local_models, 3, 3).copy(),
+    )
+
+
+# -- model 0's batches split over replicas (see :mod:`replicas`) -----------------------------
+def pack_batch(cells: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
+    n = len(positions)
+    head = np.array([KIND_BATCH, n, 0.0 if cells is None else 1.0])
+    return np.concatenate([head, np.zeros(9 * n) if cells is None else cells.ravel(), positions.ravel()])
+
+
+def unpack_batch(buf: np.ndarray, natoms: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(cells (n, 3, 3) or None, positions (n, natoms, 3)) from a BATCH buffer."""
+    _, n, periodic = buf[:BATCH_HEADER]
+    n = int(n)
+    cells = buf[BATCH_HEADER : BATCH_HEADER + 9 * n].reshape(n, 3, 3).copy() if periodic else None
+    positions = buf[BATCH_HEADER + 9 * n : BATCH_HEADER + 9 * n + 3 * natoms * n].reshape(n, natoms, 3).copy()
+    return cells, positions
+
+
+def batch_result_size(natoms: int, n: int) -> int:
+    return 1 + n * (1 + 3 * natoms + 9)
+
+
+def pack_batch_result(energy: np.ndarray, forces: np.ndarray, virial: np.ndarray) -> np.ndarray:
+    return np.concatenate([[float(len(energy))], np.ravel(energy), forces.ravel(), virial.ravel()])
+
+
+def unpack_batch_result(buf: np.ndarray, natoms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = int(buf[0])
+    forces_end = 1 + n + 3 * natoms * n
+    return (
+        buf[1 : 1 + n].copy(),
+        buf[1 + n : forces_end].reshape(n, natoms, 3).copy(),
+        buf[forces_end : forces_end + 9 * n].reshape(n, 3, 3).copy(),
+    )

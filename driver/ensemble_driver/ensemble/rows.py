@@ -1,0 +1,177 @@
+"""Deviation rows: a finished job's model deviation, computed where the job finished and
+written by rank 0 alone, to its bead's file in step order, and offered to the selection
+(the rank roles: see :mod:`layout`).
+
+:class:`RowWriter` takes the jobs as :class:`jobs.JobPipeline` hands them on, in dispatch
+order, computes each row and puts it into a sink: :class:`BeadRows` on rank 0 (the files
+and the selection), :class:`RemoteRows` on the other connection ranks (a message to rank
+0, whose :mod:`connections` hub puts it into its BeadRows). With one connection the rows
+arrive in step order; with several, one bead's rows may come from different connections
+out of order, so BeadRows holds a row until the bead's rows before it are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .. import ranks
+from ..deviation import Deviation, model_deviation
+from ..outputs.dumps import TrajFiles, lammps_frame
+from ..outputs.model_devi import BeadFiles
+from ..outputs.selection import FAILED, Selection
+from . import messages
+from .jobs import Job
+
+log = logging.getLogger(__name__)
+
+
+class BeadRows:
+    """Rank 0's rows: each bead's in step order to its file, then to the selection.
+
+    ``out_freq`` (with several connections) is the step between a bead's rows: a row is
+    held until the one ``out_freq`` steps before it is written. None: rows are written as
+    they come (one connection, whose rows come in step order)."""
+
+    def __init__(
+        self,
+        files: BeadFiles | None,
+        selection: Selection | None,
+        *,
+        out_freq: int | None = None,
+        traj: TrajFiles | None = None,
+        types: np.ndarray | None = None,
+        stop_after_failed: int = 0,
+        exit_file: str | None = None,
+    ):
+        self.files = files
+        self.selection = selection
+        self.out_freq = out_freq
+        self.traj = traj  # --traj-files: each row's frame, written just before the row
+        self.types = types  # model 0's type index of every atom, for the frames
+        # the stop rule: after this many rows classified failed (all beads together), the
+        # server's soft exit is asked for by creating exit_file (i-PI's EXIT)
+        self.stop_after_failed = stop_after_failed
+        self.exit_file = exit_file
+        self.failed = 0
+        self.rows_by_bead: dict[int, int] = {}
+        self._held: dict[int, dict[int, tuple]] = {}
+        self._next: dict[int, int] = {}
+
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
+        """A row, with its structure and model 0's forces on it (for its frame)."""
+        if self.out_freq is None:
+            self._write(rid, step, row, positions, cell, forces)
+            return
+        held = self._held.setdefault(rid, {})
+        held[step] = (row, positions, cell, forces)
+        expected = self._next.get(rid, 0)
+        while expected in held:
+            self._write(rid, expected, *held.pop(expected))
+            expected += self.out_freq
+        self._next[rid] = expected
+
+    def _write(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
+        if self.files is None or rid >= len(self.files.names):
+            return
+        if self.traj is not None:  # the frame first: a row never lands without its frame
+            self.traj.write(rid, step, lambda labelled: lammps_frame(labelled, positions, cell, self.types, forces))
+        if self.files.write(rid, step, row):
+            self.rows_by_bead[rid] = self.rows_by_bead.get(rid, 0) + 1
+            if self.selection is not None:
+                kind = self.selection.add(rid, step, row, positions, cell)
+                if kind == FAILED:
+                    self._count_failed(rid, step)
+
+    def _count_failed(self, rid: int, step: int) -> None:
+        self.failed += 1
+        if self.stop_after_failed and self.failed == self.stop_after_failed:
+            Path(self.exit_file).touch()  # type: ignore[arg-type]
+            log.warning(
+                "%d rows classified failed (the latest: bead %d, step %d; --stop-after-failed %d): created %s to "
+                "end the run (i-PI's soft exit)",
+                self.failed,
+                rid,
+                step,
+                self.stop_after_failed,
+                self.exit_file,
+            )
+
+    def flush(self) -> None:
+        """Write the rows still held (a row before them never came: the run failed)."""
+        for rid, held in sorted(self._held.items()):
+            if held:
+                log.warning(
+                    "bead %d: the row of step %d never came; rows of steps %s written after it",
+                    rid,
+                    self._next.get(rid, 0),
+                    ", ".join(map(str, sorted(held))),
+                )
+            for step in sorted(held):
+                self._write(rid, step, *held[step])
+            held.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self.files is not None:
+            self.files.close()
+        if self.traj is not None:
+            self.traj.close()
+        if self.selection is not None:
+            self.selection.close()  # the candidates and devi_summary.json, whole
+
+
+class RemoteRows:
+    """A connection rank's rows, sent to rank 0 (ROW messages, see :mod:`messages`)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self._sends: list = []
+
+    def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
+        self._sends = [s for s in self._sends if not s.Test()]
+        message = (rid, step, row, positions, cell, forces)
+        self._sends.append(self.comm.isend(message, dest=0, tag=messages.TAG_ROW))
+
+    def close(self) -> None:
+        ranks.wait_for(lambda: all(s.Test() for s in self._sends), deadline=time.monotonic() + 60.0)
+
+
+class RowWriter:
+    """Computes the rows of finished deviation jobs and puts them into ``sink``."""
+
+    def __init__(
+        self,
+        sink: BeadRows | RemoteRows,
+        *,
+        relative: float | None,
+        relative_v: float | None,
+        atomic: bool,
+        on_row: Callable[[int, Deviation], None] | None = None,
+    ):
+        self.sink = sink
+        self.on_row = on_row  # told every row, in order (the bead steps' --out-freq-near)
+        self.relative = relative
+        self.relative_v = relative_v
+        self.atomic = atomic
+        self.latest_row_s = 0.0  # dispatch to written, of the latest deviation job
+
+    def write(self, job: Job) -> Deviation | None:
+        """The job's row (None for a job without one), put into the sink."""
+        self.latest_row_s = time.monotonic() - job.dispatched
+        if not job.row:
+            return None
+        row = model_deviation(
+            job.forces, job.virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic
+        )
+        if self.on_row is not None:
+            self.on_row(job.rid, row)
+        self.sink.put(job.rid, job.step, row, job.positions, job.cell, job.forces[0])
+        return row
+
+    def close(self) -> None:
+        self.sink.close()

@@ -1,0 +1,141 @@
+"""Frame and atomic parameters (``numb_fparam``/``numb_aparam`` models): the values every
+model of a run is evaluated with, and their check against a model's dimensions, as
+LAMMPS's ``pair_style deepmd ... fparam V aparam V`` takes them. The models get them at
+construction (:class:`model.DeepPotModel`) and pass them to deepmd-kit on every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+
+
+def _numbers(values: np.ndarray) -> str:
+    return " ".join(f"{v:g}" for v in np.ravel(values))
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The frame and atomic parameters every model of a run is evaluated with.
+
+    As LAMMPS's ``pair_style deepmd`` (deepmd-kit ``source/lmp/pair_deepmd.cpp``,
+    ``settings``): ``fparam`` is the model's ``dim_fparam`` values for every frame;
+    ``aparam`` is either ``dim_aparam`` values for every atom (LAMMPS's ``aparam``
+    keyword) or one row of ``dim_aparam`` values per atom, in the template's atom order.
+    ``*_from`` says where the values came from, for error messages."""
+
+    fparam: np.ndarray | None = field(default=None, compare=False)  # (dim_fparam,)
+    aparam: np.ndarray | None = field(default=None, compare=False)  # (dim_aparam,) or (natoms, dim_aparam)
+    fparam_from: str = "--fparam"
+    aparam_from: str = "--aparam"
+
+    @property
+    def aparam_per_atom(self) -> bool:
+        return self.aparam is not None and self.aparam.ndim == 2
+
+    def describe(self) -> str:
+        """The parameters for a log line ('' when none)."""
+        parts = []
+        if self.fparam is not None:
+            parts.append(f"fparam {_numbers(self.fparam)} ({self.fparam_from})")
+        if self.aparam is not None:
+            if self.aparam_per_atom:
+                parts.append(f"aparam per atom, {self.aparam.shape[1]} value(s) each ({self.aparam_from})")
+            else:
+                parts.append(f"aparam {_numbers(self.aparam)} for every atom ({self.aparam_from})")
+        return ", ".join(parts)
+
+    def check(self, path: str, dim_fparam: int, dim_aparam: int, default_fparam: bool) -> None:
+        """One ConfigError line naming the model and the values if they do not fit it."""
+        if self.fparam is None:
+            if dim_fparam and not default_fparam:
+                raise ConfigError(
+                    f"model {path} needs {dim_fparam} frame parameter(s) (numb_fparam {dim_fparam}): "
+                    f"give them with --fparam"
+                )
+        elif not dim_fparam:
+            raise ConfigError(
+                f"model {path} takes no frame parameters, but {self.fparam_from} gives {_numbers(self.fparam)}"
+            )
+        elif self.fparam.size != dim_fparam:
+            raise ConfigError(
+                f"model {path} takes {dim_fparam} frame parameter(s), but {self.fparam_from} gives "
+                f"{self.fparam.size} ({_numbers(self.fparam)})"
+            )
+        if self.aparam is None:
+            if dim_aparam:
+                raise ConfigError(
+                    f"model {path} needs {dim_aparam} atomic parameter(s) per atom (numb_aparam {dim_aparam}): "
+                    "give them with --aparam (the same for every atom) or --aparam-array (per atom, an extended-XYZ column)"
+                )
+        elif not dim_aparam:
+            raise ConfigError(
+                f"model {path} takes no atomic parameters, but {self.aparam_from} gives "
+                + (f"{self.aparam.shape[1]} per atom" if self.aparam_per_atom else _numbers(self.aparam))
+            )
+        elif self.aparam.shape[-1] != dim_aparam:
+            given = (
+                f"{self.aparam.shape[1]} value(s) per atom"
+                if self.aparam_per_atom
+                else f"{self.aparam.size} ({_numbers(self.aparam)})"
+            )
+            raise ConfigError(
+                f"model {path} takes {dim_aparam} atomic parameter(s) per atom, but {self.aparam_from} gives {given}"
+            )
+
+    def arrays(self, nframes: int, natoms: int, aparam: np.ndarray | None = None):
+        """(fparam (nframes, dim_fparam) or None, aparam (nframes, natoms, dim_aparam) or
+        None) for a call on ``nframes`` structures; ``aparam`` (nframes, natoms, dim)
+        replaces the run's own (``devi`` reads them from every frame)."""
+        fparam = None if self.fparam is None else np.tile(np.asarray(self.fparam, dtype=np.float64), (nframes, 1))
+        if aparam is not None:
+            return fparam, np.asarray(aparam, dtype=np.float64).reshape(nframes, natoms, -1)
+        if self.aparam is None:
+            return fparam, None
+        if self.aparam_per_atom:
+            if self.aparam.shape[0] != natoms:
+                raise ModelError(
+                    f"{self.aparam_from} has values for {self.aparam.shape[0]} atoms, the structure has {natoms}"
+                )
+            per_frame = self.aparam
+        else:
+            per_frame = np.tile(self.aparam, (natoms, 1))
+        return fparam, np.tile(np.asarray(per_frame, dtype=np.float64)[None], (nframes, 1, 1))
+
+
+NO_PARAMETERS = Parameters()
+
+
+def _init_numbers(key: str, text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        values = np.array([float(x) for x in text.replace("[", " ").replace("]", " ").split()], dtype=np.float64)
+    except ValueError:
+        values = np.array([])
+    if not values.size or not np.isfinite(values).all():
+        raise ConfigError(
+            f"i-PI's <parameters> give {key} {text!r}: expected numbers separated by spaces, "
+            f"as <parameters>{{{key}: 0.5}}</parameters> or {{{key}: 0.5 1.0}}"
+        )
+    return values
+
+
+def from_server(own: Parameters, fparam_text: str | None, aparam_text: str | None) -> Parameters:
+    """The run's parameters with the server's ``fparam``/``aparam`` (i-PI's ``<parameters>``
+    of a force field, in its INIT) in place of the run's own where given; ``aparam`` is
+    then the same for every atom, as LAMMPS's ``aparam``."""
+    return merged(own, _init_numbers("fparam", fparam_text), _init_numbers("aparam", aparam_text))
+
+
+def merged(own: Parameters, fparam: np.ndarray | None, aparam: np.ndarray | None) -> Parameters:
+    """``own`` with ``fparam`` and ``aparam`` (the server's) in place where not None."""
+    return Parameters(
+        fparam=own.fparam if fparam is None else fparam,
+        aparam=own.aparam if aparam is None else aparam,
+        fparam_from=own.fparam_from if fparam is None else "i-PI's <parameters> fparam",
+        aparam_from=own.aparam_from if aparam is None else "i-PI's <parameters> aparam",
+    )

@@ -1,0 +1,282 @@
+"""Wiring: settings -> checked inputs -> loaded models on every rank -> connection.
+
+Start-up is collective and ordered for the user: everything that can be checked without
+models (settings, ranks versus models, socket address, template, model files, output
+files) is checked first, then every rank loads its models and matches the template's
+elements. A failure on any rank ends every rank before anything connects, with one line
+on rank 0 naming the rank, the file and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+from . import ranks
+from .config import RunConfig
+from .ensemble.followers import follower_loop
+from .ensemble.layout import Layout, deal_models
+from .ensemble.leader import LocalModel
+from .ensemble.replicas import replica_loop
+from .errors import ConfigError, DriverError, ReportedError, one_line
+from .logs import setup_logging
+from .models import devices
+from .models.deepmd import DeepPotModel, check_model_file
+from .models.parameters import Parameters
+from .outputs.dumps import TrajFiles, traj_layout
+from .outputs.model_devi import BeadFiles, bead_file_names
+from .outputs.selection import Selection, candidate_file_names, summary_file_name
+from .serving import Served, serve_connection, serve_rank0
+from .signals import Stopped, StopSignals
+from .wire.template import Template, read_template, read_template_array
+from .wire.transport import make_address
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def collective(comm, step: Callable[[], T]) -> T:
+    """Run ``step`` on every rank. If it fails on any rank, raise the failure of the
+    lowest such rank on every rank (rank 0 prints it, naming the rank)."""
+    failure = None
+    result = None
+    try:
+        result = step()
+    except DriverError as exc:
+        failure = (str(exc), exc.exit_status)
+    except Exception as exc:  # a bug or an unexpected backend failure: still collective
+        failure = (f"internal error: {one_line(exc)}", 1)
+    failures = comm.allgather(failure)
+    for rank, f in enumerate(failures):
+        if f is not None:
+            message = f[0] if rank == 0 else f"rank {rank}: {f[0]}"
+            raise ReportedError(message, f[1], print_here=comm.rank == 0)
+    return result  # type: ignore[return-value]
+
+
+def template_elements(template: Template, atom_type: dict[str, int] | None, type_map: Sequence[str]) -> list[str]:
+    """The element name of every template atom.
+
+    Without ``atom_type`` the template labels are the element names. With it (the
+    ``dp_ipi`` key ``{"label": type index}``), each label is mapped to the name that
+    ``type_map`` (model 0's) gives that index, so every model of the ensemble can then
+    match atoms by name.
+    """
+    if atom_type is None:
+        return list(template.labels)
+    missing = sorted(set(template.labels) - set(atom_type))
+    if missing:
+        raise ConfigError(f"atom_type does not map label(s) {', '.join(missing)} of template {template.path}")
+    elements = []
+    for label in template.labels:
+        index = atom_type[label]
+        if index >= len(type_map):
+            raise ConfigError(
+                f"atom_type maps {label!r} to type {index}, but the model has only "
+                f"{len(type_map)} types ({', '.join(type_map)})"
+            )
+        elements.append(type_map[index])
+    return elements
+
+
+def model_parameters(config: RunConfig) -> Parameters:
+    """The frame and atomic parameters of every model: --fparam, and --aparam (the same
+    for every atom) or --aparam-array (per atom, a column of the extended-XYZ template)."""
+    fparam = None if config.fparam is None else np.array(config.fparam, dtype=np.float64)
+    if config.aparam_array is not None:
+        aparam = read_template_array(config.template, config.aparam_array)
+        source = f"--aparam-array {config.aparam_array} of template {config.template}"
+        return Parameters(fparam=fparam, aparam=aparam, aparam_from=source)
+    aparam = None if config.aparam is None else np.array(config.aparam, dtype=np.float64)
+    return Parameters(fparam=fparam, aparam=aparam)
+
+
+def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -> None:
+    """Evaluate every model of this rank on the template's structure until it is warm.
+
+    Not collective: a model that fails here is only logged, and fails again, with the
+    step and the bead named, on the server's first structure."""
+    if template.positions is None:
+        return
+    cell = template.cell if periodic else None
+    if cell is not None and abs(np.linalg.det(cell)) < 1e-6:
+        cell = None  # periodic by --pbc but the template has no cell: warm up without one
+    for member in members:
+        try:
+            times = member.model.warm_up(template.positions, cell, member.atom_types)
+        except Stopped:
+            raise
+        except Exception as exc:
+            log.warning(
+                "model %d (%s): warm-up on the template failed: %s", member.index, member.model.path, one_line(exc)
+            )
+            continue
+        log.debug(
+            "model %d warmed up on the template: calls of %s s", member.index, ", ".join(f"{t:.3f}" for t in times)
+        )
+
+
+def log_layout(comm, layout: Layout, models: Sequence[str], placement: devices.Placement) -> list[str]:
+    """Rank 0 logs where every rank runs, which models it holds and its role (collective);
+    every rank gets the host of every rank."""
+    where = comm.allgather((ranks.host_name(), str(placement)))
+    if comm.rank != 0:
+        return [host for host, _ in where]
+    for rank, (host, device) in enumerate(where):
+        held = ", ".join(f"model {i} {models[i]}" for i in layout.models_of[rank])
+        role = f" ({layout.role(rank)})" if layout.model0_ranks > 1 else ""
+        log.info("rank %d on %s (%s): %s%s", rank, host, device, held, role)
+    return [host for host, _ in where]
+
+
+def open_traj_files(config: RunConfig) -> TrajFiles:
+    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+    layout = traj_layout(config.traj_files, config.out_file, config.nbeads)
+    return TrajFiles(layout, mode=mode, step_offset=config.step_offset)
+
+
+def open_deviation_files(config: RunConfig) -> BeadFiles:
+    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+    names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+    return BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=config.step_offset)
+
+
+def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSignals | None = None) -> int:
+    """Run the driver on this rank until the server ends the run. Returns 0.
+
+    ``config`` may be a function that builds the settings (from a file, say): it is
+    then called on every rank inside the first collective step, so that a bad setting
+    is reported once, by rank 0, like every other start-up failure.
+    SIGTERM and SIGINT are handled for the whole run (see :mod:`signals`) unless
+    ``signals`` is given (tests pass NoSignals)."""
+    own_signals = signals is None
+    signals = StopSignals().install() if own_signals else signals
+    try:
+        with signals.interruptible():  # nothing is half done before the connection
+            comm = comm if comm is not None else ranks.world()
+        return _run(config, comm, signals)
+    finally:
+        if own_signals:
+            signals.restore()
+
+
+def _open_outputs(config) -> tuple:
+    """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
+    asked for. The checks that can fail come before the deviation files are made."""
+    files = selection = traj = None
+    if config.out_freq == 0 or len(config.models) < 2:
+        return files, selection, traj
+    levels = config.trust_levels()
+    if levels is not None:
+        mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+        names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+        selection = Selection(
+            levels, candidate_file_names(names), summary_file_name(names), mode=mode, step_offset=config.step_offset
+        )
+    if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
+        raise ConfigError(
+            f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
+        )
+    if config.traj_files is not None:  # first: its checks leave no deviation file behind
+        traj = open_traj_files(config)
+    files = open_deviation_files(config)
+    return files, selection, traj
+
+
+def _close_outputs(files, selection, traj) -> None:
+    """Close rank 0's outputs and print the counts of the rows by class."""
+    if files is not None:
+        files.close()
+    if traj is not None:
+        traj.close()
+    if selection is not None:
+        selection.close()
+        if selection.rows:
+            print(
+                f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+                f"counts in {selection.summary_file}",
+                flush=True,
+            )
+
+
+def _run(config_source, comm, signals: StopSignals) -> int:
+    rank = comm.rank
+    node_rank = ranks.node_share(comm)[0]  # collective, so before anything can fail
+
+    def check_inputs():
+        config = config_source() if callable(config_source) else config_source
+        config.validated()
+        if config.verbose:
+            setup_logging(config.verbose)
+        layout = deal_models(len(config.models), comm.size, config.model0_rank_count, config.connections)
+        placement = devices.place(config.device, node_rank, devices.visible_gpus(), ranks.host_name())
+        devices.bind(placement)  # before any backend is imported
+        addresses = [make_address(config.unix, a, config.port, config.sockets_prefix) for a in config.addresses]
+        address = addresses[rank] if len(addresses) > 1 and rank < len(addresses) else addresses[0]
+        template = read_template(config.template)
+        for index in layout.models_of[rank]:
+            check_model_file(config.models[index])
+        outputs = _open_outputs(config) if rank == 0 else (None, None, None)
+        return config, layout, address, template, outputs, placement
+
+    config, layout, address, template, outputs, placement = collective(comm, check_inputs)
+    files, selection, traj = outputs
+    hosts = log_layout(comm, layout, config.models, placement)
+    try:
+        return _run_checked(config, comm, layout, address, template, outputs, signals, hosts)
+    except BaseException:
+        if files is not None:
+            files.discard_unused()
+        raise
+    finally:
+        _close_outputs(files, selection, traj)
+
+
+def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts) -> int:
+    rank = comm.rank
+    mine = layout.models_of[rank]
+    if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
+        log.warning("--out-freq 0: the ensemble is loaded but no deviation is computed")
+
+    def load():
+        parameters = model_parameters(config)
+        with signals.interruptible():
+            models = [DeepPotModel(config.models[i], type_map=config.type_map, parameters=parameters) for i in mine]
+        elements = None
+        if rank == 0:
+            elements = template_elements(template, config.atom_type, models[0].type_map)
+        return models, elements
+
+    models, elements = collective(comm, load)
+    elements = comm.bcast(elements, root=0)
+
+    def match():
+        return [
+            LocalModel(i, m, m.atom_types(elements, template=f"template {template.path}")) for i, m in zip(mine, models)
+        ]
+
+    members = collective(comm, match)
+    periodic = template.periodic if config.pbc is None else config.pbc
+    with signals.interruptible():
+        warm_up(members, template, periodic)
+    counter = ranks.StepCounter(comm, config.nbeads) if config.connections > 1 else None  # collective
+    if rank in layout.ensemble_ranks:
+        status = follower_loop(
+            comm, members, natoms=template.natoms, signals=signals, dispatchers=layout.connection_ranks
+        )
+    elif rank in layout.batch_replicas:
+        status = replica_loop(comm, members[0], natoms=template.natoms, signals=signals)
+    elif rank != 0:
+        status = serve_connection(
+            Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
+        )
+    else:
+        served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
+        status = serve_rank0(served, elements, *outputs)
+    if counter is not None:
+        counter.close()  # collective: every rank ends cleanly here (a failure raised above)
+    return status

@@ -1,0 +1,182 @@
+"""The template structure: the atom labels (and whether the system is periodic).
+
+The i-PI protocol carries positions but no element names, so the driver reads them,
+once, from a template file in the server's atom order: any file ASE reads, or an i-PI
+xyz file whose comment line carries ``# CELL(abcABC): ...`` (or ``CELL(H)``/``CELL(GENH)``),
+which ASE does not understand and this module reads itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import units
+
+# The cell tags i-PI writes and reads in xyz comments (ipi/utils/io/backends/io_xyz.py).
+_IPI_CELL = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:")
+_IPI_CELL_VALUES = re.compile(_IPI_CELL.pattern + r"\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
+#: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
+LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
+
+
+def ipi_length_unit(comment: str, what: str, where: str) -> float:
+    """Angstrom per unit of ``what`` (``positions`` or ``cell``) declared in an i-PI xyz
+    comment line as ``what{unit}``; atomic units when none is declared (i-PI's default)."""
+    match = re.search(what + r"\{(\w+)\}", comment)
+    name = match.group(1) if match else "atomic_unit"
+    if name not in LENGTH_UNITS:
+        raise ConfigError(f"{where}: unit {what}{{{name}}} not supported (known: {', '.join(LENGTH_UNITS)})")
+    return LENGTH_UNITS[name]
+
+
+def ipi_cell(comment: str, where: str) -> np.ndarray | None:
+    """The cell of an i-PI xyz comment line (Angstrom, lattice vectors as rows), or None
+    when the line carries none."""
+    match = _IPI_CELL_VALUES.search(comment)
+    if not match:
+        return None
+    numbers = [float(x.replace("d", "e").replace("D", "e")) for x in match.group(2).split()]
+    scale = ipi_length_unit(comment, "cell", where)
+    if match.group(1) == "abcABC":
+        from ase.geometry import cellpar_to_cell
+
+        return cellpar_to_cell([numbers[0] * scale, numbers[1] * scale, numbers[2] * scale, *numbers[3:6]])
+    if len(numbers) < 9:
+        raise ConfigError(f"{where}: CELL({match.group(1)}) needs 9 numbers, got {len(numbers)}")
+    # H and GENH: i-PI's h, lattice vectors as columns, written row by row
+    return np.array(numbers[:9]).reshape(3, 3).T * scale
+
+
+@dataclass(frozen=True)
+class Template:
+    path: str
+    labels: tuple[str, ...]
+    periodic: bool
+    #: the template's own structure (Angstrom), used to warm the models up before the
+    #: run; the server's structures are the ones that count
+    positions: np.ndarray | None = field(default=None, compare=False, repr=False)
+    cell: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def natoms(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class IpiFrame:
+    """One frame of an i-PI xyz file, lengths in Angstrom."""
+
+    labels: tuple[str, ...]
+    positions: np.ndarray  # (nat, 3)
+    cell: np.ndarray | None  # rows = lattice vectors; None: no cell on the comment line
+    comment: str
+    end: int  # index of the line after the frame
+
+
+def read_ipi_frame(lines: list[str], start: int, name: str) -> IpiFrame:
+    """The frame of an i-PI xyz file whose atom-count line is ``lines[start]``. ``name``
+    begins every error message (the file, and what it is to the driver)."""
+    try:
+        nat = int(lines[start].split()[0])
+    except (IndexError, ValueError):
+        raise ConfigError(
+            f"{name}, line {start + 1}: expected the number of atoms, got {lines[start].strip()[:40]!r}"
+        ) from None
+    if nat <= 0:
+        raise ConfigError(f"{name}, line {start + 1}: the number of atoms must be positive, got {nat}")
+    body = lines[start + 2 : start + 2 + nat]
+    if len(body) < nat:
+        raise ConfigError(
+            f"{name}, line {start + 1}: announces {nat} atoms but has {len(body)} atom lines (the file ends)"
+        )
+    labels = []
+    positions = np.empty((nat, 3))
+    for i, line in enumerate(body):
+        fields = line.split()
+        try:
+            positions[i] = [float(x) for x in fields[1:4]]  # ValueError too when fewer than 3
+        except ValueError:
+            raise ConfigError(
+                f"{name}, line {start + 3 + i}: expected 'label x y z', got {line.strip()[:60]!r}"
+            ) from None
+        labels.append(fields[0])
+    comment = lines[start + 1]
+    where = f"{name}, line {start + 2}"
+    positions *= ipi_length_unit(comment, "positions", where)
+    return IpiFrame(tuple(labels), positions, ipi_cell(comment, where), comment, start + 2 + nat)
+
+
+def read_template(path: str | Path) -> Template:
+    """Read the first frame of ``path``. Raises ConfigError with the file name on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"template {path}: no such file")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            head = [handle.readline() for _ in range(2)]
+    except OSError as exc:
+        raise ConfigError(f"template {path}: {exc.strerror}") from None
+    if len(head) == 2 and _IPI_CELL.search(head[1]):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            frame = read_ipi_frame(handle.read().splitlines(), 0, f"template {path}")
+        return Template(str(path), frame.labels, periodic=True, positions=frame.positions, cell=frame.cell)
+
+    import ase.io  # only here: ASE's io pulls in a lot
+
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as exc:  # ASE raises many types; each means "cannot read this file"
+        raise ConfigError(f"template {path}: ASE cannot read it ({type(exc).__name__}: {exc})") from None
+    if len(atoms) == 0:
+        raise ConfigError(f"template {path}: contains no atoms")
+    periodic = bool(atoms.pbc.any()) and atoms.cell.rank == 3
+    return Template(
+        str(path),
+        tuple(atoms.get_chemical_symbols()),
+        periodic=periodic,
+        positions=atoms.get_positions(),
+        cell=atoms.cell.array.copy() if periodic else None,
+    )
+
+
+def atom_array(atoms, name: str, where: str) -> np.ndarray:
+    """The per-atom array ``name`` of an ASE Atoms read from extended XYZ, as
+    (natoms, columns) float64. Raises ConfigError naming ``where`` and the arrays there."""
+    values = atoms.arrays.get(name)
+    if values is None and atoms.calc is not None:
+        values = atoms.calc.results.get(name)  # ASE keeps some names (charges, ...) as results
+    if values is None:
+        known = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        raise ConfigError(
+            f"{where} has no per-atom array {name!r} (its arrays: {', '.join(known) or 'none'}); "
+            "name a column of an extended XYZ Properties= line"
+        )
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: array {name!r} is not numeric") from None
+    values = values.reshape(len(atoms), -1)
+    if not np.isfinite(values).all():
+        raise ConfigError(f"{where}: array {name!r} has values that are not finite numbers")
+    return values
+
+
+def read_template_array(path: str | Path, name: str) -> np.ndarray:
+    """The per-atom array ``name`` of the template's first frame (an extended XYZ column
+    declared in its ``Properties=`` line), as (natoms, columns)."""
+    path = Path(path)
+    where = f"template {path}"
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as exc:  # ASE raises many types
+        raise ConfigError(
+            f"{where}: ASE cannot read it, so it has no array {name!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    return atom_array(atoms, name, where)
