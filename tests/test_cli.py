@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -209,3 +210,24 @@ def test_benchmark_scripts_parse_their_options(script):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage:"), proc.stdout[:500]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"])
+def test_a_launcher_of_another_mpi_is_refused(model_paths, variable):
+    """Open MPI's mpirun (or srun) starting the pip MPICH build: every process would see a
+    world of one and run as a lone driver. Refused with one line naming MPI, status 2."""
+    env = dict(os.environ, **{variable: "2"})
+    env.pop("PMI_SIZE", None)
+    proc = subprocess.run(
+        [tool("ensemble-driver"), "run", "--models", *map(str, model_paths[:2])]
+        + ["--template", str(IPI_INPUTS / "init.xyz"), "--unix", "--address", "never-served"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and proc.stderr.strip() == lines[0], proc.stderr
+    assert f"{variable}=2" in lines[0] and "MPI world of one" in lines[0] and "MPICH" in lines[0]

@@ -108,9 +108,12 @@ def test_dpgen_selects_the_driver_candidates(tmp_path, address, model_paths, ref
         path = tmp_path / f"candidates{bead + 1}.xyz"
         for frame in ase.io.read(path, index=":") if path.exists() else []:
             ours[(bead, frame.info["step"])] = frame
+    elsewhere = tmp_path / "cwd"  # importing dpgen writes dpdispatcher.log where it runs
+    elsewhere.mkdir()
     proc = subprocess.run(
         [dpgen_python, str(ROOT / "tests" / "dpgen_select.py"), str(tmp_path), str(F_LO), str(F_HI)]
         + [",".join(type_map)],
+        cwd=elsewhere,
         capture_output=True,
         text=True,
         timeout=600,
@@ -138,6 +141,7 @@ def test_dpgen2_selects_the_driver_candidates(tmp_path, address, model_paths, re
     proc = subprocess.run(
         [dpgen2_python, str(ROOT / "tests" / "dpgen2_select.py"), str(tmp_path), str(NBEADS), str(F_LO), str(F_HI)]
         + [",".join(type_map), str(work)],
+        cwd=work,
         capture_output=True,
         text=True,
         timeout=600,

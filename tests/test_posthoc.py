@@ -17,6 +17,7 @@ from test_ensemble import bead_file, mpiexec
 
 from ensemble_driver.devi.command import DeviLayout
 from ensemble_driver.devi.frames import read_frames
+from ensemble_driver.outputs.dumps import lammps_frame
 
 STEPS, OUT_FREQ, NBEADS = 6, 2, 3
 XYZ_OUTPUT = f"<trajectory filename='xyzpos' stride='{OUT_FREQ}' format='xyz'> positions </trajectory>"
@@ -204,3 +205,40 @@ def test_plot_writes_a_png(tmp_path):
         [tool("ensemble-driver"), "plot", "nothing.out"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "deviation file nothing.out" in bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_devi_reads_lammps_dumps_by_element_by_type_and_triclinic(tmp_path, model_paths, reference):
+    """The same frames, in a triclinic box, as extended XYZ and as LAMMPS dumps with an
+    element column and with types only (named by model 0's type map): the same rows (the
+    dumps' 10 decimals: 1e-5 of the extended XYZ's), and the two dumps' rows identical."""
+    rng = np.random.default_rng(7)
+    base = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    base.symbols[::2] = "Au"
+    cell = base.cell.array @ np.array([[1.02, 0, 0], [0.15, 0.98, 0], [0.1, -0.12, 1.01]])  # lower-triangular
+    frames = []
+    for _ in range(3):
+        atoms = base.copy()
+        atoms.set_cell(cell, scale_atoms=True)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        frames.append(atoms)
+    write(tmp_path / "frames.extxyz", frames)
+    type_map = reference.deeppot(model_paths[0]).get_type_map()
+    typed, named = [], []
+    for step, atoms in enumerate(frames):
+        types = np.array([type_map.index(s) for s in atoms.get_chemical_symbols()])
+        text = lammps_frame(10 * step, atoms.positions, atoms.cell.array, types, np.zeros((len(atoms), 3)))
+        typed.append(text)
+        head, body = text.split("ITEM: ATOMS id type x y z fx fy fz\n")
+        lines = [f"{line} {s}" for line, s in zip(body.splitlines(), atoms.get_chemical_symbols())]
+        named.append(head + "ITEM: ATOMS id type x y z fx fy fz element\n" + "\n".join(lines) + "\n")
+    (tmp_path / "typed.dump").write_text("".join(typed))
+    (tmp_path / "named.dump").write_text("".join(named))
+    out = {}
+    for name in ("frames.extxyz", "typed.dump", "named.dump"):
+        proc = devi(tmp_path / name, "--models", *model_paths[:2], "--out-file", f"{name}.out", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[name] = rows(tmp_path / f"{name}.out")
+    np.testing.assert_array_equal(out["typed.dump"], out["named.dump"])
+    np.testing.assert_array_equal(out["typed.dump"][:, 0], [0, 10, 20])
+    np.testing.assert_allclose(out["typed.dump"][:, 1:], out["frames.extxyz"][:, 1:], rtol=1e-5, atol=1e-9)

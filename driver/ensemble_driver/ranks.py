@@ -23,23 +23,35 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError
+
+# what launchers announce: MPICH's and Intel's hydra and Slurm's PMI (PMI_SIZE), Open MPI
+# (OMPI_COMM_WORLD_SIZE, also under PMIx), MVAPICH (MV2_COMM_WORLD_SIZE), srun
 _LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 _LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
 def launched_by_mpi() -> bool:
     """True when an MPI launcher started this process with more than one rank."""
+    return launcher_size() is not None
+
+
+def launcher_size() -> tuple[str, int] | None:
+    """(variable, process count) of the first launcher variable that announces more than
+    one process; None when no launcher did."""
     for name in _LAUNCHER_SIZE_VARIABLES:
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 1:
-            return True
-    return False
+            return name, int(value)
+    return None
 
 
 def launch_rank() -> int:
@@ -98,9 +110,29 @@ def world(use_mpi: bool | None = None):
     import mpi4py
 
     mpi4py.rc.thread_level = "funneled"  # only the main thread calls MPI
-    from mpi4py import MPI
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from mpi4py import MPI  # warns of a foreign launcher in several lines: said in one below
 
+    announced = launcher_size()
+    if announced is not None and MPI.COMM_WORLD.size == 1:
+        raise ConfigError(_foreign_launcher(announced, MPI.Get_library_version()))
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return MPI.COMM_WORLD
+
+
+def _foreign_launcher(announced: tuple[str, int], library: str) -> str:
+    """The one line for N lone processes: a launcher of another MPI than mpi4py's."""
+    name, size = announced
+    mpi = " ".join(library.split()[:3]).rstrip(":,") or "its MPI"
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "mpiexec")
+    fix = f"start it with {beside}" if os.path.exists(beside) else "start it with that MPI's mpiexec"
+    return (
+        f"the launcher started {size} processes ({name}={size}) but each sees an MPI world of one: the "
+        f"launcher is not of the MPI that mpi4py uses ({mpi}); {fix}, or rebuild mpi4py against "
+        "the launcher's MPI"
+    )
 
 
 def wait_for(test: Callable[[], bool], *, deadline: float | None = None, max_sleep: float = 2e-3) -> bool:

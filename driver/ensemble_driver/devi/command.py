@@ -179,20 +179,24 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     for path, frames in zip(settings.trajectories, series):
         if not frames:
             raise ConfigError(f"trajectory {path}: no frames")
-    n_models = len(settings.models)
-    layout = DeviLayout.of(comm.rank, comm.size, n_models)
+    typed = any(f.types is not None for frames in series for f in frames)
+    if not typed:
+        _check_same_atoms(settings, series)  # before the models load: a bad file fails fast
+    layout = DeviLayout.of(comm.rank, comm.size, len(settings.models))
     group = comm if layout.groups == 1 else comm.Split(layout.group, comm.rank)
     # before any model loads: OpenMP reads its thread count once, when torch starts it
     threads = worker_threads(settings, layout, ranks.node_share(comm)[1], len(_chunks(settings, series, layout)))
-    if any(f.types is not None for frames in series for f in frames):
-        type_map = settings.type_map or DeepPotModel(settings.models[0]).type_map
-        name_dump_types(series, type_map, settings.trajectories)
-    for path, frames in zip(settings.trajectories, series):
-        for k, f in enumerate(frames):
-            if f.symbols != frames[0].symbols:
-                raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
     try:
-        rows = _evaluate(settings, series, layout, group, threads)
+        models = _load_models(settings, series, layout)
+    except DriverError as exc:
+        raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
+    # model 0's names for a dump's types: rank 0 holds model 0 (the first of group 0)
+    type_map = settings.type_map or comm.bcast(models[0].type_map if comm.rank == 0 else None, root=0)
+    if typed:
+        name_dump_types(series, type_map, settings.trajectories)
+        _check_same_atoms(settings, series)
+    try:
+        rows = _evaluate(settings, series, layout, group, threads, models)
     except DriverError as exc:
         raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
     gathered = comm.gather(rows, root=0) if comm.size > 1 else [rows]
@@ -200,8 +204,23 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
         return 0
     for part in gathered:
         rows.update(part)
-    _write(settings, series, rows)
+    _write(settings, series, rows, type_map)
     return 0
+
+
+def _check_same_atoms(settings: DeviSettings, series: Sequence[list[Frame]]) -> None:
+    for path, frames in zip(settings.trajectories, series):
+        for k, f in enumerate(frames):
+            if f.symbols != frames[0].symbols:
+                raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
+
+
+def _load_models(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> dict:
+    """This rank's models (index -> model), each loaded once."""
+    parameters = settings.parameters(series)
+    return {
+        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
+    }
 
 
 def _chunks(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> list[list[tuple[int, int]]]:
@@ -247,15 +266,11 @@ def worker_threads(settings: DeviSettings, layout: DeviLayout, local_ranks: int,
 
 
 def _evaluate(
-    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int = 1
+    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int, models: dict
 ) -> dict:
     """This rank's share: its models on its group's chunks of frames; the group's first
     rank gathers the chunk's forces and virials of all models and keeps the rows. A rank
     that holds every model evaluates several chunks at once in threads (``worker_threads``)."""
-    parameters = settings.parameters(series)
-    models = {
-        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
-    }
     types = {
         (s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
         for s, frames in enumerate(series)
@@ -341,7 +356,7 @@ def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict,
         rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
 
 
-def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) -> None:
+def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict, type_map: Sequence[str]) -> None:
     names = bead_file_names(settings.out_file, settings.bead_files, len(series))
     mode = "append" if settings.append else "overwrite" if settings.overwrite else "new"
     selection = None
@@ -355,7 +370,7 @@ def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) ->
         for s, frames in enumerate(series):
             if selection is not None:
                 selection.symbols = frames[0].symbols
-            types = _model0_types(settings, frames[0].symbols) if traj is not None else None
+            types = np.array([list(type_map).index(e) for e in frames[0].symbols]) if traj is not None else None
             for k, frame in enumerate(frames):
                 step = frame.step if frame.step is not None else k * settings.stride
                 row, forces = rows[(s, k)]
@@ -379,9 +394,3 @@ def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict) ->
             f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
             f"counts in {selection.summary_file}"
         )
-
-
-def _model0_types(settings: DeviSettings, symbols: Sequence[str]) -> np.ndarray:
-    """Model 0's type index of every atom (the dump frames' types, from 1)."""
-    type_map = list(settings.type_map or DeepPotModel(settings.models[0]).type_map)
-    return np.array([type_map.index(e) for e in symbols])

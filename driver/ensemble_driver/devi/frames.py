@@ -83,6 +83,7 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
     finally:
         shown.done(len(images))
     dump = (fmt or "").startswith("lammps-dump") or (fmt is None and path.suffix in (".dump", ".lammpstrj"))
+    typed = dump and dump_named_by_types(path)
     frames = []
     for k, atoms in enumerate(images):
         periodic = bool(atoms.pbc.any())
@@ -98,11 +99,27 @@ def read_frames(path: str | Path, fmt: str | None = None, aparam_array: str | No
                 atoms.cell.array.copy() if periodic else None,
                 int(step) if step is not None else None,
                 None if aparam_array is None else atom_array(atoms, aparam_array, f"trajectory {path}, frame {k}"),
-                # ASE names a dump's types by atomic number (type 1: H); the model's type map names them
-                atoms.numbers.copy() if dump else None,
+                # without an element (or mass) column ASE names a dump's types by atomic number
+                # (type 1: H); the model's type map names them
+                np.asarray(atoms.arrays.get("type", atoms.numbers)).copy() if typed else None,
             )
         )
     return frames
+
+
+def dump_named_by_types(path: Path) -> bool:
+    """Whether a LAMMPS text dump names its atoms by type only: its first ``ITEM: ATOMS``
+    line has a ``type`` column and no ``element`` or ``mass`` column, from which ASE
+    (ase/io/lammpsrun.py, ``lammps_data_to_ase_atoms``) would take the elements."""
+    try:
+        with open(path, errors="replace") as f:
+            for _, line in zip(range(100_000), f):
+                if line.startswith("ITEM: ATOMS"):
+                    columns = line.split()[2:]
+                    return "type" in columns and "element" not in columns and "mass" not in columns
+    except OSError:
+        pass
+    return True
 
 
 class _Reading:
