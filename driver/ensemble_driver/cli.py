@@ -20,6 +20,8 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
     return {
         "models": tuple(args.models) if args.models else None,
         "template": args.template,
+        "ipi_input": args.ipi_input,
+        "forcefield": args.forcefield,
         "unix": args.unix,
         "address": (args.address[0] if len(args.address) == 1 else tuple(args.address)) if args.address else None,
         "port": args.port,

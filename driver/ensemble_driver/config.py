@@ -42,6 +42,8 @@ class RunConfig:
 
     models: tuple[str, ...] = ()
     template: str | None = None
+    ipi_input: str | None = None  # i-PI's input or RESTART: atoms, socket, beads and request ids
+    forcefield: str | None = None  # the <ffsocket> served, when the input has several
     unix: bool = False
     address: str | tuple[str, ...] = "localhost"  # several: one per connection
     port: int | None = None
@@ -129,6 +131,35 @@ class RunConfig:
                 "in i-PI's working directory) after N failed rows"
             )
 
+    def with_ipi_input(self, ipi) -> RunConfig:
+        """The settings an i-PI input (:class:`wire.ipi_input.IpiInput`) gives where the
+        user gave none: the beads and the socket. A contradiction is an error."""
+        where = f"--ipi-input {ipi.path}"
+        beads = len(ipi.ids.series)
+        if self.nbeads not in (1, beads):
+            per_system = ", ".join(
+                f"{prefix or 'its system'}: {sum(s.prefix == prefix for s in ipi.ids.series)}"
+                for prefix in ipi.ids.systems
+            )
+            raise ConfigError(
+                f"--nbeads {self.nbeads}, but in {where} forcefield {ipi.socket.name!r} sees {beads} bead(s) "
+                f"({per_system}; ring-polymer contraction counted): leave --nbeads out"
+            )
+        if ipi.socket.batch_size > 1 and len(ipi.ids.systems) > 1:
+            raise ConfigError(
+                f"{where}: forcefield {ipi.socket.name!r} serves {len(ipi.ids.systems)} systems with i-PI's batched "
+                "transport, whose batches do not say which structure is whose: use <batch_size>1</batch_size>, or "
+                "one forcefield per system"
+            )
+        changes: dict[str, Any] = {"nbeads": beads}
+        if not (self.unix or self.port is not None or self.addresses != ("localhost",)):
+            socket = ipi.socket
+            changes.update(unix=socket.mode == "unix", address=socket.address)
+            changes["port"] = None if socket.mode == "unix" else socket.port
+            if self.sockets_prefix == DEFAULT_SOCKETS_PREFIX:
+                changes["sockets_prefix"] = socket.sockets_prefix
+        return replace(self, **changes)
+
     @property
     def addresses(self) -> tuple[str, ...]:
         return (self.address,) if isinstance(self.address, str) else tuple(self.address)
@@ -142,8 +173,12 @@ class RunConfig:
         """Check what can be checked without touching files; return self."""
         if not self.models:
             raise ConfigError("no model given: pass --models FILE [FILE ...] (or 'models' in --config)")
-        if self.template is None:
-            raise ConfigError("no template given: pass --template FILE (or 'template' in --config)")
+        if self.template is None and self.ipi_input is None:
+            raise ConfigError(
+                "no template given: pass --ipi-input i-PI's input.xml, or --template FILE (or 'template' in --config)"
+            )
+        if self.forcefield is not None and self.ipi_input is None:
+            raise ConfigError("--forcefield names a forcefield of the i-PI input: it needs --ipi-input")
         if self.device not in CHOICES:
             raise ConfigError(f"--device must be one of {', '.join(CHOICES)}, got {self.device!r}")
         if self.connect_timeout < 0:
@@ -285,7 +320,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad("a number of seconds")
-    if name in ("traj_files", "exit_file"):
+    if name in ("traj_files", "exit_file", "ipi_input", "forcefield"):
         if value is None or isinstance(value, str):
             return value
         raise bad("a string or null")

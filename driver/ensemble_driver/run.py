@@ -27,11 +27,12 @@ from .logs import setup_logging
 from .models import devices
 from .models.deepmd import DeepPotModel, check_model_file
 from .models.parameters import Parameters
-from .outputs.dumps import TrajFiles, traj_layout
+from .outputs.dumps import TrajFiles, TrajLayout, traj_layout
 from .outputs.model_devi import BeadFiles, bead_file_names
 from .outputs.selection import Selection, candidate_file_names, summary_file_name
 from .serving import Served, serve_connection, serve_rank0
 from .signals import Stopped, StopSignals
+from .wire.ipi_input import IpiInput, RequestIds, read_ipi_input, system_names
 from .wire.template import Template, read_template, read_template_array
 from .wire.transport import make_address
 
@@ -133,15 +134,57 @@ def log_layout(comm, layout: Layout, models: Sequence[str], placement: devices.P
     return [host for host, _ in where]
 
 
-def open_traj_files(config: RunConfig) -> TrajFiles:
-    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-    layout = traj_layout(config.traj_files, config.out_file, config.nbeads)
-    return TrajFiles(layout, mode=mode, step_offset=config.step_offset)
+def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str, int]]:
+    """(deviation file, beads) of every system served: --out-file for one; with several
+    (--ipi-input), each in a directory of its own named by its prefix, beside --out-file."""
+    if ids is None or len(ids.systems) == 1:
+        return [(config.out_file, config.nbeads)]
+    directory, name = os.path.split(config.out_file)
+    return [
+        (os.path.join(directory, system, name), beads)
+        for system, beads in zip(system_names(ids), ids.beads_per_system())
+    ]
 
 
-def open_deviation_files(config: RunConfig) -> BeadFiles:
+def deviation_file_names(config: RunConfig, ids: RequestIds | None) -> list[str]:
+    return [
+        name for out, beads in system_outputs(config, ids) for name in bead_file_names(out, config.bead_files, beads)
+    ]
+
+
+def open_traj_files(config: RunConfig, ids: RequestIds | None = None) -> TrajFiles:
     mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-    names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
+    layouts = [traj_layout(config.traj_files, out, beads) for out, beads in system_outputs(config, ids)]
+    patterns = tuple(p for layout in layouts for p in layout.patterns)
+    if len(set(patterns)) != len(patterns):
+        raise ConfigError(
+            f"--traj-files {config.traj_files!r} gives several systems the same file names: use dpgen or dpgen2 "
+            "(a directory per system)"
+        )
+    return TrajFiles(TrajLayout(patterns, layouts[0].per_frame), mode=mode, step_offset=config.step_offset)
+
+
+def the_template(config: RunConfig, ipi: IpiInput | None) -> Template:
+    """The atoms in the server's order: --template, or the i-PI input's; both given, the
+    template must list i-PI's atoms in i-PI's order."""
+    if ipi is None:
+        return read_template(config.template)
+    if config.template is None:
+        return ipi.template
+    template = read_template(config.template)
+    if template.labels != ipi.template.labels:
+        same = sorted(template.labels) == sorted(ipi.template.labels)
+        raise ConfigError(
+            f"--template {config.template} and --ipi-input {ipi.path} disagree on the atoms"
+            + (" (the same atoms in another order: i-PI's order is the one that counts)" if same else "")
+            + "; leave --template out"
+        )
+    return template
+
+
+def open_deviation_files(config: RunConfig, ids: RequestIds | None = None) -> BeadFiles:
+    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
+    names = deviation_file_names(config, ids)
     return BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=config.step_offset)
 
 
@@ -164,26 +207,29 @@ def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSig
             signals.restore()
 
 
-def _open_outputs(config) -> tuple:
+def _open_outputs(config, ids: RequestIds | None = None) -> tuple:
     """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
     asked for. The checks that can fail come before the deviation files are made."""
     files = selection = traj = None
     if config.out_freq == 0 or len(config.models) < 2:
         return files, selection, traj
+    systems = system_outputs(config, ids)
+    if len(systems) > 1:  # a directory per system, made by the driver
+        for out, _ in systems:
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     levels = config.trust_levels()
     if levels is not None:
         mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-        names = bead_file_names(config.out_file, config.bead_files, config.nbeads)
-        selection = Selection(
-            levels, candidate_file_names(names), summary_file_name(names), mode=mode, step_offset=config.step_offset
-        )
+        names = deviation_file_names(config, ids)
+        summary = summary_file_name([config.out_file] if ids is not None and len(ids.systems) > 1 else names)
+        selection = Selection(levels, candidate_file_names(names), summary, mode=mode, step_offset=config.step_offset)
     if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
         raise ConfigError(
             f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
         )
     if config.traj_files is not None:  # first: its checks leave no deviation file behind
-        traj = open_traj_files(config)
-    files = open_deviation_files(config)
+        traj = open_traj_files(config, ids)
+    files = open_deviation_files(config, ids)
     return files, selection, traj
 
 
@@ -215,19 +261,24 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         layout = deal_models(len(config.models), comm.size, config.model0_rank_count, config.connections)
         placement = devices.place(config.device, node_rank, devices.visible_gpus(), ranks.host_name())
         devices.bind(placement)  # before any backend is imported
+        ipi = None
+        if config.ipi_input is not None:
+            ipi = read_ipi_input(config.ipi_input, config.forcefield)
+            config = config.with_ipi_input(ipi).validated()
         addresses = [make_address(config.unix, a, config.port, config.sockets_prefix) for a in config.addresses]
         address = addresses[rank] if len(addresses) > 1 and rank < len(addresses) else addresses[0]
-        template = read_template(config.template)
+        template = the_template(config, ipi)
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
-        outputs = _open_outputs(config) if rank == 0 else (None, None, None)
-        return config, layout, address, template, outputs, placement
+        ids = ipi.ids if ipi is not None else None
+        outputs = _open_outputs(config, ids) if rank == 0 else (None, None, None)
+        return config, layout, address, template, outputs, placement, ids
 
-    config, layout, address, template, outputs, placement = collective(comm, check_inputs)
+    config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
     files, selection, traj = outputs
     hosts = log_layout(comm, layout, config.models, placement)
     try:
-        return _run_checked(config, comm, layout, address, template, outputs, signals, hosts)
+        return _run_checked(config, comm, layout, address, template, outputs, signals, hosts, ids)
     except BaseException:
         if files is not None:
             files.discard_unused()
@@ -236,7 +287,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         _close_outputs(files, selection, traj)
 
 
-def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts) -> int:
+def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts, ids=None) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
@@ -263,7 +314,8 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
     periodic = template.periodic if config.pbc is None else config.pbc
     with signals.interruptible():
         warm_up(members, template, periodic)
-    counter = ranks.StepCounter(comm, config.nbeads) if config.connections > 1 else None  # collective
+    ids_size = max(ids.index) + 1 if ids is not None else config.nbeads  # the request ids counted
+    counter = ranks.StepCounter(comm, ids_size) if config.connections > 1 else None  # collective
     if rank in layout.ensemble_ranks:
         status = follower_loop(
             comm, members, natoms=template.natoms, signals=signals, dispatchers=layout.connection_ranks
@@ -272,10 +324,10 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
         status = replica_loop(comm, members[0], natoms=template.natoms, signals=signals)
     elif rank != 0:
         status = serve_connection(
-            Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
+            Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids)
         )
     else:
-        served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts)
+        served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids)
         status = serve_rank0(served, elements, *outputs)
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)

@@ -86,6 +86,21 @@ def run_parser(sub: argparse._SubParsersAction) -> None:
         "file ASE reads, or i-PI's xyz with a '# CELL(abcABC):' comment",
     )
     p.add_argument(
+        "--ipi-input",
+        metavar="FILE",
+        help="i-PI's own input (input.xml, or its RESTART), read with i-PI's code: it gives the atoms in "
+        "i-PI's order (no --template), the socket (no --unix/--address/--port), each system's beads as "
+        "the forcefield sees them (no --nbeads; contraction, several forces or systems, MTS) and which "
+        "request id is which bead, so rows carry i-PI's steps; options given as well win, a contradiction "
+        "is an error (default: none)",
+    )
+    p.add_argument(
+        "--forcefield",
+        metavar="NAME",
+        help="with --ipi-input: the name of the <ffsocket> this driver serves, when the input has several "
+        "(default: the only one)",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE.json",
         help="JSON file with these settings; also "

@@ -22,6 +22,7 @@ from .ensemble.replicas import Model0Replicas
 from .ensemble.rows import BeadRows, RemoteRows
 from .errors import DriverError, ReportedError, one_line
 from .signals import Stopped, StopSignals
+from .wire.ipi_input import RequestIds
 from .wire.protocol import Wire
 from .wire.session import EndReason, Session
 from .wire.template import Template
@@ -44,6 +45,7 @@ class Served:
     signals: StopSignals
     counter: ranks.StepCounter | None
     hosts: list[str]
+    ids: RequestIds | None = None  # --ipi-input: which request id is which bead
 
     def leader(self, **pieces) -> Leader:
         return Leader(
@@ -52,15 +54,16 @@ class Served:
             self.members,
             natoms=self.template.natoms,
             periodic=self.periodic,
-            settings=deviation_settings(self.config),
+            settings=deviation_settings(self.config, self.ids),
             rank_timeout=self.config.server_timeout or None,
             hosts=self.hosts,
             **pieces,
         )
 
 
-def deviation_settings(config: RunConfig) -> DeviationSettings:
+def deviation_settings(config: RunConfig, ids: RequestIds | None = None) -> DeviationSettings:
     return DeviationSettings(
+        ids=ids,
         out_freq=config.out_freq,
         nbeads=config.nbeads,
         relative=config.relative,

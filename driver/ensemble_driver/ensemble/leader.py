@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from ..errors import DriverError, ModelError, ProtocolError, UnsupportedTranspor
 from ..models.parameters import Parameters, from_server
 from ..outputs.model_devi import BeadFiles
 from ..outputs.selection import Selection
+from ..wire.ipi_input import RequestIds
 from ..wire.session import BatchRequest, Reply, Request
 from . import ending, messages
 from .connections import Hub
@@ -64,6 +65,7 @@ class DeviationSettings:
     committee: bool = False
     out_freq_near: int = 0  # --out-freq-near (0: off)
     trust_lo: float | None = None
+    ids: RequestIds | None = None  # --ipi-input: which request id is which bead, at which i-PI step
 
 
 def check_cell(cell: np.ndarray | None, where: str) -> None:
@@ -110,6 +112,7 @@ class Leader:
             deviation_on=deviation_on,
             near_freq=settings.out_freq_near,
             trust_lo=settings.trust_lo,
+            ids=settings.ids,
         )
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
@@ -155,14 +158,17 @@ class Leader:
                 self.layout.model0_ranks,
                 ", ".join(map(str, self.replicas.replicas)),
             )
-        if self.steps.needs_latest_row(request.rid, request.step):
+        where = self.steps.locate(request.rid, request.step)
+        if where is not None:
+            request = replace(request, rid=where[0], step=where[1])
+        if where is not None and self.steps.needs_latest_row(request.rid, request.step):
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
             self.jobs.complete_until(self._last_job.get(request.rid))
         parameters, server = self._parameters(request.init)
         if self.settings.committee:  # every model on every structure
-            row = self.steps.row_due(request.rid, request.step, warn=False)
+            row = where is not None and self.steps.row_due(request.rid, request.step, warn=False)
             job = self.jobs.dispatch(request, cell, row=row, parameters=parameters, server_parameters=server)
-        elif self.steps.row_due(request.rid, request.step):
+        elif where is not None and self.steps.row_due(request.rid, request.step):
             job = self.jobs.dispatch(request, cell, parameters=parameters, server_parameters=server)
         else:
             job = None
@@ -289,7 +295,11 @@ class Leader:
             return
         request = batch.request
         parameters, server = self._parameters(request.init)
-        for k, (rid, step) in enumerate(batch.beads):
+        for k, (rid, evaluation) in enumerate(batch.beads):
+            where = self.steps.locate(rid, evaluation)
+            if where is None:
+                continue
+            rid, step = where
             if self.steps.row_due(rid, step, warn=False):
                 cell = None if not self.periodic else request.cells[k]
                 structure = Request(rid, step, request.cells[k], request.positions[k])

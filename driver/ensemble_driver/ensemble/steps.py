@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..wire.ipi_input import RequestIds
 from ..wire.session import BatchRequest
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class BeadSteps:
         deviation_on: bool,
         near_freq: int = 0,
         trust_lo: float | None = None,
+        ids: RequestIds | None = None,
     ):
         self.out_freq = out_freq
+        self.ids = ids  # --ipi-input: request id -> (series, i-PI step)
         self.nbeads = nbeads
         self.deviation_on = deviation_on
         # --out-freq-near: a bead whose latest row reached trust_lo gets a row every near_freq steps
@@ -57,6 +60,15 @@ class BeadSteps:
         self._pending_batch: tuple[BatchRequest, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self.batch_steps: dict[int, int] = {}
         self._warned_batch_gap = False
+
+    def locate(self, rid: int, evaluation: int) -> tuple[int, int] | None:
+        """(bead, step) of the ``evaluation``-th structure of request ``rid``: with
+        --ipi-input the series (system and bead) and i-PI's step, None for a request that
+        is no bead (an estimator's clone) or an MTS inner level's intermediate structure;
+        without it the request id and the evaluation count."""
+        if self.ids is None:
+            return rid, evaluation
+        return self.ids.locate(rid, evaluation)
 
     def row_due(self, rid: int, step: int, *, warn: bool = True) -> bool:
         """A deviation row for request ``rid`` at ``step``: a deviation step of a bead
@@ -123,6 +135,11 @@ class BeadSteps:
         return ResolvedBatch(request, energy, forces, virial, beads)
 
     def _real_structures(self, first: int, size: int, next_rid: int | None) -> int:
+        if self.ids is not None:  # the ids i-PI queues for this forcefield: the rest is padding
+            real = 0
+            while real < size and first + real in self.ids.index:
+                real += 1
+            return max(real, 1)
         nbeads = self.nbeads
         if first >= nbeads:
             return 1  # an estimator's clone: no rows, and no way to tell more

@@ -1,0 +1,217 @@
+"""What an i-PI input says i-PI will send (``--ipi-input``): the socket of the forcefield
+the driver serves, the atoms in i-PI's order, and which request id is which bead.
+
+i-PI's request id is ``ForceBead.uid`` (ipi/engine/forces.py), a process-wide counter
+handed out as i-PI binds its force evaluators: each ``<force>`` component of each system
+takes one id per bead that component sees (fewer under ring-polymer contraction), in the
+order the components and systems are listed, and each system binds clones for its
+estimators after its own. Rather than copy that rule, the input (an input.xml, or a
+RESTART file: the same format) is read and bound by i-PI's own code,
+``Simulation.load_from_xml(..., read_only=True)``, which binds every system, and so
+hands out every id, without opening a socket or writing a file; the ids are then read off
+the bound force components. So the layout follows the installed i-PI, whatever version.
+
+The input's relative paths (``<initialize>``'s file) are taken from the input's own
+directory, where i-PI is normally started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, one_line
+from . import units
+from .template import Template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One bead of one system as the served forcefield sees it: one deviation file."""
+
+    system: int  # index of the system in the input
+    prefix: str  # the system's prefix ('' when it has none)
+    bead: int  # the bead of the forcefield's (possibly contracted) ring polymer
+    per_step: int = 1  # evaluations of its request id per i-PI step (MTS inner levels: more)
+
+
+@dataclass(frozen=True)
+class RequestIds:
+    """Request id -> series, and i-PI's step of each evaluation."""
+
+    series: tuple[Series, ...]
+    index: Mapping[int, int]  # request id -> index into series
+    first_step: int = 0  # i-PI's step of the first evaluation (a RESTART's <step>)
+
+    def locate(self, rid: int, evaluation: int) -> tuple[int, int] | None:
+        """(series, i-PI step) of the ``evaluation``-th structure of request ``rid`` (from
+        0), or None when it is no bead of a system (an estimator's clone) or falls inside
+        a step (an MTS inner level's intermediate positions)."""
+        k = self.index.get(rid)
+        if k is None:
+            return None
+        per_step = self.series[k].per_step
+        if evaluation % per_step:
+            return None
+        return k, self.first_step + evaluation // per_step
+
+    def beads_per_system(self) -> list[int]:
+        """How many series each served system has, in order."""
+        counts: dict[int, int] = {}
+        for s in self.series:
+            counts[s.system] = counts.get(s.system, 0) + 1
+        return list(counts.values())
+
+    @property
+    def systems(self) -> list[str]:
+        """The prefix of every system the forcefield serves, in order."""
+        seen: dict[int, str] = {}
+        for s in self.series:
+            seen.setdefault(s.system, s.prefix)
+        return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Socket:
+    """An ``<ffsocket>``: i-PI's ``mode``, ``address``, ``port`` and ``sockets_prefix``."""
+
+    name: str
+    mode: str  # 'unix' or 'inet'
+    address: str
+    port: int
+    sockets_prefix: str
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class IpiInput:
+    path: str
+    socket: Socket
+    ids: RequestIds
+    template: Template  # i-PI's atom names in its order, and its first system's structure
+    total_steps: int
+
+
+def read_ipi_input(path: str | Path, forcefield: str | None = None) -> IpiInput:
+    """Read and bind an i-PI input (or RESTART) with i-PI's own code; ``forcefield`` names
+    the ``<ffsocket>`` served when the input has several."""
+    path = Path(path)
+    where = f"--ipi-input {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file")
+    simulation = _bind(path, where)
+    socket = _socket(simulation, forcefield, where)
+    ids, systems = _request_ids(simulation, socket.name, where)
+    names = [tuple(str(n) for n in s.beads.names) for s in systems]
+    if any(n != names[0] for n in names[1:]):
+        raise ConfigError(f"{where}: the systems on forcefield {socket.name!r} have different atoms")
+    first = systems[0]
+    template = Template(
+        path=str(path),
+        labels=names[0],
+        periodic=True,
+        positions=units.positions_from_wire(np.array(first.beads.q[0])),
+        cell=units.cell_from_wire(np.array(first.cell.h)),
+    )
+    return IpiInput(str(path), socket, ids, template, int(simulation.tsteps))
+
+
+def _bind(path: Path, where: str):
+    """i-PI's Simulation for the input, bound read-only (no socket, no output file), with
+    the input's directory as the working directory while it reads its files."""
+    try:
+        import ipi.engine.forces as forces
+        from ipi.engine.simulation import Simulation
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import i-PI to read it ({one_line(exc)})") from None
+    text = path.read_text()
+    here = os.getcwd()
+    base = forces.fbuid
+    said = io.StringIO()
+    try:
+        os.chdir(path.resolve().parent)
+        with contextlib.redirect_stdout(said):  # i-PI's warnings, printed even when quiet
+            simulation = Simulation.load_from_xml(text, custom_verbosity="quiet", read_only=True)
+    except SystemExit:
+        raise ConfigError(f"{where}: i-PI cannot read it") from None
+    except Exception as exc:  # i-PI raises many kinds on a bad input
+        raise ConfigError(f"{where}: i-PI cannot read it: {one_line(exc)}") from None
+    finally:
+        os.chdir(here)
+        for line in said.getvalue().splitlines():
+            log.debug("i-PI reading %s: %s", path, line.strip())
+    simulation._ensemble_driver_uid_base = base  # ids handed out before this input: not i-PI's
+    return simulation
+
+
+def _socket(simulation, forcefield: str | None, where: str) -> Socket:
+    sockets = {name: ff for name, ff in simulation.fflist.items() if hasattr(ff, "socket")}
+    if forcefield is not None:
+        if forcefield not in sockets:
+            known = ", ".join(sorted(sockets)) or "none"
+            raise ConfigError(f"{where}: no socket forcefield named {forcefield!r} (socket forcefields: {known})")
+        name = forcefield
+    elif len(sockets) == 1:
+        name = next(iter(sockets))
+    elif not sockets:
+        raise ConfigError(f"{where}: no <ffsocket> (or other socket forcefield) for the driver to serve")
+    else:
+        raise ConfigError(
+            f"{where}: {len(sockets)} socket forcefields ({', '.join(sorted(sockets))}): name the one this driver "
+            "serves with --forcefield NAME"
+        )
+    s = sockets[name].socket
+    return Socket(name, s.mode, s.address, int(s.port), s.sockets_prefix, int(getattr(s, "batch_size", 1)))
+
+
+def _request_ids(simulation, forcefield: str, where: str) -> tuple[RequestIds, list]:
+    """The ids i-PI bound for ``forcefield``'s components, system by system."""
+    base = simulation._ensemble_driver_uid_base
+    series: list[Series] = []
+    index: dict[int, int] = {}
+    systems = []
+    for k, system in enumerate(simulation.syslist):
+        components = [c for c in system.forces.mforces if c.ffield == forcefield]
+        if not components:
+            continue
+        if len(components) > 1:
+            raise ConfigError(
+                f"{where}: forcefield {forcefield!r} is in {len(components)} <force> components of system "
+                f"{k} ({system.prefix or 'no prefix'}): one component per system is supported"
+            )
+        component = components[0]
+        per_step = _evaluations_per_step(system, component)
+        systems.append(system)
+        for bead, force_bead in enumerate(component._forces):
+            index[int(force_bead.uid) - base] = len(series)
+            series.append(Series(k, str(system.prefix or ""), bead, per_step))
+    if not series:
+        raise ConfigError(f"{where}: no <force forcefield='{forcefield}'> in any system")
+    return RequestIds(tuple(series), index, int(simulation.step)), systems
+
+
+def _evaluations_per_step(system, component) -> int:
+    """How many structures of each bead a component is evaluated on per step: one, or
+    with multiple time stepping (``<nmts>``) the product of the sub-steps down to the
+    component's innermost level (its last nonzero ``mts_weights``), where the positions
+    move that many times per step."""
+    nmts = np.atleast_1d(getattr(system.motion, "nmts", [1]))
+    weights = np.atleast_1d(component.mts_weights)
+    levels = np.flatnonzero(weights)
+    deepest = int(levels[-1]) if levels.size else 0
+    return int(np.prod(nmts[: deepest + 1]))
+
+
+def system_names(ids: RequestIds) -> list[str]:
+    """A name per served system for its directory of outputs: i-PI's prefix, or
+    ``system<k>`` where it has none."""
+    return [p or f"system{k}" for k, p in enumerate(ids.systems)]

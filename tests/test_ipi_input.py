@@ -1,0 +1,206 @@
+"""``--ipi-input``: the driver reads i-PI's own input and files every row under the
+(system, bead) and the i-PI step it belongs to, for the inputs users write: ring-polymer
+contraction (with and without i-PI's batches), our forcefield second after an
+``<ffdirect>`` force, multiple time stepping with our force inside, two systems. Each run
+is real i-PI 3.3 with the driver under mpiexec, and every row is recomputed with
+deepmd-kit's ``calc_model_devi`` on the positions i-PI wrote for that bead (contracted
+beads: through i-PI's own contraction, ``nm_rescale``), at the printed precision."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import IPI_INPUTS, tool
+from test_ensemble import mpiexec, read_ipi_binary
+
+from ensemble_driver.demo.launch import ProcessGroup
+from ensemble_driver.deviation import Deviation
+from ensemble_driver.outputs.model_devi import format_row
+from ensemble_driver.wire import units
+
+STEPS, OUT_FREQ = 6, 2
+MOTION = """
+    <motion mode='dynamics'>
+      <dynamics mode='nvt'>
+        <timestep units='femtosecond'> 2.0 </timestep>
+        <thermostat mode='pile_l'><tau units='femtosecond'> 100 </tau></thermostat>{nmts}
+      </dynamics>
+    </motion>"""
+
+
+def system(nbeads: int, forces: str, *, prefix: str = "", temperature: int = 600, nmts: str = "") -> str:
+    attribute = f" prefix='{prefix}'" if prefix else ""
+    return f"""
+  <system{attribute}>
+    <initialize nbeads='{nbeads}'>
+      <file mode='xyz' units='angstrom'> init.xyz </file>
+      <velocities mode='thermal' units='kelvin'> {temperature} </velocities>
+    </initialize>
+    <forces> {forces} </forces>
+    <ensemble><temperature units='kelvin'> {temperature} </temperature></ensemble>{MOTION.format(nmts=nmts)}
+  </system>"""
+
+
+def ipi_input(address: str, systems: str, *, batch: int = 1, extra_ff: str = "", smotion: str = "") -> str:
+    batching = f"<batch_size> {batch} </batch_size>" if batch > 1 else ""
+    return f"""<simulation verbosity='quiet' safe_stride='2'>
+  <output prefix='sim'>
+    <trajectory filename='bin' stride='1' format='bin'> positions </trajectory>
+    <checkpoint stride='2'/>
+  </output>
+  <total_steps> {STEPS} </total_steps>
+  <prng><seed> 31415 </seed></prng>
+  <ffsocket name='dp' mode='unix'>
+    <address> {address} </address>
+    <timeout> 600 </timeout>{batching}
+  </ffsocket>{extra_ff}{systems}{smotion}
+</simulation>
+"""
+
+
+def run(tmp_path, xml: str, model_paths, *extra: str, nranks: int = 2) -> list[str]:
+    """i-PI on ``xml`` and the driver with --ipi-input (no template, beads or socket)."""
+    shutil.copy(IPI_INPUTS / "init.xyz", tmp_path / "init.xyz")
+    (tmp_path / "input.xml").write_text(xml)
+    driver = mpiexec(
+        nranks,
+        [tool("ensemble-driver"), "run", "--models", *map(str, model_paths), "--ipi-input", "input.xml"]
+        + ["--out-freq", str(OUT_FREQ), "--connect-timeout", "120", "-v", *extra],
+    )
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        member = group.start("driver", driver, cwd=tmp_path)
+        group.wait(300)
+    return [member.log_path.read_text()]
+
+
+def expected_rows(frames, model_paths, reference, symbols, per_step: int = 1) -> list[str]:
+    """Rows from i-PI's frames [(step, h, q)] (q: the bead's positions, Bohr)."""
+    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
+
+    rows = []
+    for step, h, q in frames:
+        if step % OUT_FREQ:
+            continue
+        cell, positions = units.cell_from_wire(h), units.positions_from_wire(q)
+        forces, virials = [], []
+        for path in model_paths:
+            dp = reference.deeppot(path)
+            atype = [dp.get_type_map().index(s) for s in symbols]
+            _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
+            forces.append(np.asarray(f).reshape(-1, 3))
+            virials.append(np.asarray(v).reshape(9))
+        fmax, fmin, favg = calc_model_devi_f(np.array(forces)[:, None])
+        vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(np.array(virials)[:, None] / len(positions)))
+        rows.append(format_row(step, Deviation(vmax, vmin, vavg, fmax[0], fmin[0], favg[0])).rstrip("\n"))
+    return rows
+
+
+def written_rows(path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def bead_frames(workdir, nbeads: int, prefix: str = "") -> list[list[tuple]]:
+    """Every bead's frames as i-PI wrote them (binary: full precision)."""
+    name = f"{prefix}_sim" if prefix else "sim"
+    width = len(str(nbeads - 1))
+    return [read_ipi_binary(workdir / f"{name}.bin_{str(b).zfill(width)}.bin", STEPS + 1) for b in range(nbeads)]
+
+
+def contracted(frames: list[list[tuple]], nbeads: int) -> list[list[tuple]]:
+    """The beads a component with ``nbeads`` beads sees: i-PI's own contraction."""
+    from ipi.utils.nmtransform import nm_rescale
+
+    rescale = nm_rescale(len(frames), nbeads)
+    out = [[] for _ in range(nbeads)]
+    for k in range(len(frames[0])):
+        q = rescale.b1tob2(np.array([frames[b][k][2] for b in range(len(frames))]))
+        for b in range(nbeads):
+            out[b].append((frames[0][k][0], frames[0][k][1], q[b]))
+    return out
+
+
+def check_rows(directory, beads: list[list[tuple]], model_paths, reference, symbols) -> None:
+    assert sorted(p.name for p in directory.glob("model_devi*.out")) == [
+        f"model_devi{b + 1}.out" for b in range(len(beads))
+    ]
+    for b, frames in enumerate(beads):
+        want = expected_rows(frames, model_paths, reference, symbols)
+        assert written_rows(directory / f"model_devi{b + 1}.out") == want, f"bead {b}"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_contracted_forcefield(tmp_path, address, model_paths, reference, symbols, batch):
+    """8 beads, our force contracted to 2 (with i-PI's batches of 8: 2 real, 6 padding):
+    two files, each bead's rows on its contracted positions."""
+    xml = ipi_input(address, system(8, "<force forcefield='dp' nbeads='2'/>"), batch=batch)
+    run(tmp_path, xml, model_paths[:3], nranks=3)
+    check_rows(tmp_path, contracted(bead_frames(tmp_path, 8), 2), model_paths[:3], reference, symbols)
+
+
+@pytest.mark.timeout(600)
+def test_second_force_after_ffdirect(tmp_path, address, model_paths, reference, symbols):
+    """Our force after a restraint-like <ffdirect> force: its request ids start at P."""
+    bias = "\n  <ffdirect name='bias'><pes> harmonic </pes><parameters>{k1: 1e-4}</parameters></ffdirect>"
+    xml = ipi_input(address, system(2, "<force forcefield='bias'/><force forcefield='dp'/>"), extra_ff=bias)
+    logs = run(tmp_path, xml, model_paths[:2])
+    check_rows(tmp_path, bead_frames(tmp_path, 2), model_paths[:2], reference, symbols)
+    assert "evaluations per request id: {2: 7, 3: 7" in logs[0]  # i-PI's ids for our force: 2 and 3
+
+
+@pytest.mark.timeout(600)
+def test_mts_inner_force(tmp_path, address, model_paths, reference, symbols):
+    """MTS with our force on the inner level (3 evaluations per step): rows at i-PI's steps,
+    on the positions i-PI wrote at the end of each step."""
+    bias = "\n  <ffdirect name='bias'><pes> harmonic </pes><parameters>{k1: 1e-4}</parameters></ffdirect>"
+    forces = (
+        "<force forcefield='bias'><mts_weights>[1, 0]</mts_weights></force>"
+        "<force forcefield='dp'><mts_weights>[0, 1]</mts_weights></force>"
+    )
+    xml = ipi_input(address, system(2, forces, nmts="\n        <nmts> [1, 3] </nmts>"), extra_ff=bias)
+    logs = run(tmp_path, xml, model_paths[:2])
+    check_rows(tmp_path, bead_frames(tmp_path, 2), model_paths[:2], reference, symbols)
+    assert f"evaluations per request id: {{2: {3 * STEPS + 1}, 3: {3 * STEPS + 1}" in logs[0]
+
+
+@pytest.mark.timeout(600)
+def test_two_systems(tmp_path, address, model_paths, reference, symbols):
+    """Two systems on one forcefield: each in a directory named by its prefix."""
+    systems = system(2, "<force forcefield='dp'/>", prefix="A") + system(
+        2, "<force forcefield='dp'/>", prefix="B", temperature=900
+    )
+    run(tmp_path, ipi_input(address, systems), model_paths[:2])
+    for prefix in ("A", "B"):
+        check_rows(tmp_path / prefix, bead_frames(tmp_path, 2, prefix), model_paths[:2], reference, symbols)
+    assert not list(tmp_path.glob("model_devi*.out"))
+
+
+@pytest.mark.timeout(120)
+def test_contradictions_are_refused_before_connecting(tmp_path, address, model_paths):
+    """--nbeads against the contracted beads, a template in another order, two socket
+    forcefields without --forcefield: one line each, status 2, nothing written."""
+    shutil.copy(IPI_INPUTS / "init.xyz", tmp_path / "init.xyz")
+    xml = ipi_input(address, system(8, "<force forcefield='dp' nbeads='2'/>"))
+    (tmp_path / "input.xml").write_text(xml)
+    lines = (tmp_path / "init.xyz").read_text().splitlines()
+    (tmp_path / "reversed.xyz").write_text("\n".join(lines[:2] + lines[2:][::-1]) + "\n")
+    other = "\n  <ffsocket name='other' mode='unix'><address> elsewhere </address></ffsocket>"
+    (tmp_path / "two.xml").write_text(ipi_input(address, system(2, "<force forcefield='dp'/>"), extra_ff=other))
+    base = [tool("ensemble-driver"), "run", "--models", *map(str, model_paths[:2]), "--connect-timeout", "1"]
+    cases = {
+        ("--ipi-input", "input.xml", "--nbeads", "8"): "--nbeads 8, but in --ipi-input input.xml forcefield 'dp' "
+        "sees 2 bead(s)",
+        ("--ipi-input", "input.xml", "--template", "reversed.xyz"): "the same atoms in another order",
+        ("--ipi-input", "two.xml"): "name the one this driver serves with --forcefield NAME",
+        ("--ipi-input", "two.xml", "--forcefield", "nope"): "no socket forcefield named 'nope'",
+    }
+    for args, message in cases.items():
+        proc = subprocess.run(base + list(args), cwd=tmp_path, capture_output=True, text=True, timeout=100)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ensemble-driver: error:")]
+        assert len(errors) == 1 and message in errors[0], (args, proc.stderr[-2000:])
+    assert not list(tmp_path.glob("model_devi*"))
