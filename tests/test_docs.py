@@ -267,6 +267,8 @@ def test_command_blocks_are_real(page):
             bad.append(f"{line}: {why}")
         if ">" in argv[:-1]:  # what the block writes, an i-PI input for one
             made.add(argv[argv.index(">") + 1])
+        if Path(argv[0]).name == "i-pi":
+            made.add("RESTART")  # i-PI writes it where it runs
     assert not bad, f"{page.relative_to(ROOT)}:\n" + "\n".join(bad)
 
 

@@ -8,9 +8,13 @@ beads: through i-PI's own contraction, ``nm_rescale``), at the printed precision
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
+import time
 
+import ase.io
 import numpy as np
 import pytest
 from conftest import IPI_INPUTS, tool
@@ -168,12 +172,15 @@ def test_mts_inner_force(tmp_path, address, model_paths, reference, symbols):
 
 
 @pytest.mark.timeout(600)
-def test_two_systems(tmp_path, address, model_paths, reference, symbols):
-    """Two systems on one forcefield: each in a directory named by its prefix."""
+@pytest.mark.parametrize("smotion", ["", "remd"])
+def test_two_systems(tmp_path, address, model_paths, reference, symbols, smotion):
+    """Two systems on one forcefield, also as replica exchange (i-PI swaps them every
+    other step): each in a directory named by its prefix, on that system's positions."""
     systems = system(2, "<force forcefield='dp'/>", prefix="A") + system(
         2, "<force forcefield='dp'/>", prefix="B", temperature=900
     )
-    run(tmp_path, ipi_input(address, systems), model_paths[:2])
+    remd = "\n  <smotion mode='remd'><remd><stride> 2 </stride></remd></smotion>" if smotion else ""
+    run(tmp_path, ipi_input(address, systems, smotion=remd), model_paths[:2])
     for prefix in ("A", "B"):
         check_rows(tmp_path / prefix, bead_frames(tmp_path, 2, prefix), model_paths[:2], reference, symbols)
     assert not list(tmp_path.glob("model_devi*.out"))
@@ -204,3 +211,70 @@ def test_contradictions_are_refused_before_connecting(tmp_path, address, model_p
         errors = [line for line in proc.stderr.splitlines() if line.startswith("ensemble-driver: error:")]
         assert len(errors) == 1 and message in errors[0], (args, proc.stderr[-2000:])
     assert not list(tmp_path.glob("model_devi*"))
+
+
+def restart_input(address: str, steps: int) -> str:
+    """2 beads, a checkpoint kept every 4 steps (safe_stride): SIGTERM rolls back to it."""
+    xml = ipi_input(address, system(2, "<force forcefield='dp'/>"))
+    xml = xml.replace("safe_stride='2'", "safe_stride='4'").replace("<checkpoint stride='2'/>", "")
+    xml = xml.replace(f"<total_steps> {STEPS} </total_steps>", f"<total_steps> {steps} </total_steps>")
+    return xml.replace(
+        "<output prefix='sim'>", "<output prefix='sim'>\n    <properties stride='1' flush='1'> [ step ] </properties>"
+    )
+
+
+def last_step(path) -> int:
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return int(float(rows[-1][0])) if rows else -1
+
+
+@pytest.mark.timeout(900)
+def test_resume_after_sigterm_writes_every_step_once(tmp_path, address, model_paths):
+    """i-PI stopped by SIGTERM mid-run (its RESTART rolled back to the last safe
+    checkpoint), then restarted from the RESTART with the driver on --ipi-input RESTART
+    --resume: every output file (rows, dumps, candidates, summary) equals, byte for byte,
+    the one of the same run done without interruption."""
+    steps = 40  # far beyond the SIGTERM at step 9: i-PI must not finish first
+    options = ["--bead-files", "dpgen2", "--traj-files", "dpgen2", "--trust-lo", "0", "--trust-hi", "10"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    xml = restart_input(address, steps)
+    run(whole, xml, model_paths[:2], *options)
+    shutil.copy(IPI_INPUTS / "init.xyz", cut / "init.xyz")
+    (cut / "input.xml").write_text(xml)
+    driver = [tool("ensemble-driver"), "run", "--models", *map(str, model_paths[:2])]
+    driver += ["--out-freq", str(OUT_FREQ), "--connect-timeout", "120", *options]
+    with ProcessGroup(cut / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=cut, ok_status=frozenset({0, 1, -15, 143}))
+        group.start("driver", mpiexec(2, driver + ["--ipi-input", "input.xml"]), cwd=cut)
+        deadline = time.monotonic() + 300
+        while not ((cut / "sim.out").exists() and last_step(cut / "sim.out") >= 9):
+            assert time.monotonic() < deadline and ipi.popen.poll() is None, group._report("no step 9")
+            time.sleep(0.05)
+        ipi.popen.send_signal(signal.SIGTERM)
+        group.wait(300)
+    restart = (cut / "RESTART").read_text()
+    resumed_at = int(restart.split("<step>")[1].split("</step>")[0])
+    assert 4 <= resumed_at <= last_step(cut / "model_devi.1.out") < steps, resumed_at  # rows to cut exist
+    with ProcessGroup(cut / "logs2") as group:
+        group.start("i-pi", [tool("i-pi"), "RESTART"], cwd=cut)
+        group.start("driver", mpiexec(2, driver + ["--ipi-input", "RESTART", "--resume"]), cwd=cut)
+        group.wait(300)
+    # i-PI's RESTART keeps 9 digits of the positions, so the steps from K on are the
+    # uninterrupted run's to that precision; those before K are the first job's, unchanged
+    for bead in (1, 2):
+        mine, theirs = written_rows(cut / f"model_devi.{bead}.out"), written_rows(whole / f"model_devi.{bead}.out")
+        assert [int(r.split()[0]) for r in mine] == list(range(0, steps + 1, OUT_FREQ))  # every step once
+        before = [r for r in theirs if int(r.split()[0]) < resumed_at]
+        assert mine[: len(before)] == before
+        np.testing.assert_allclose(
+            np.array([r.split() for r in mine], float), np.array([r.split() for r in theirs], float), rtol=1e-4
+        )
+        dumps = [(d / f"traj.{bead}.dump").read_text().split("ITEM: TIMESTEP\n")[1:] for d in (cut, whole)]
+        assert [f.split()[0] for f in dumps[0]] == [f.split()[0] for f in dumps[1]]  # the same frames, once
+        assert dumps[0][: len(before)] == dumps[1][: len(before)]
+        frames = [[a.info["step"] for a in ase.io.read(d / f"candidates.{bead}.xyz", ":")] for d in (cut, whole)]
+        assert frames[0] == frames[1] == list(range(0, steps + 1, OUT_FREQ))
+    summary = [json.loads((d / "devi_summary.json").read_text()) for d in (cut, whole)]
+    assert summary[0]["total"] == summary[1]["total"]
+    assert summary[0]["total"]["candidate"] == 2 * (steps // OUT_FREQ + 1)  # the kept rows counted too

@@ -22,6 +22,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         "template": args.template,
         "ipi_input": args.ipi_input,
         "forcefield": args.forcefield,
+        "resume": args.resume,
         "unix": args.unix,
         "address": (args.address[0] if len(args.address) == 1 else tuple(args.address)) if args.address else None,
         "port": args.port,

@@ -44,6 +44,7 @@ class RunConfig:
     template: str | None = None
     ipi_input: str | None = None  # i-PI's input or RESTART: atoms, socket, beads and request ids
     forcefield: str | None = None  # the <ffsocket> served, when the input has several
+    resume: bool = False  # with a RESTART as ipi_input: cut the outputs to its step, then append
     unix: bool = False
     address: str | tuple[str, ...] = "localhost"  # several: one per connection
     port: int | None = None
@@ -161,6 +162,11 @@ class RunConfig:
         return replace(self, **changes)
 
     @property
+    def file_mode(self) -> str:
+        """How existing output files are met: "new" (refused), "overwrite" or "append"."""
+        return "append" if self.append or self.resume else "overwrite" if self.overwrite else "new"
+
+    @property
     def addresses(self) -> tuple[str, ...]:
         return (self.address,) if isinstance(self.address, str) else tuple(self.address)
 
@@ -179,6 +185,15 @@ class RunConfig:
             )
         if self.forcefield is not None and self.ipi_input is None:
             raise ConfigError("--forcefield names a forcefield of the i-PI input: it needs --ipi-input")
+        if self.resume and self.ipi_input is None:
+            raise ConfigError("--resume continues from the step of i-PI's RESTART: give it with --ipi-input RESTART")
+        if self.resume and (self.overwrite or self.append):
+            raise ConfigError("--resume appends to the files it cut: leave out --overwrite and --append")
+        if self.ipi_input is not None and self.step_offset:
+            raise ConfigError(
+                "--step-offset is for servers other than i-PI: with --ipi-input the rows carry i-PI's steps "
+                "(a RESTART's from its <step>; continue one with --resume)"
+            )
         if self.device not in CHOICES:
             raise ConfigError(f"--device must be one of {', '.join(CHOICES)}, got {self.device!r}")
         if self.connect_timeout < 0:
@@ -267,7 +282,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ):
             return dict(value)
         raise bad('an object {"label": type index >= 0}')
-    if name in ("unix", "init_every_step", "atomic", "extras", "committee_json", "overwrite", "append"):
+    if name in ("unix", "init_every_step", "atomic", "extras", "committee_json", "overwrite", "append", "resume"):
         if isinstance(value, bool):
             return value
         raise bad("true or false")

@@ -10,7 +10,6 @@ on rank 0 naming the rank, the file and the reason.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -27,12 +26,10 @@ from .logs import setup_logging
 from .models import devices
 from .models.deepmd import DeepPotModel, check_model_file
 from .models.parameters import Parameters
-from .outputs.dumps import TrajFiles, TrajLayout, traj_layout
-from .outputs.model_devi import BeadFiles, bead_file_names
-from .outputs.selection import Selection, candidate_file_names, summary_file_name
+from .run_outputs import close_outputs, open_outputs
 from .serving import Served, serve_connection, serve_rank0
 from .signals import Stopped, StopSignals
-from .wire.ipi_input import IpiInput, RequestIds, read_ipi_input, system_names
+from .wire.ipi_input import IpiInput, read_ipi_input
 from .wire.template import Template, read_template, read_template_array
 from .wire.transport import make_address
 
@@ -134,36 +131,6 @@ def log_layout(comm, layout: Layout, models: Sequence[str], placement: devices.P
     return [host for host, _ in where]
 
 
-def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str, int]]:
-    """(deviation file, beads) of every system served: --out-file for one; with several
-    (--ipi-input), each in a directory of its own named by its prefix, beside --out-file."""
-    if ids is None or len(ids.systems) == 1:
-        return [(config.out_file, config.nbeads)]
-    directory, name = os.path.split(config.out_file)
-    return [
-        (os.path.join(directory, system, name), beads)
-        for system, beads in zip(system_names(ids), ids.beads_per_system())
-    ]
-
-
-def deviation_file_names(config: RunConfig, ids: RequestIds | None) -> list[str]:
-    return [
-        name for out, beads in system_outputs(config, ids) for name in bead_file_names(out, config.bead_files, beads)
-    ]
-
-
-def open_traj_files(config: RunConfig, ids: RequestIds | None = None) -> TrajFiles:
-    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-    layouts = [traj_layout(config.traj_files, out, beads) for out, beads in system_outputs(config, ids)]
-    patterns = tuple(p for layout in layouts for p in layout.patterns)
-    if len(set(patterns)) != len(patterns):
-        raise ConfigError(
-            f"--traj-files {config.traj_files!r} gives several systems the same file names: use dpgen or dpgen2 "
-            "(a directory per system)"
-        )
-    return TrajFiles(TrajLayout(patterns, layouts[0].per_frame), mode=mode, step_offset=config.step_offset)
-
-
 def the_template(config: RunConfig, ipi: IpiInput | None) -> Template:
     """The atoms in the server's order: --template, or the i-PI input's; both given, the
     template must list i-PI's atoms in i-PI's order."""
@@ -180,12 +147,6 @@ def the_template(config: RunConfig, ipi: IpiInput | None) -> Template:
             + "; leave --template out"
         )
     return template
-
-
-def open_deviation_files(config: RunConfig, ids: RequestIds | None = None) -> BeadFiles:
-    mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-    names = deviation_file_names(config, ids)
-    return BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=config.step_offset)
 
 
 def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSignals | None = None) -> int:
@@ -205,48 +166,6 @@ def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSig
     finally:
         if own_signals:
             signals.restore()
-
-
-def _open_outputs(config, ids: RequestIds | None = None) -> tuple:
-    """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
-    asked for. The checks that can fail come before the deviation files are made."""
-    files = selection = traj = None
-    if config.out_freq == 0 or len(config.models) < 2:
-        return files, selection, traj
-    systems = system_outputs(config, ids)
-    if len(systems) > 1:  # a directory per system, made by the driver
-        for out, _ in systems:
-            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    levels = config.trust_levels()
-    if levels is not None:
-        mode = "append" if config.append else "overwrite" if config.overwrite else "new"
-        names = deviation_file_names(config, ids)
-        summary = summary_file_name([config.out_file] if ids is not None and len(ids.systems) > 1 else names)
-        selection = Selection(levels, candidate_file_names(names), summary, mode=mode, step_offset=config.step_offset)
-    if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
-        raise ConfigError(
-            f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
-        )
-    if config.traj_files is not None:  # first: its checks leave no deviation file behind
-        traj = open_traj_files(config, ids)
-    files = open_deviation_files(config, ids)
-    return files, selection, traj
-
-
-def _close_outputs(files, selection, traj) -> None:
-    """Close rank 0's outputs and print the counts of the rows by class."""
-    if files is not None:
-        files.close()
-    if traj is not None:
-        traj.close()
-    if selection is not None:
-        selection.close()
-        if selection.rows:
-            print(
-                f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-                f"counts in {selection.summary_file}",
-                flush=True,
-            )
 
 
 def _run(config_source, comm, signals: StopSignals) -> int:
@@ -271,7 +190,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
         ids = ipi.ids if ipi is not None else None
-        outputs = _open_outputs(config, ids) if rank == 0 else (None, None, None)
+        outputs = open_outputs(config, ids) if rank == 0 else (None, None, None)
         return config, layout, address, template, outputs, placement, ids
 
     config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
@@ -284,7 +203,7 @@ def _run(config_source, comm, signals: StopSignals) -> int:
             files.discard_unused()
         raise
     finally:
-        _close_outputs(files, selection, traj)
+        close_outputs(files, selection, traj)
 
 
 def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts, ids=None) -> int:

@@ -101,6 +101,14 @@ def run_parser(sub: argparse._SubParsersAction) -> None:
         "(default: the only one)",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="with --ipi-input naming i-PI's RESTART: cut the deviation files, dumps, candidates and summary "
+        "to the steps before the RESTART's step (each file replaced whole), then append the new rows from "
+        "that step on: every step once in every file, as DP-GEN needs",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE.json",
         help="JSON file with these settings; also "

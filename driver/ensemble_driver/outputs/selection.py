@@ -109,16 +109,20 @@ class Selection:
         *,
         mode: str = "new",
         step_offset: int = 0,
+        counts: Sequence[dict[str, int]] | None = None,
     ):
         """``mode`` as the deviation files': "new" refuses existing candidate files,
         "overwrite" removes them now (a bead without candidates this run keeps no old
-        file), "append" adds to them."""
+        file), "append" adds to them. ``counts``: each bead's counts to start from (the
+        rows kept by --resume)."""
         self.levels = levels
         self.symbols: list[str] = []
         self.names = list(candidate_files)
         self.summary_file = summary_file
         self.step_offset = step_offset
-        self.counts = [dict.fromkeys(CLASSES, 0) for _ in self.names]
+        self.counts = (
+            [dict(c) for c in counts] if counts is not None else [dict.fromkeys(CLASSES, 0) for _ in self.names]
+        )
         # --out-freq-near: the rows each bead got beyond --out-freq's (the bead steps count them)
         self.extra_rows: dict[int, int] | None = None
         self._fds: dict[int, int] = {}

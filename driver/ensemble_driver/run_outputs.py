@@ -1,0 +1,94 @@
+"""Rank 0's outputs of ``run``: which files (per bead, per system with several i-PI
+systems), opened before anything connects, cut first by ``--resume``, and closed with the
+counts printed."""
+
+from __future__ import annotations
+
+import os
+
+from .config import RunConfig
+from .errors import ConfigError
+from .outputs.dumps import TrajFiles, TrajLayout, traj_layout
+from .outputs.model_devi import BeadFiles, bead_file_names
+from .outputs.resume import resume_outputs
+from .outputs.selection import Selection, candidate_file_names, summary_file_name
+from .wire.ipi_input import RequestIds, system_names
+
+
+def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str, int]]:
+    """(deviation file, beads) of every system served: --out-file for one; with several
+    (--ipi-input), each in a directory of its own named by its prefix, beside --out-file."""
+    if ids is None or len(ids.systems) == 1:
+        return [(config.out_file, config.nbeads)]
+    directory, name = os.path.split(config.out_file)
+    return [
+        (os.path.join(directory, system, name), beads)
+        for system, beads in zip(system_names(ids), ids.beads_per_system())
+    ]
+
+
+def deviation_file_names(config: RunConfig, ids: RequestIds | None) -> list[str]:
+    return [
+        name for out, beads in system_outputs(config, ids) for name in bead_file_names(out, config.bead_files, beads)
+    ]
+
+
+def traj_file_layout(config: RunConfig, ids: RequestIds | None) -> TrajLayout:
+    """Where --traj-files puts every bead's frames, system by system."""
+    layouts = [traj_layout(config.traj_files, out, beads) for out, beads in system_outputs(config, ids)]
+    patterns = tuple(p for layout in layouts for p in layout.patterns)
+    if len(set(patterns)) != len(patterns):
+        raise ConfigError(
+            f"--traj-files {config.traj_files!r} gives several systems the same file names: use dpgen or dpgen2 "
+            "(a directory per system)"
+        )
+    return TrajLayout(patterns, layouts[0].per_frame)
+
+
+def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> tuple:
+    """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
+    asked for. The checks that can fail come before the deviation files are made."""
+    files = selection = traj = None
+    if config.out_freq == 0 or len(config.models) < 2:
+        return files, selection, traj
+    systems = system_outputs(config, ids)
+    if len(systems) > 1:  # a directory per system, made by the driver
+        for out, _ in systems:
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    levels = config.trust_levels()
+    names = deviation_file_names(config, ids)
+    traj_files = traj_file_layout(config, ids) if config.traj_files is not None else None
+    if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
+        raise ConfigError(
+            f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
+        )
+    counts = None
+    if config.resume and ids is not None:  # every file cut to the steps before i-PI's restart
+        candidates = candidate_file_names(names) if levels is not None else ()
+        counts = resume_outputs(ids.first_step, names, candidate_files=candidates, traj=traj_files, levels=levels)
+    mode, offset = config.file_mode, config.step_offset
+    if levels is not None:
+        summary = summary_file_name([config.out_file] if ids is not None and len(ids.systems) > 1 else names)
+        selection = Selection(
+            levels, candidate_file_names(names), summary, mode=mode, step_offset=offset, counts=counts
+        )
+    if traj_files is not None:  # first: its checks leave no deviation file behind
+        traj = TrajFiles(traj_files, mode=mode, step_offset=offset)
+    files = BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=offset)
+    return files, selection, traj
+
+
+def close_outputs(files, selection, traj) -> None:
+    """Close rank 0's outputs and print the counts of the rows by class."""
+    if files is not None:
+        files.close()
+    if traj is not None:
+        traj.close()
+    if selection is not None:
+        selection.close()
+        if selection.rows:
+            print(
+                f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
+                f"counts in {selection.summary_file}",
+                flush=True,
+            )
