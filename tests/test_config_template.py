@@ -179,6 +179,9 @@ def test_addresses():
         make_address(False, "localhost", None, "/tmp/ipi_")
     with pytest.raises(ConfigError, match="not a TCP port"):
         make_address(False, "localhost", 70000, "/tmp/ipi_")
+    for v6 in ("::1", "fe80::1", "2001:db8::7"):
+        with pytest.raises(ConfigError, match=f"--address {v6}: IPv6 is not supported \\(i-PI listens on IPv4 only\\)"):
+            make_address(False, v6, 31415, "/tmp/ipi_")
 
 
 def test_unix_path_limit_is_the_os_limit(tmp_path):

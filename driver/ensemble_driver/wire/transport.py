@@ -63,6 +63,11 @@ def make_address(unix: bool, address: str, port: int | None, sockets_prefix: str
         )
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port (1-65535)")
+    if ":" in address:  # an IPv6 literal: i-PI 3.3 binds AF_INET only (interfaces/sockets.py)
+        raise ConfigError(
+            f"--address {address}: IPv6 is not supported (i-PI listens on IPv4 only); give an IPv4 address "
+            "or a host name that resolves to one, e.g. 127.0.0.1 for this machine"
+        )
     return InetAddress(address, port)
 
 
