@@ -278,3 +278,61 @@ def test_resume_after_sigterm_writes_every_step_once(tmp_path, address, model_pa
     summary = [json.loads((d / "devi_summary.json").read_text()) for d in (cut, whole)]
     assert summary[0]["total"] == summary[1]["total"]
     assert summary[0]["total"]["candidate"] == 2 * (steps // OUT_FREQ + 1)  # the kept rows counted too
+
+
+def run_without_input(tmp_path, xml: str, model_paths, *args: str, expect_failure: bool = False):
+    """i-PI on ``xml`` and the driver told --template/--unix/--address/--nbeads by hand."""
+    shutil.copy(IPI_INPUTS / "init.xyz", tmp_path / "init.xyz")
+    (tmp_path / "input.xml").write_text(xml)
+    address = xml.split("<address>")[1].split("</address>")[0].strip()
+    driver = mpiexec(
+        2,
+        [tool("ensemble-driver"), "run", "--models", *map(str, model_paths), "--unix", "--address", address]
+        + ["--out-freq", str(OUT_FREQ), "--connect-timeout", "120", *args],
+    )
+    with ProcessGroup(tmp_path / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
+        member = group.start("driver", driver, cwd=tmp_path, ok_status=frozenset({2} if expect_failure else {0}))
+        if expect_failure:  # i-PI waits for the lost request: end it once the driver has
+            deadline = time.monotonic() + 300
+            while member.popen.poll() is None:
+                assert time.monotonic() < deadline and ipi.popen.poll() is None, group._report("driver still up")
+                time.sleep(0.05)
+        else:
+            group.wait(300)
+    return member.popen.returncode, member.log_path.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_without_input_padding_gets_no_rows_and_a_warning(tmp_path, address, model_paths, reference, symbols):
+    """The contracted force in batches of 8 with --nbeads 8 and no --ipi-input: the 6
+    copies i-PI pads each batch with never get rows (step 0, where every bead is the same,
+    included); beads 3..8 never come, and one warning says so and names the fix."""
+    xml = ipi_input(address, system(8, "<force forcefield='dp' nbeads='2'/>"), batch=8)
+    _, log = run_without_input(tmp_path, xml, model_paths[:2], "--template", "init.xyz", "--nbeads", "8")
+    beads = contracted(bead_frames(tmp_path, 8), 2)
+    for b in range(2):
+        assert written_rows(tmp_path / f"model_devi{b + 1}.out") == expected_rows(
+            beads[b], model_paths[:2], reference, symbols
+        )
+    for b in range(2, 8):
+        assert written_rows(tmp_path / f"model_devi{b + 1}.out") == []
+    warnings = [line for line in log.splitlines() if "never came" in line]
+    assert len(warnings) == 1 and "beads 2..7 of --nbeads 8" in warnings[0] and "--ipi-input" in warnings[0]
+    assert "or --nbeads 2" in warnings[0]
+
+
+@pytest.mark.timeout(600)
+def test_without_input_a_reordered_template_is_refused(tmp_path, address, model_paths):
+    """A template with i-PI's atoms in another order: the first structure (i-PI's init
+    file) shows it; one line, status 2, before any row or answer."""
+    lines = (IPI_INPUTS / "init.xyz").read_text().splitlines()
+    (tmp_path / "reversed.xyz").write_text("\n".join(lines[:2] + lines[2:][::-1]) + "\n")
+    xml = ipi_input(address, system(2, "<force forcefield='dp'/>"))
+    status, log = run_without_input(
+        tmp_path, xml, model_paths[:2], "--template", "reversed.xyz", "--nbeads", "2", expect_failure=True
+    )
+    errors = [line for line in log.splitlines() if line.startswith("ensemble-driver: error:")]
+    assert status == 2 and len(errors) == 1, log[-3000:]
+    assert "lists the atoms of the server's first structure in another order" in errors[0]
+    assert all(written_rows(p) == [] for p in tmp_path.glob("model_devi*.out"))

@@ -281,6 +281,28 @@ def test_batched_beads_are_resolved_by_the_next_batch(tmp_path, batches):
         np.testing.assert_array_equal(buf[messages.WORK_HEADER + 9 :].reshape(NAT, 3), expected)
 
 
+@pytest.mark.parametrize("steps", [3, 1])
+def test_padding_never_gets_a_row_even_when_step_0_beads_are_all_the_same(tmp_path, steps):
+    """--nbeads 8 but a force contracted to 2 beads in batches of 8 (2 real, 6 copies of the
+    last): at step 0 every structure is the same, so nothing in the batch tells padding
+    from beads; the next step's batch does, and step 0 waits for it. Only beads 0 and 1
+    are counted and get rows; a run that ends after step 0 falls back on --nbeads."""
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1, nbeads=8)
+    leader.begin_batches(8, init_every_step=True)
+    for step in range(steps):
+        request = batch_request(0, [0] * 8 if step == 0 else [0, 1, 1, 1, 1, 1, 1, 1], step)
+        assert len(leader.batch(request)) == 8
+        leader.after_reply()
+    leader._resolve_batch(next_rid=None)
+    work = sorted((int(buf[2]), int(buf[3])) for dest, buf in comm.sent if buf[0] == messages.KIND_WORK)
+    if steps == 3:
+        assert leader.batch_steps == {0: 3, 1: 3}
+        assert work == [(b, s) for b in (0, 1) for s in range(3)]
+    else:
+        assert leader.batch_steps == {b: 1 for b in range(8)}
+
+
 def test_batch_evaluates_each_distinct_structure_once(tmp_path):
     events: list = []
     leader, _ = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=0, nbeads=4)
@@ -316,3 +338,15 @@ def test_drain_after_an_error_follows_the_latest_row(tmp_path):
         expected = {0: 12.0, 1: 20.0, 2: 5.0}[step]
         assert leader.abort_drain_s() == pytest.approx(expected, abs=0.5)
     assert leader.finish(None) is None
+
+
+def test_request_ids_that_are_not_beads_are_named_once_with_the_fix():
+    from ensemble_driver.ensemble.steps import ids_warning
+
+    assert ids_warning({0: 7, 1: 7, 2: 7, 3: 7, 9: 1}, 4) is None  # beads, and a clone now and then
+    contracted = ids_warning({0: 7, 1: 7}, 8)
+    assert contracted.startswith("beads 2..7 of --nbeads 8 never came") and "(or --nbeads 2)" in contracted
+    second_force = ids_warning({2: 7, 3: 7}, 2)
+    assert second_force.startswith("beads 0..1 of --nbeads 2 never came") and "--nbeads" not in second_force[40:]
+    two_systems = ids_warning({0: 7, 1: 7, 2: 1, 7: 7, 8: 7}, 2)
+    assert two_systems.startswith("request ids 7..8 came every step") and "--ipi-input" in two_systems

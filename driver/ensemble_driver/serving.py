@@ -20,6 +20,7 @@ from .ensemble.layout import Layout
 from .ensemble.leader import DeviationSettings, Leader, LocalModel
 from .ensemble.replicas import Model0Replicas
 from .ensemble.rows import BeadRows, RemoteRows
+from .ensemble.steps import ids_warning
 from .errors import DriverError, ReportedError, one_line
 from .signals import Stopped, StopSignals
 from .wire.ipi_input import RequestIds
@@ -57,6 +58,7 @@ class Served:
             settings=deviation_settings(self.config, self.ids),
             rank_timeout=self.config.server_timeout or None,
             hosts=self.hosts,
+            template=self.template,
             **pieces,
         )
 
@@ -182,6 +184,10 @@ def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files) ->
             if config.init_each
             else " (one series: without --init-each the request ids after the first are not asked for)",
         )
+        if served.ids is None and config.init_each and leader.steps.deviation_on:
+            warning = ids_warning(counts, config.nbeads)
+            if warning is not None:
+                log.warning(warning)
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
 

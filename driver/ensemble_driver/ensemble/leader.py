@@ -36,12 +36,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import DriverError, ModelError, ProtocolError, UnsupportedTransport
+from ..errors import ConfigError, DriverError, ModelError, ProtocolError, UnsupportedTransport
 from ..models.parameters import Parameters, from_server
 from ..outputs.model_devi import BeadFiles
 from ..outputs.selection import Selection
 from ..wire.ipi_input import RequestIds
 from ..wire.session import BatchRequest, Reply, Request
+from ..wire.template import Template, order_mismatch
 from . import ending, messages
 from .connections import Hub
 from .extras import committee_extras, deviation_extras
@@ -96,8 +97,10 @@ class Leader:
         watch: Callable[[], None] | None = None,
         rank_timeout: float | None = None,
         hosts: Sequence[str] = (),
+        template: Template | None = None,
     ):
         self.model0 = local[0]
+        self._unchecked_template = template  # its atom order, checked on the first structure
         self.periodic = periodic
         self.settings = settings
         self.layout = layout
@@ -146,7 +149,15 @@ class Leader:
         return getattr(self.sink, "rows_by_bead", {})
 
     # -- the session's handler ---------------------------------------------------------
+    def _check_order(self, positions: np.ndarray) -> None:
+        """The first structure: refuse a template whose atoms are the server's in another order."""
+        template, self._unchecked_template = self._unchecked_template, None
+        if template is not None and (reason := order_mismatch(template, positions)) is not None:
+            raise ConfigError(reason)
+
     def __call__(self, request: Request) -> Reply:
+        if self._unchecked_template is not None:
+            self._check_order(request.positions)
         cell = request.cell if self.periodic else None
         check_cell(cell, f"bead {request.rid}, step {request.step}")
         if self.replicas is not None and not self._warned_idle_replicas:
@@ -258,12 +269,14 @@ class Leader:
         closes the last one). The deviation of a batch is therefore dispatched when the
         next batch arrives, before model 0 evaluates that one.
         """
+        if self._unchecked_template is not None:
+            self._check_order(request.positions[0])
         cells = request.cells if self.periodic else None
         if cells is not None:
             for cell in cells:
                 check_cell(cell, f"batch starting at request id {request.rid}")
-        self._resolve_batch(next_rid=request.rid)
         distinct, source = distinct_structures(request.positions, cells)
+        self._resolve_batch(next_rid=request.rid, next_leading=int(distinct[-1]) + 1)
         cells_in = None if cells is None else cells[distinct]
         parameters, _ = self._parameters(request.init)
         if self.replicas is not None:
@@ -284,27 +297,25 @@ class Leader:
                 f"model 0 ({self.model0.model.path}) returned non-finite energy, forces or virial in the "
                 f"batch starting at request id {request.rid}"
             )
-        self.steps.hold_batch(request, energy, forces, virial)
+        self.steps.batches.hold(request, (energy, forces, virial), int(distinct[-1]) + 1)
         return [Reply(float(energy[k]), forces[k], virial[k], b"") for k in range(len(energy))]
 
-    def _resolve_batch(self, next_rid: int | None) -> None:
-        """Count the real structures of the pending batch, give each its bead and step,
-        and start the deviation of those at a deviation step."""
-        batch = self.steps.resolve_batch(next_rid)
-        if batch is None:
-            return
-        request = batch.request
-        parameters, server = self._parameters(request.init)
-        for k, (rid, evaluation) in enumerate(batch.beads):
-            where = self.steps.locate(rid, evaluation)
-            if where is None:
-                continue
-            rid, step = where
-            if self.steps.row_due(rid, step, warn=False):
-                cell = None if not self.periodic else request.cells[k]
-                structure = Request(rid, step, request.cells[k], request.positions[k])
-                job = self.jobs.dispatch(structure, cell, parameters=parameters, server_parameters=server)
-                job.put(0, batch.energy[k], batch.forces[k], batch.virial[k])
+    def _resolve_batch(self, next_rid: int | None, next_leading: int | None = None) -> None:
+        """Give the structures of the batches held their beads and steps, as far as they
+        are known now, and start the deviation of those at a deviation step."""
+        for batch in self.steps.batches.resolve(next_rid, next_leading):
+            request = batch.request
+            parameters, server = self._parameters(request.init)
+            for k, (rid, evaluation) in enumerate(batch.beads):
+                where = self.steps.locate(rid, evaluation)
+                if where is None:
+                    continue
+                rid, step = where
+                if self.steps.row_due(rid, step, warn=False):
+                    cell = None if not self.periodic else request.cells[k]
+                    structure = Request(rid, step, request.cells[k], request.positions[k])
+                    job = self.jobs.dispatch(structure, cell, parameters=parameters, server_parameters=server)
+                    job.put(0, batch.energy[k], batch.forces[k], batch.virial[k])
 
     # -- the end -----------------------------------------------------------------------
     def finish(self, error: DriverError | None) -> DriverError | None:

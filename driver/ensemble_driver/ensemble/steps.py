@@ -4,12 +4,13 @@ and which of them get a deviation row (the rank roles: see :mod:`layout`).
 With one structure per POSDATA the server says the request id (the bead) and the session
 counts its steps. With i-PI's batched transport the server says only the first request id
 of a batch, so the steps are counted here, once the next batch (or the end of the run)
-tells how many structures of a batch were real beads (see :meth:`BeadSteps.resolve_batch`).
+tells how many structures of a batch were real beads (see :class:`BatchBeads`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,11 +56,7 @@ class BeadSteps:
         self.near: set[int] = set()
         self.extra_rows: dict[int, int] = {}  # per bead: rows at steps out_freq alone would not have
         self._warned_rids: set[int] = set()
-        # i-PI's batched transport (see resolve_batch()): the last batch, until the next one
-        # tells how many of its structures were real, and the steps counted per request id
-        self._pending_batch: tuple[BatchRequest, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-        self.batch_steps: dict[int, int] = {}
-        self._warned_batch_gap = False
+        self.batches = BatchBeads(nbeads, ids)  # i-PI's batched transport
 
     def locate(self, rid: int, evaluation: int) -> tuple[int, int] | None:
         """(bead, step) of the ``evaluation``-th structure of request ``rid``: with
@@ -86,8 +83,8 @@ class BeadSteps:
         if warn and rid not in self._warned_rids:
             self._warned_rids.add(rid)
             log.warning(
-                "request id %d >= --nbeads %d: no deviation rows for it (an estimator's clone, or "
-                "pass --nbeads P for a path-integral run with P beads)",
+                "request id %d >= --nbeads %d: no deviation rows for it (an estimator's clone; a bead of another "
+                "force or system if it comes every step: --ipi-input files those)",
                 rid,
                 self.nbeads,
             )
@@ -113,47 +110,134 @@ class BeadSteps:
         else:
             self.near.discard(rid)
 
-    def hold_batch(self, request: BatchRequest, energy: np.ndarray, forces: np.ndarray, virial: np.ndarray) -> None:
-        """Keep a batch and model 0's answers to it until the next batch resolves it."""
-        self._pending_batch = (request, (energy, forces, virial))
+    @property
+    def batch_steps(self) -> dict[int, int]:
+        return self.batches.steps
 
-    def resolve_batch(self, next_rid: int | None) -> ResolvedBatch | None:
-        """Count the real structures of the batch held, give each its bead and step, and
-        return it (None if no batch is held). ``next_rid`` is the next batch's first
-        request id, None at the end of the run."""
-        if self._pending_batch is None:
-            return None
-        request, (energy, forces, virial) = self._pending_batch
-        self._pending_batch = None
-        real = self._real_structures(request.rid, len(energy), next_rid)
-        beads = []
-        for k in range(real):
-            rid = request.rid + k
-            step = self.batch_steps.get(rid, 0)
-            self.batch_steps[rid] = step + 1
-            beads.append((rid, step))
-        return ResolvedBatch(request, energy, forces, virial, beads)
 
-    def _real_structures(self, first: int, size: int, next_rid: int | None) -> int:
+def ids_warning(evaluations: Mapping[int, int], nbeads: int) -> str | None:
+    """Without --ipi-input: one warning when the request ids a run saw do not look like
+    beads 0..nbeads-1 (a contracted force, a second force or system: i-PI's ids are not
+    bead indices), naming the likely cause and the fix; None when they do."""
+    if not evaluations:
+        return None
+    most = max(evaluations.values())
+    missing = [b for b in range(nbeads) if not evaluations.get(b)]
+    beyond = sorted(r for r, n in evaluations.items() if r >= nbeads and n == most)
+    if not missing and not beyond:
+        return None
+    every_step = sorted(r for r, n in evaluations.items() if n == most)
+    fits = len(every_step) if every_step == list(range(len(every_step))) else None
+    cause = (
+        f"beads {_ranges(missing)} of --nbeads {nbeads} never came"
+        if missing
+        else f"request ids {_ranges(beyond)} came every step, as beads do, but are >= --nbeads {nbeads} and got no rows"
+    )
+    fix = f" (or --nbeads {fits})" if fits is not None and fits != nbeads else ""
+    return (
+        f"{cause}: i-PI's request ids are bead indices only for one <force> of one <system> (ids seen every step: "
+        f"{_ranges(every_step)}); pass --ipi-input with i-PI's input{fix}, which files every row under its "
+        "system, bead and step (docs/running.md, 'How i-PI numbers its requests')"
+    )
+
+
+def _ranges(ids: list[int]) -> str:
+    """0, 1, 2, 5 -> '0..2, 5'."""
+    parts, start = [], None
+    for k, value in enumerate(ids):
+        if start is None:
+            start = value
+        if k + 1 == len(ids) or ids[k + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}..{value}")
+            start = None
+    return ", ".join(parts)
+
+
+@dataclass
+class _Held:
+    request: BatchRequest
+    results: tuple[np.ndarray, np.ndarray, np.ndarray]  # model 0's energy, forces, virial
+    leading: int  # structures up to the last one that differs from the one before
+
+
+class BatchBeads:
+    """Which structures of i-PI's batches are beads, and their steps.
+
+    A batch says only its first request id, and i-PI pads a short batch with copies of
+    its last structure (``dispatch_send_batch`` in ipi/interfaces/sockets.py). How many
+    are real: with --ipi-input, the forcefield's ids from the first on. Otherwise the next
+    batch tells, when it starts at a higher id (the beads in between were this one's); when
+    it starts again (the batch closed its step), the structures after the last one that
+    differs from the one before it are padding, unless every structure of the batch is the
+    same (step 0, before the beads spread, or a contracted force's beads): such a batch is
+    held until a later batch of the same first id shows how many of its beads differ (and
+    at the end of the run --nbeads decides). So no row is ever written for padding."""
+
+    def __init__(self, nbeads: int, ids: RequestIds | None = None):
+        self.nbeads = nbeads
+        self.ids = ids
+        self.steps: dict[int, int] = {}  # evaluations per request id
+        self._held: list[_Held] = []  # in arrival order; the last one may still be resolved by next_rid
+        self._real: dict[int, int] = {}  # first request id -> real structures, once known
+        self._warned_gap = False
+
+    def hold(self, request: BatchRequest, results: tuple, leading: int) -> None:
+        self._held.append(_Held(request, results, leading))
+
+    def resolve(self, next_rid: int | None, next_leading: int | None = None) -> list[ResolvedBatch]:
+        """The batches held whose real structures are now known, in arrival order, given
+        the next batch's first id and leading count (None, None at the end of the run)."""
+        if self._held:
+            last = self._held[-1]
+            known = self._known(last, next_rid)
+            if known is not None:
+                self._real[last.request.rid] = known
+        if next_rid is not None and next_leading is not None and next_leading >= 2:
+            upper = min(self.nbeads - next_rid, next_leading) if next_rid < self.nbeads else 1
+            self._real.setdefault(next_rid, max(1, upper))
+        out, keep = [], []
+        for held in self._held:
+            first, size = held.request.rid, len(held.results[0])
+            real = self._real.get(first)
+            if real is None and next_rid is None:  # the end: nothing more will tell
+                real = min(size, max(self.nbeads - first, 1))
+            if real is None or any(k.request.rid == first for k in keep):
+                keep.append(held)  # a batch of the same beads waits for the one before it
+                continue
+            out.append(self._resolved(held, min(real, size)))
+        self._held = keep
+        return out
+
+    def _known(self, held: _Held, next_rid: int | None) -> int | None:
+        """The real structures of the latest batch, if it tells them itself or with the next
+        batch's first id; None when every structure is the same and nothing else tells."""
+        first, size = held.request.rid, len(held.results[0])
         if self.ids is not None:  # the ids i-PI queues for this forcefield: the rest is padding
             real = 0
             while real < size and first + real in self.ids.index:
                 real += 1
             return max(real, 1)
-        nbeads = self.nbeads
-        if first >= nbeads:
+        if first >= self.nbeads:
             return 1  # an estimator's clone: no rows, and no way to tell more
         if next_rid is not None and next_rid > first:
-            real = next_rid - first
-            if real > size:  # other beads went to another client
-                if not self._warned_batch_gap:
-                    self._warned_batch_gap = True
-                    log.warning(
-                        "request ids %d..%d were not sent here: with i-PI's batched transport the deviation "
-                        "needs one client per <ffsocket> to tell the beads of a batch apart",
-                        first + size,
-                        next_rid - 1,
-                    )
-                real = size
-            return real
-        return min(size, nbeads - first)  # the batch closed its step
+            if next_rid - first > size and not self._warned_gap:  # other beads went to another client
+                self._warned_gap = True
+                log.warning(
+                    "request ids %d..%d were not sent here: with i-PI's batched transport the deviation "
+                    "needs one client per <ffsocket> to tell the beads of a batch apart",
+                    first + size,
+                    next_rid - 1,
+                )
+            return min(next_rid - first, size)
+        if held.leading >= 2:  # the batch closed its step: what follows the last change is padding
+            return min(held.leading, self.nbeads - first)
+        return self._real.get(first)
+
+    def _resolved(self, held: _Held, real: int) -> ResolvedBatch:
+        beads = []
+        for k in range(real):
+            rid = held.request.rid + k
+            step = self.steps.get(rid, 0)
+            self.steps[rid] = step + 1
+            beads.append((rid, step))
+        return ResolvedBatch(held.request, *held.results, beads)

@@ -180,3 +180,32 @@ def read_template_array(path: str | Path, name: str) -> np.ndarray:
             f"{where}: ASE cannot read it, so it has no array {name!r} ({type(exc).__name__}: {exc})"
         ) from None
     return atom_array(atoms, name, where)
+
+
+def order_mismatch(template: Template, positions: np.ndarray, tolerance: float = 1e-5) -> str | None:
+    """Whether the server's structure is the template's with its atoms in another order
+    that changes elements (i-PI's step 0 is its init file as read): a reason to refuse,
+    or None (same order, a harmless permutation of like atoms, or another structure
+    altogether, e.g. a restart's, where nothing can be told)."""
+    if template.positions is None or len(template.positions) != len(positions):
+        return None
+    ours = np.asarray(template.positions, dtype=np.float64)
+    theirs = np.asarray(positions, dtype=np.float64)
+    if np.abs(ours - theirs).max() <= tolerance:
+        return None
+    from scipy.spatial import cKDTree
+
+    distance, index = cKDTree(theirs).query(ours, distance_upper_bound=tolerance)
+    if not np.isfinite(distance).all() or len(set(index.tolist())) != len(index):
+        return None  # not the same structure: nothing to tell
+    labels = np.asarray(template.labels)
+    wrong = np.flatnonzero(labels[index] != labels)  # server atom index[i] is element labels[i]
+    if not wrong.size:
+        return None
+    i = int(wrong[0])
+    return (
+        f"template {template.path} lists the atoms of the server's first structure in another order: its atom "
+        f"{i + 1} ({labels[i]}) is the server's atom {int(index[i]) + 1}, which the template calls "
+        f"{labels[index[i]]}; the elements would be wrong. Write the template in the server's atom order "
+        "(i-PI's: its <initialize> file), or give i-PI's input with --ipi-input"
+    )
