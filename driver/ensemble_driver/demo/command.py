@@ -20,7 +20,7 @@ from ..errors import ConfigError, DriverError
 from .inputs import SocketSettings, prepare_input
 from .launch import GroupFailed, ProcessGroup
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # driver/ensemble_driver/demo/command.py -> the checkout
 MARKER = ".ensemble-driver-demo"
 
 
