@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tool
 from harness import driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
@@ -30,14 +31,20 @@ def read_uncertainty(path) -> list[float]:
     return [float(line) for line in lines[1::2]]
 
 
-@pytest.mark.parametrize("nranks, extra", [(2, []), (3, ["--connections", "2"])], ids=["one", "two-connections"])
+@pytest.mark.parametrize(
+    "nranks, extra",
+    [(2, []), (3, ["--connections", "2"]), (2, ["--ipi-input"])],
+    ids=["one", "two-connections", "ipi-input"],
+)
 def test_ipi_committee_uncertainty_is_the_models_energy_std(
     tmp_path, address, model_paths, reference, symbols, nranks, extra
 ):
-    command = mpiexec(
-        nranks,
-        driver_command(model_paths, tmp_path / "init.xyz", address, "--committee-json", "--out-freq", "3", *extra),
-    )
+    options = ("--committee-json", "--out-freq", "3")
+    if extra == ["--ipi-input"]:  # the socket inside <ffcommittee>, found in i-PI's own input
+        driver = [tool("ensemble-driver"), "run", "--models", *map(str, model_paths), "--ipi-input", "input.xml"]
+        command = mpiexec(nranks, driver + ["--connect-timeout", "120", *options])
+    else:
+        command = mpiexec(nranks, driver_command(model_paths, tmp_path / "init.xyz", address, *options, *extra))
     run = run_ipi(tmp_path, "committee.xml", address=address, steps=STEPS, drivers=[command], outputs=OUTPUTS)
     frames = read_ipi_binary(tmp_path / f"{run.prefix}.bin_0.bin", STEPS + 1)
     uncertainty = read_uncertainty(next(tmp_path.glob(f"{run.prefix}.unc*")))

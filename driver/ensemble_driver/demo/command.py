@@ -67,15 +67,10 @@ def run_demo(outdir: str | Path, *, steps: int, beads: int, ranks: int, out_freq
         "run",
         "--models",
         *map(str, models),
-        "--template",
-        "init.xyz",
-        "--unix",
-        "--address",
-        address,
+        "--ipi-input",
+        "pimd.xml",  # the atoms, the socket and the beads: i-PI's own input says them
         "--connect-timeout",
         "120",
-        "--nbeads",
-        str(beads),
         "--out-freq",
         str(out_freq),
     ]

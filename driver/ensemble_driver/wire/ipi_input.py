@@ -109,8 +109,8 @@ def read_ipi_input(path: str | Path, forcefield: str | None = None) -> IpiInput:
     if not path.is_file():
         raise ConfigError(f"{where}: no such file")
     simulation = _bind(path, where)
-    socket = _socket(simulation, forcefield, where)
-    ids, systems = _request_ids(simulation, socket.name, where)
+    socket, forces_name = _socket(simulation, forcefield, where)
+    ids, systems = _request_ids(simulation, forces_name, where)
     names = [tuple(str(n) for n in s.beads.names) for s in systems]
     if any(n != names[0] for n in names[1:]):
         raise ConfigError(f"{where}: the systems on forcefield {socket.name!r} have different atoms")
@@ -153,8 +153,24 @@ def _bind(path: Path, where: str):
     return simulation
 
 
-def _socket(simulation, forcefield: str | None, where: str) -> Socket:
-    sockets = {name: ff for name, ff in simulation.fflist.items() if hasattr(ff, "socket")}
+def _socket_forcefields(simulation) -> dict[str, tuple[object, str]]:
+    """Every socket forcefield by name, with the forcefield the <force>s name for it: itself,
+    or the <ffcommittee> it is a member of (whose requests carry the committee's ids,
+    FFCommittee.queue in ipi/engine/forcefields.py)."""
+    found = {}
+    for name, ff in simulation.fflist.items():
+        if hasattr(ff, "socket"):
+            found[name] = (ff, name)
+        for member in getattr(ff, "fflist", None) or []:
+            if hasattr(member, "socket"):
+                found[str(member.name)] = (member, name)
+    return found
+
+
+def _socket(simulation, forcefield: str | None, where: str) -> tuple[Socket, str]:
+    """The socket served, and the forcefield name its <force> components carry."""
+    found = _socket_forcefields(simulation)
+    sockets = {name: ff for name, (ff, _) in found.items()}
     if forcefield is not None:
         if forcefield not in sockets:
             known = ", ".join(sorted(sockets)) or "none"
@@ -170,7 +186,8 @@ def _socket(simulation, forcefield: str | None, where: str) -> Socket:
             "serves with --forcefield NAME"
         )
     s = sockets[name].socket
-    return Socket(name, s.mode, s.address, int(s.port), s.sockets_prefix, int(getattr(s, "batch_size", 1)))
+    socket = Socket(name, s.mode, s.address, int(s.port), s.sockets_prefix, int(getattr(s, "batch_size", 1)))
+    return socket, found[name][1]
 
 
 def _request_ids(simulation, forcefield: str, where: str) -> tuple[RequestIds, list]:
