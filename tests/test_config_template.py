@@ -76,10 +76,30 @@ def test_ase_templates(tmp_path):
     ],
 )
 def test_init_each_default_follows_the_models(models, argv, expected):
-    from ensemble_driver.cli import _settings_from_args, build_parser
+    from ensemble_driver.cli import build_parser
+    from ensemble_driver.config import settings_from_options
 
     args = build_parser().parse_args(["run", "--models", *models, "--template", "t.xyz", *argv])
-    assert build_config({}, _settings_from_args(args)).init_each is expected
+    assert build_config({}, settings_from_options(args)).init_each is expected
+
+
+def test_every_setting_has_an_option_and_a_json_type():
+    """The option surface is one table: each RunConfig field is a command-line option of
+    run (argparse dest = the field's name) or a file-only key, and has a JSON type."""
+    import dataclasses
+
+    from ensemble_driver.cli import build_parser
+    from ensemble_driver.config import _ANNOTATIONS, FILE_ONLY, JSON_TYPES, RunConfig
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    dests = {a.dest for a in run._actions}
+    for f in dataclasses.fields(RunConfig):
+        assert f.name in dests or f.name in FILE_ONLY, f"{f.name}: no option of run"
+        assert _ANNOTATIONS[f.name] in JSON_TYPES, f"{f.name}: no JSON type for {_ANNOTATIONS[f.name]}"
+    options = {a.dest for a in run._actions if a.option_strings} - {"help", "config", "quiet"}
+    assert options <= {f.name for f in dataclasses.fields(RunConfig)}, options - {
+        f.name for f in dataclasses.fields(RunConfig)
+    }
 
 
 @pytest.mark.parametrize(

@@ -15,58 +15,11 @@ from .logs import PROG, setup_logging
 from .options import build_parser
 
 
-def _settings_from_args(args: argparse.Namespace) -> dict:
-    """The run settings given on the command line (None: not given)."""
-    return {
-        "models": tuple(args.models) if args.models else None,
-        "template": args.template,
-        "ipi_input": args.ipi_input,
-        "forcefield": args.forcefield,
-        "resume": args.resume,
-        "unix": args.unix,
-        "address": (args.address[0] if len(args.address) == 1 else tuple(args.address)) if args.address else None,
-        "port": args.port,
-        "sockets_prefix": args.sockets_prefix,
-        "connect_timeout": args.connect_timeout,
-        "server_timeout": args.server_timeout,
-        "type_map": tuple(args.type_map) if args.type_map else None,
-        "fparam": tuple(args.fparam) if args.fparam else None,
-        "aparam": tuple(args.aparam) if args.aparam else None,
-        "aparam_array": args.aparam_array,
-        "pbc": args.pbc,
-        "device": args.device,
-        "connections": args.connections,
-        "model0_ranks": args.model0_ranks,
-        "init_every_step": args.init_every_step,
-        "verbose": args.verbose,
-        "out_file": args.out_file,
-        "out_freq": args.out_freq,
-        "out_freq_near": args.out_freq_near,
-        "stop_after_failed": args.stop_after_failed,
-        "exit_file": args.exit_file,
-        "nbeads": args.nbeads,
-        "bead_files": args.bead_files,
-        "traj_files": args.traj_files,
-        "atomic": args.atomic,
-        "relative": args.relative,
-        "relative_v": args.relative_v,
-        "extras": args.extras,
-        "committee_json": args.committee_json,
-        "overwrite": args.overwrite,
-        "append": args.append,
-        "step_offset": args.step_offset,
-        "trust_lo": args.trust_lo,
-        "trust_hi": args.trust_hi,
-        "trust_lo_v": args.trust_lo_v,
-        "trust_hi_v": args.trust_hi_v,
-    }
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import build_config, load_config_file
+    from .config import build_config, load_config_file, settings_from_options
     from .run import run
 
-    cli_settings = _settings_from_args(args)
+    cli_settings = settings_from_options(args)
     setup_logging(args.verbose or 0, args.quiet)
 
     def load_config():  # called by app.run on every rank, once MPI is up

@@ -258,94 +258,92 @@ _DP_IPI_KEYS = {
     "host": "address",
 }
 _FIELDS = {f.name for f in fields(RunConfig)}
+_ANNOTATIONS = {f.name: str(f.type) for f in fields(RunConfig)}  # as written (postponed annotations)
+
+
+#: fields that only a file sets (no command-line option): dp_ipi's atom_type
+FILE_ONLY = frozenset({"atom_type"})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+#: how a JSON value of each field type is read: (accepts, converts, what it must be). One
+#: entry per annotation of RunConfig; a field whose annotation is not here fails the test
+#: that every field has a JSON type (tests/test_config_template.py).
+JSON_TYPES: dict[str, tuple[Any, Any, str]] = {
+    "bool": (lambda v: isinstance(v, bool), bool, "true or false"),
+    "bool | None": (lambda v: v is None or isinstance(v, bool), lambda v: v, "true, false or null"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "an integer"),
+    "int | None": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), lambda v: v, "an integer"),
+    "float": (_number, float, "a number"),
+    "float | None": (lambda v: v is None or _number(v), lambda v: None if v is None else float(v), "a number or null"),
+    "str": (lambda v: isinstance(v, str), str, "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), lambda v: v, "a string or null"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, str) or _strings(v),
+        lambda v: (v,) if isinstance(v, str) else tuple(v),
+        "a file name or a non-empty list of file names",
+    ),
+    "tuple[str, ...] | None": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        lambda v: None if v is None else tuple(v),
+        "a list of element names",
+    ),
+    "str | tuple[str, ...]": (
+        lambda v: isinstance(v, str) or _strings(v),
+        lambda v: v if isinstance(v, str) else v[0] if len(v) == 1 else tuple(v),
+        "a string or a non-empty list of strings",
+    ),
+    "tuple[float, ...] | None": (
+        lambda v: v is None or _number(v) or (isinstance(v, list) and bool(v) and all(map(_number, v))),
+        lambda v: None if v is None else (float(v),) if _number(v) else tuple(map(float, v)),
+        "a number or a non-empty list of numbers",
+    ),
+    "Mapping[str, int] | None": (
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, dict)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v.values())
+            )
+        ),
+        lambda v: None if v is None else dict(v),
+        'an object {"label": type index >= 0}',
+    ),
+}
+#: per field, where it reads more than its type says: verbose also takes dp_ipi's boolean
+_JSON_EXTRA = {"verbose": (lambda v: isinstance(v, bool), lambda v: 1 if v else 0)}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check the JSON type of one setting and convert it to the record's type."""
+    extra = _JSON_EXTRA.get(name)
+    if extra is not None and extra[0](value):
+        return extra[1](value)
+    accepts, converts, expected = JSON_TYPES[_ANNOTATIONS[name]]
+    if not accepts(value):
+        raise ConfigError(f"{source}: {name!r} must be {expected}, got {value!r}")
+    return converts(value)
 
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {name!r} must be {expected}, got {value!r}")
 
-    if name == "models":
-        if isinstance(value, str):
-            return (value,)
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise bad("a file name or a non-empty list of file names")
-    if name == "type_map":
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise bad("a list of element names")
-    if name == "atom_type":
-        if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in value.items()
-        ):
-            return dict(value)
-        raise bad('an object {"label": type index >= 0}')
-    if name in ("unix", "init_every_step", "atomic", "extras", "committee_json", "overwrite", "append", "resume"):
-        if isinstance(value, bool):
-            return value
-        raise bad("true or false")
-    if name == "pbc":
-        if value is None or isinstance(value, bool):
-            return value
-        raise bad("true, false or null")
-    if name == "verbose":
-        if isinstance(value, bool):
-            return 1 if value else 0
-        if isinstance(value, int):
-            return value
-        raise bad("a boolean or an integer")
-    if name in (
-        "port",
-        "out_freq",
-        "nbeads",
-        "step_offset",
-        "connections",
-        "model0_ranks",
-        "out_freq_near",
-        "stop_after_failed",
-    ):
-        if (value is None and name in ("port", "model0_ranks")) or (
-            isinstance(value, int) and not isinstance(value, bool)
-        ):
-            return value
-        raise bad("an integer")
-    if name in ("fparam", "aparam"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (float(value),)
-        if (
-            isinstance(value, list)
-            and value
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        ):
-            return tuple(float(v) for v in value)
-        if value is None:
-            return None
-        raise bad("a number or a non-empty list of numbers")
-    if name == "aparam_array":
-        if value is None or isinstance(value, str):
-            return value
-        raise bad("the name of an array of the template")
-    if name in ("relative", "relative_v", "trust_lo", "trust_hi", "trust_lo_v", "trust_hi_v"):
-        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            return None if value is None else float(value)
-        raise bad("a number or null")
-    if name in ("connect_timeout", "server_timeout"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a number of seconds")
-    if name in ("traj_files", "exit_file", "ipi_input", "forcefield"):
-        if value is None or isinstance(value, str):
-            return value
-        raise bad("a string or null")
-    if name == "address" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value[0] if len(value) == 1 else tuple(value)
-    if name in ("template", "address", "sockets_prefix", "out_file", "bead_files", "device"):
-        if isinstance(value, str):
-            return value
-        raise bad("a string")
-    raise AssertionError(name)
+def settings_from_options(args: Any) -> dict[str, Any]:
+    """The command line's values of RunConfig's fields (argparse ``dest`` = field name),
+    lists as tuples, one --address as a string; None where an option was not given."""
+    settings: dict[str, Any] = {}
+    for f in fields(RunConfig):
+        if f.name in FILE_ONLY:
+            continue
+        value = getattr(args, f.name)
+        if isinstance(value, list):
+            value = value[0] if f.name == "address" and len(value) == 1 else tuple(value)
+        settings[f.name] = value
+    return settings
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

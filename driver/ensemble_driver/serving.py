@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from . import ranks
@@ -64,18 +64,9 @@ class Served:
 
 
 def deviation_settings(config: RunConfig, ids: RequestIds | None = None) -> DeviationSettings:
-    return DeviationSettings(
-        ids=ids,
-        out_freq=config.out_freq,
-        nbeads=config.nbeads,
-        relative=config.relative,
-        relative_v=config.relative_v,
-        atomic=config.atomic,
-        extras=config.extras,
-        committee=config.committee_json,
-        out_freq_near=config.out_freq_near,
-        trust_lo=config.trust_lo,
-    )
+    """The leader's settings: the run settings of the same names."""
+    shared = {f.name: getattr(config, f.name) for f in fields(DeviationSettings) if hasattr(config, f.name)}
+    return DeviationSettings(**shared, ids=ids)
 
 
 def run_session(

@@ -63,7 +63,7 @@ class DeviationSettings:
     relative_v: float | None = None
     atomic: bool = False
     extras: bool = False
-    committee: bool = False
+    committee_json: bool = False  # --committee-json
     out_freq_near: int = 0  # --out-freq-near (0: off)
     trust_lo: float | None = None
     ids: RequestIds | None = None  # --ipi-input: which request id is which bead, at which i-PI step
@@ -176,7 +176,7 @@ class Leader:
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
             self.jobs.complete_until(self._last_job.get(request.rid))
         parameters, server = self._parameters(request.init)
-        if self.settings.committee:  # every model on every structure
+        if self.settings.committee_json:  # every model on every structure
             row = where is not None and self.steps.row_due(request.rid, request.step, warn=False)
             job = self.jobs.dispatch(request, cell, row=row, parameters=parameters, server_parameters=server)
         elif where is not None and self.steps.row_due(request.rid, request.step):
@@ -211,7 +211,7 @@ class Leader:
         return found
 
     def _extras(self, job: Job | None) -> bytes:
-        if self.settings.committee:
+        if self.settings.committee_json:
             self.jobs.complete_until(job)  # the answer needs every model's result for this structure
             # after a failure the answer goes without the committee; after_reply raises it
             return committee_extras(job) if self.jobs.fatal is None else b""
@@ -243,7 +243,7 @@ class Leader:
                 "a batch's beads are told apart only with one connection; use one connection and "
                 "--model0-ranks to split the batches over ranks"
             )
-        if self.settings.committee:
+        if self.settings.committee_json:
             raise UnsupportedTransport(
                 "--committee-json cannot be used with i-PI's batched transport (<batch_size>) yet"
             )
