@@ -128,3 +128,18 @@ def test_the_house_has_wings_and_no_module_is_too_long():
     assert len([g for g in wings if len(groups()[g][0]) >= 2]) >= 4
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_messages_between_ranks_move_only_through_the_conversation():
+    """Every point-to-point call on a communicator is a verb of messages.Conversation (or
+    one of the ranks module's helpers it calls): a deadlock review reads one class."""
+    calls = re.compile(r"\.(Isend|Irecv|isend|irecv|Send|Recv|send|recv|Iprobe|Probe|Abort)\(")
+    allowed = {"ensemble.messages", "ranks"}
+    found = []
+    for name, path in modules().items():
+        if name in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if calls.search(line) and "comm" in line:
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

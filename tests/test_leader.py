@@ -208,7 +208,7 @@ def work_message(seq: int, step: int) -> np.ndarray:
 
 
 def test_follower_reports_a_failing_model_then_waits_for_the_leader():
-    from ensemble_driver.ensemble.followers import follower_loop
+    from ensemble_driver.ensemble.workers import follower_loop
     from ensemble_driver.errors import ReportedError
 
     class Failing:
@@ -235,7 +235,7 @@ def test_follower_reports_a_failing_model_then_waits_for_the_leader():
 
 
 def test_follower_exits_0_after_a_clean_run():
-    from ensemble_driver.ensemble.followers import follower_loop
+    from ensemble_driver.ensemble.workers import follower_loop
 
     comm = ScriptedComm([work_message(0, 0), np.array([messages.KIND_STOP, 0.0])])
     assert follower_loop(comm, [LocalModel(1, FakeModel([], "m1", 1.0), np.zeros(NAT, np.int32))], natoms=NAT) == 0

@@ -32,6 +32,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .models.devices import CHOICES
+from .outputs.sink import DeviationOptions
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
 
@@ -161,10 +162,19 @@ class RunConfig:
                 changes["sockets_prefix"] = socket.sockets_prefix
         return replace(self, **changes)
 
-    @property
-    def file_mode(self) -> str:
-        """How existing output files are met: "new" (refused), "overwrite" or "append"."""
-        return "append" if self.append or self.resume else "overwrite" if self.overwrite else "new"
+    def deviation_options(self) -> DeviationOptions:
+        """What the rows and their files are, as ``devi`` takes them too (--resume appends)."""
+        return DeviationOptions(
+            out_file=self.out_file,
+            bead_files=self.bead_files,
+            traj_files=self.traj_files,
+            atomic=self.atomic,
+            relative=self.relative,
+            relative_v=self.relative_v,
+            trust=self.trust_levels(),
+            overwrite=self.overwrite,
+            append=self.append or self.resume,
+        )
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -219,11 +229,7 @@ class RunConfig:
                 "model-0 rank (extra ones serve only i-PI's batched transport, which needs one connection); "
                 "leave --model0-ranks out"
             )
-        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
-            if value is not None and not value >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-        if self.overwrite and self.append:
-            raise ConfigError("--overwrite and --append exclude each other")
+        self.deviation_options().validated()
         if self.aparam is not None and self.aparam_array is not None:
             raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
         for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):

@@ -17,10 +17,9 @@ import numpy as np
 
 from . import ranks
 from .config import RunConfig
-from .ensemble.followers import follower_loop
 from .ensemble.layout import Layout, deal_models
 from .ensemble.leader import LocalModel
-from .ensemble.replicas import replica_loop
+from .ensemble.workers import follower_loop, replica_loop
 from .errors import ConfigError, DriverError, ReportedError, one_line
 from .logs import setup_logging
 from .models import devices
@@ -190,20 +189,19 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
         ids = ipi.ids if ipi is not None else None
-        outputs = open_outputs(config, ids) if rank == 0 else (None, None, None)
+        outputs = open_outputs(config, ids) if rank == 0 else None
         return config, layout, address, template, outputs, placement, ids
 
     config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
-    files, selection, traj = outputs
     hosts = log_layout(comm, layout, config.models, placement)
     try:
         return _run_checked(config, comm, layout, address, template, outputs, signals, hosts, ids)
     except BaseException:
-        if files is not None:
-            files.discard_unused()
+        if outputs is not None:
+            outputs.discard_unused()
         raise
     finally:
-        close_outputs(files, selection, traj)
+        close_outputs(outputs)
 
 
 def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts, ids=None) -> int:
@@ -247,7 +245,7 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
         )
     else:
         served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids)
-        status = serve_rank0(served, elements, *outputs)
+        status = serve_rank0(served, elements, outputs)
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)
     return status

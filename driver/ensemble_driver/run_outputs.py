@@ -8,10 +8,11 @@ import os
 
 from .config import RunConfig
 from .errors import ConfigError
-from .outputs.dumps import TrajFiles, TrajLayout, traj_layout
-from .outputs.model_devi import BeadFiles, bead_file_names
+from .outputs.dumps import TrajLayout, traj_layout
+from .outputs.model_devi import bead_file_names
 from .outputs.resume import resume_outputs
-from .outputs.selection import Selection, candidate_file_names, summary_file_name
+from .outputs.selection import candidate_file_names, summary_file_name
+from .outputs.sink import RowSink
 from .wire.ipi_input import RequestIds, system_names
 
 
@@ -45,50 +46,41 @@ def traj_file_layout(config: RunConfig, ids: RequestIds | None) -> TrajLayout:
     return TrajLayout(patterns, layouts[0].per_frame)
 
 
-def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> tuple:
-    """Rank 0's outputs: (deviation files, candidate selection, dumps), each None when not
-    asked for. The checks that can fail come before the deviation files are made."""
-    files = selection = traj = None
+def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> RowSink | None:
+    """Rank 0's outputs, None when no deviation is written. The checks that can fail come
+    before the deviation files are made; --resume cuts the files first."""
     if config.out_freq == 0 or len(config.models) < 2:
-        return files, selection, traj
+        return None
+    options = config.deviation_options()
     systems = system_outputs(config, ids)
     if len(systems) > 1:  # a directory per system, made by the driver
         for out, _ in systems:
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    levels = config.trust_levels()
     names = deviation_file_names(config, ids)
-    traj_files = traj_file_layout(config, ids) if config.traj_files is not None else None
+    traj = traj_file_layout(config, ids) if config.traj_files is not None else None
     if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
         raise ConfigError(
             f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
         )
     counts = None
     if config.resume and ids is not None:  # every file cut to the steps before i-PI's restart
-        candidates = candidate_file_names(names) if levels is not None else ()
-        counts = resume_outputs(ids.first_step, names, candidate_files=candidates, traj=traj_files, levels=levels)
-    mode, offset = config.file_mode, config.step_offset
-    if levels is not None:
-        summary = summary_file_name([config.out_file] if ids is not None and len(ids.systems) > 1 else names)
-        selection = Selection(
-            levels, candidate_file_names(names), summary, mode=mode, step_offset=offset, counts=counts
-        )
-    if traj_files is not None:  # first: its checks leave no deviation file behind
-        traj = TrajFiles(traj_files, mode=mode, step_offset=offset)
-    files = BeadFiles(names, atomic=config.atomic, mode=mode, step_offset=offset)
-    return files, selection, traj
+        candidates = candidate_file_names(names) if options.trust is not None else ()
+        counts = resume_outputs(ids.first_step, names, candidate_files=candidates, traj=traj, levels=options.trust)
+    summary = summary_file_name([config.out_file] if len(systems) > 1 else names)
+    return RowSink.open(
+        options,
+        names,
+        summary=summary,
+        traj=traj,
+        step_offset=config.step_offset,
+        counts=counts,
+        stop_after_failed=config.stop_after_failed,
+        exit_file=config.exit_file,
+    )
 
 
-def close_outputs(files, selection, traj) -> None:
+def close_outputs(sink: RowSink | None) -> None:
     """Close rank 0's outputs and print the counts of the rows by class."""
-    if files is not None:
-        files.close()
-    if traj is not None:
-        traj.close()
-    if selection is not None:
-        selection.close()
-        if selection.rows:
-            print(
-                f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-                f"counts in {selection.summary_file}",
-                flush=True,
-            )
+    report = sink.close() if sink is not None else None
+    if report is not None:
+        print(report, flush=True)

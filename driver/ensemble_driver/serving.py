@@ -22,6 +22,7 @@ from .ensemble.replicas import Model0Replicas
 from .ensemble.rows import BeadRows, RemoteRows
 from .ensemble.steps import ids_warning
 from .errors import DriverError, ReportedError, one_line
+from .outputs.sink import RowSink
 from .signals import Stopped, StopSignals
 from .wire.ipi_input import RequestIds
 from .wire.protocol import Wire
@@ -99,22 +100,14 @@ def run_session(
     return session, reason, error
 
 
-def serve_rank0(served: Served, elements, files, selection, traj) -> int:
+def serve_rank0(served: Served, elements, sink: RowSink | None) -> int:
     """Rank 0: its connection, every row, and the end of the job."""
     config, layout, template = served.config, served.layout, served.template
-    _log_start(served, elements, files)
-    if selection is not None:
-        selection.symbols = list(elements)
-    sink = BeadRows(
-        files,
-        selection,
-        out_freq=config.out_freq if config.connections > 1 else None,
-        traj=traj,
-        types=served.members[0].atom_types,
-        stop_after_failed=config.stop_after_failed,
-        exit_file=config.exit_file,
-    )
-    hub = Hub(served.comm, layout.connection_ranks[1:], sink) if config.connections > 1 else None
+    _log_start(served, elements, sink)
+    if sink is not None:
+        sink.set_atoms(elements, served.members[0].atom_types)
+    rows = BeadRows(sink, out_freq=config.out_freq if config.connections > 1 else None)
+    hub = Hub(served.comm, layout.connection_ranks[1:], rows) if config.connections > 1 else None
     replicas = None
     if layout.batch_replicas:
         replicas = Model0Replicas(
@@ -126,18 +119,18 @@ def serve_rank0(served: Served, elements, files, selection, traj) -> int:
             hosts=served.hosts,
         )
     watch = hub.idle if hub is not None else None
-    leader = served.leader(sink=sink, replicas=replicas, hub=hub, watch=watch)
-    if selection is not None and config.out_freq_near:
-        selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
+    leader = served.leader(sink=rows, replicas=replicas, hub=hub, watch=watch)
+    if sink is not None and sink.selection is not None and config.out_freq_near:
+        sink.selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
     session, _, error = run_session(served, leader, idle=watch)
     error = leader.finish(error)
-    _log_end(served, session, leader, hub, files)
+    _log_end(served, session, leader, hub, sink)
     if error is not None:
         raise error
     return 0
 
 
-def _log_start(served: Served, elements, files) -> None:
+def _log_start(served: Served, elements, files: RowSink | None) -> None:
     """The run's start-up lines on rank 0: the system, the parameters, the ensemble."""
     config, layout, template = served.config, served.layout, served.template
     log.info(
@@ -160,7 +153,7 @@ def _log_start(served: Served, elements, files) -> None:
         )
 
 
-def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files) -> None:
+def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files: RowSink | None) -> None:
     """The run's closing lines on rank 0: evaluations per request id, rows per bead."""
     config = served.config
     if session is not None:

@@ -48,9 +48,10 @@ from ..deviation import model_deviation
 from ..errors import ConfigError, DriverError, ModelError
 from ..models.deepmd import DeepPotModel, check_model_file, one_backend_thread
 from ..models.parameters import Parameters
-from ..outputs.dumps import TrajFiles, lammps_frame, traj_layout
-from ..outputs.model_devi import BeadFiles, bead_file_names
-from ..outputs.selection import Selection, TrustLevels, candidate_file_names, summary_file_name
+from ..outputs.dumps import traj_layout
+from ..outputs.model_devi import bead_file_names
+from ..outputs.selection import TrustLevels, summary_file_name
+from ..outputs.sink import DeviationOptions, RowSink
 from .frames import Frame, name_dump_types, read_frames
 
 log = logging.getLogger(__name__)
@@ -84,17 +85,27 @@ class DeviSettings:
             raise ConfigError("no trajectory given")
         if self.stride < 1:
             raise ConfigError(f"--stride must be >= 1, got {self.stride}")
-        if self.overwrite and self.append:
-            raise ConfigError("--overwrite and --append exclude each other")
-        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
-            if value is not None and not value >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+        self.deviation_options().validated()
         if self.aparam is not None and self.aparam_array is not None:
             raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
         for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
             if values is not None and not np.isfinite(values).all():
                 raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
         return self
+
+    def deviation_options(self) -> DeviationOptions:
+        """What the rows and their files are, as ``run`` takes them too."""
+        return DeviationOptions(
+            out_file=self.out_file,
+            bead_files=self.bead_files,
+            traj_files=self.traj_files,
+            atomic=self.atomic,
+            relative=self.relative,
+            relative_v=self.relative_v,
+            trust=self.trust,
+            overwrite=self.overwrite,
+            append=self.append,
+        )
 
     def parameters(self, series: Sequence[list[Frame]]) -> Parameters:
         """The parameters every model is made with. With --aparam-array the first frame's
@@ -358,39 +369,20 @@ def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict,
 
 def _write(settings: DeviSettings, series: Sequence[list[Frame]], rows: dict, type_map: Sequence[str]) -> None:
     names = bead_file_names(settings.out_file, settings.bead_files, len(series))
-    mode = "append" if settings.append else "overwrite" if settings.overwrite else "new"
-    selection = None
-    if settings.trust is not None:
-        selection = Selection(settings.trust, candidate_file_names(names), summary_file_name(names), mode=mode)
-    traj = None
-    if settings.traj_files is not None:
-        traj = TrajFiles(traj_layout(settings.traj_files, settings.out_file, len(series)), mode=mode)
-    files = BeadFiles(names, atomic=settings.atomic, mode=mode)
+    traj = traj_layout(settings.traj_files, settings.out_file, len(series)) if settings.traj_files else None
+    sink = RowSink.open(settings.deviation_options(), names, summary=summary_file_name(names), traj=traj)
+    report = None
     try:
         for s, frames in enumerate(series):
-            if selection is not None:
-                selection.symbols = frames[0].symbols
             types = np.array([list(type_map).index(e) for e in frames[0].symbols]) if traj is not None else None
+            sink.set_atoms(frames[0].symbols, types)
             for k, frame in enumerate(frames):
                 step = frame.step if frame.step is not None else k * settings.stride
                 row, forces = rows[(s, k)]
-                if traj is not None:  # the frame before its row, as in a live run
-                    text = partial(lammps_frame, positions=frame.positions, cell=frame.cell, types=types, forces=forces)
-                    traj.write(s, step, lambda labelled, text=text: text(labelled))
-                files.write(s, step, row)
-                if selection is not None:
-                    selection.add(s, step, row, frame.positions, frame.cell)
+                sink.write(s, step, row, frame.positions, frame.cell, forces)  # the frame before its row
     finally:
-        files.close()
-        if traj is not None:
-            traj.close()
-        if selection is not None:
-            selection.close()
-
+        report = sink.close()
     total = sum(len(f) for f in series)
     print(f"wrote {total} deviation rows to {', '.join(names) if len(names) <= 4 else names[0] + ' .. ' + names[-1]}")
-    if selection is not None:
-        print(
-            f"deviation rows by class (trust levels {selection.levels.describe()}):\n{selection.report()}\n"
-            f"counts in {selection.summary_file}"
-        )
+    if report is not None:
+        print(report)

@@ -89,7 +89,7 @@ class Hub:
     """Rank 0's side: the other connections' rows and ends."""
 
     def __init__(self, comm, ranks: list[int], rows: BeadRows):
-        self.comm = comm
+        self.talk = messages.Conversation(comm)
         self.ranks = list(ranks)
         self.rows = rows
         self.done: dict[int, Done] = {}
@@ -97,9 +97,9 @@ class Hub:
 
     def poll(self) -> None:
         """Take in the rows and DONE messages that have arrived."""
-        while (message := ranks.poll_object(self.comm, messages.TAG_ROW)) is not None:
+        while (message := self.talk.poll_row()) is not None:
             self.rows.put(*message[1])
-        while (message := ranks.poll_object(self.comm, messages.TAG_DONE)) is not None:
+        while (message := self.talk.poll_done()) is not None:
             rank, done = message
             self.done[rank] = done
             log.info(
@@ -122,8 +122,7 @@ class Hub:
         """Stop the other connections and wait for their DONE (their rows written);
         return the error the run ends with."""
         status = error.exit_status if error is not None else 0
-        stop = messages.pack_stop(status)
-        self._stops = [self.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in self.ranks]
+        self._stops = self.talk.send_stop(self.ranks, status)
         finished = ranks.wait_for(
             lambda: self.poll() or len(self.done) == len(self.ranks), deadline=time.monotonic() + CONNECTIONS_DEADLINE_S
         )
@@ -134,7 +133,7 @@ class Hub:
                 ", ".join(map(str, missing)),
                 CONNECTIONS_DEADLINE_S,
             )
-            self.comm.Abort(status or 1)
+            self.talk.abort(status)
         ranks.wait_for(lambda: all(s.Test() for s in self._stops), deadline=time.monotonic() + CONNECTIONS_DEADLINE_S)
         self.poll()  # rows sent just before a DONE
         if error is None:
@@ -157,9 +156,9 @@ class Link:
     """The side of a connection rank other than 0."""
 
     def __init__(self, comm):
-        self.comm = comm
+        self.talk = messages.Conversation(comm)
         self._stop = np.zeros(messages.STOP_SIZE)
-        self._stop_request = comm.Irecv(self._stop, source=0, tag=messages.TAG_CONTROL)
+        self._stop_request = self.talk.expect_stop(self._stop)
         self.stopped = False
 
     def idle(self) -> None:
@@ -170,10 +169,10 @@ class Link:
 
     def finish(self, done: Done) -> None:
         """Report how this connection ended, then wait for rank 0's STOP."""
-        send = self.comm.isend(done, dest=0, tag=messages.TAG_DONE)
+        send = self.talk.send_done(done)
         if not ranks.wait_for(
             lambda: send.Test() and (self.stopped or self._stop_request.Test()),
             deadline=time.monotonic() + CONNECTIONS_DEADLINE_S,
         ):
             log.error("rank 0 did not stop this connection within %.0f s: aborting the MPI job", CONNECTIONS_DEADLINE_S)
-            self.comm.Abort(done.status or 1)
+            self.talk.abort(done.status)

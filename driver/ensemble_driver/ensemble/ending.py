@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 from .. import ranks
 from ..errors import DriverError, RankLost
-from . import messages
 from .jobs import JobPipeline
 from .rows import RowWriter
 
@@ -89,9 +88,8 @@ def stop_followers(
     not take it (with the jobs' own sends) within ``deadline_s``."""
     if not followers:
         return
-    stop = messages.pack_stop(status)
-    sends = [jobs.comm.Isend(stop, dest=rank, tag=messages.TAG_CONTROL) for rank in followers]
+    sends = jobs.talk.send_stop(followers, status)
     sends.extend(jobs.sends_in_flight())
     if not ranks.wait_for(lambda: all(s.Test() for s in sends), deadline=time.monotonic() + deadline_s) and abort:
         log.error("followers did not take the stop message within %.0f s: aborting the MPI job", deadline_s)
-        jobs.comm.Abort(status or 1)
+        jobs.talk.abort(status)

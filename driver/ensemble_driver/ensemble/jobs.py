@@ -101,7 +101,7 @@ class JobPipeline:
         hosts: Sequence[str] = (),
         slots: tuple[int, int] = (0, 0),
     ):
-        self.comm = comm
+        self.talk = messages.Conversation(comm)
         self.rank_timeout = rank_timeout  # a follower silent this long on the oldest job is lost
         self.slots = slots  # (dim_fparam, dim_aparam) in every WORK, for the server's parameters
         self.hosts = list(hosts)
@@ -161,9 +161,9 @@ class JobPipeline:
         messages.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, server_f, server_a)
         job.work_buffer = buf
         for rank in self.followers:
-            job.sends.append(self.comm.Isend(buf, dest=rank, tag=messages.TAG_CONTROL))
+            job.sends.append(self.talk.send_work(rank, buf))
             rbuf = np.empty(messages.result_size(self.natoms, len(self.layout.models_of[rank])))
-            job.receives[rank] = (self.comm.Irecv(rbuf, source=rank, tag=messages.TAG_RESULT), rbuf)
+            job.receives[rank] = (self.talk.expect_result(rank, rbuf), rbuf)
 
     def run_local(self) -> None:
         """Evaluate the leader's own extra models on every job that still needs them."""
@@ -210,8 +210,7 @@ class JobPipeline:
 
     def _check_follower_errors(self) -> None:
         for rank in self.followers:
-            if self.comm.Iprobe(source=rank, tag=messages.TAG_ERROR):
-                message = self.comm.recv(source=rank, tag=messages.TAG_ERROR)
+            if (message := self.talk.error_from(rank)) is not None:
                 self._fail(ModelError(f"rank {rank}: {message}"))
 
     def collect(self) -> None:

@@ -25,7 +25,7 @@ which bead and step and whether it gets a deviation; :mod:`jobs` dispatches the
 deviation jobs to the followers, runs the leader's own extra models and collects the
 results; :mod:`rows` writes the finished jobs' rows in step order; :mod:`extras` makes the
 answers' committee or deviation JSON; :mod:`ending` drains, stops the followers and closes
-the files. The followers' side is :func:`followers.follower_loop`.
+the files. The followers' side is :func:`workers.follower_loop`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ..errors import ConfigError, DriverError, ModelError, ProtocolError, Unsupp
 from ..models.parameters import Parameters, from_server
 from ..outputs.model_devi import BeadFiles
 from ..outputs.selection import Selection
+from ..outputs.sink import RowSink
 from ..wire.ipi_input import RequestIds
 from ..wire.session import BatchRequest, Reply, Request
 from ..wire.template import Template, order_mismatch
@@ -119,7 +120,9 @@ class Leader:
         )
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
-        self.sink = sink if sink is not None else BeadRows(files, selection)
+        if sink is None:
+            sink = BeadRows(RowSink(files, selection=selection) if files is not None else None)
+        self.sink = sink
         self.rows = RowWriter(
             self.sink,
             relative=settings.relative,

@@ -2,8 +2,9 @@
 
 Messages are NumPy float64 buffers moved with mpi4py's upper-case point-to-point calls
 (no pickling on the hot path), all of a size fixed by the atom count; float64 holds the
-integers in them (sequence numbers, request ids, steps) exactly. :mod:`ranks` moves
-them; this module only fills and reads them (no MPI here).
+integers in them (sequence numbers, request ids, steps) exactly. This module fills and
+reads them, and :class:`Conversation` moves them: every send and receive between ranks is
+one of its verbs (mpi4py itself is imported only in :mod:`ranks`).
 
 - WORK, connection rank -> ensemble rank: ``[1, seq, rid, step, periodic, cell(9),
   positions(3N)]``, then, for models with frame or atomic parameters, a flag and the
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..ranks import irecv_any, poll_object, probe_count
 
 TAG_CONTROL = 11
 TAG_RESULT = 12
@@ -173,3 +176,86 @@ def unpack_batch_result(buf: np.ndarray, natoms: int) -> tuple[np.ndarray, np.nd
         buf[1 + n : forces_end].reshape(n, natoms, 3).copy(),
         buf[forces_end : forces_end + 9 * n].reshape(n, 3, 3).copy(),
     )
+
+
+# -- the conversation ------------------------------------------------------------------
+class Conversation:
+    """Every message between the ranks of ``run``, a verb each, over a communicator
+    (mpi4py's COMM_WORLD, :class:`ranks.SerialComm`, or a test's fake): the one place that
+    calls its point-to-point methods, so a deadlock review reads this class. Sends are
+    non-blocking and return a request to ``Test``; so are the receives that a rank
+    polls while it works (nobody waits in a blocking MPI call: see :func:`ranks.wait_for`).
+
+    Who says what: a connection rank sends WORK to the followers and BATCH slices to the
+    batch replicas (``send_work``), and expects their RESULTs (``expect_result``) or an
+    ERROR (``error_from``); a worker takes WORK (``next_work``, ``next_size`` and
+    ``take_work``), answers (``answer``) or reports its failure (``report_error``); rank 0
+    ends every rank (``send_stop``) or the job (``abort``); with several connections, a
+    connection rank sends its rows and its end to rank 0 (``send_row``, ``send_done``),
+    which takes them in (``poll_row``, ``poll_done``), and waits for rank 0's STOP
+    (``expect_stop``)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    # a connection rank and its workers
+    def send_work(self, rank: int, buf: np.ndarray):
+        """WORK, a BATCH slice or a STOP (all on the one tag a worker listens on)."""
+        return self.comm.Isend(buf, dest=rank, tag=TAG_CONTROL)
+
+    def expect_result(self, rank: int, buf: np.ndarray):
+        return self.comm.Irecv(buf, source=rank, tag=TAG_RESULT)
+
+    def error_from(self, rank: int) -> str | None:
+        """A worker's one-line failure, if it sent one."""
+        if self.comm.Iprobe(source=rank, tag=TAG_ERROR):
+            return self.comm.recv(source=rank, tag=TAG_ERROR)
+        return None
+
+    def send_stop(self, ranks: Sequence[int], status: int) -> list:
+        stop = pack_stop(status)
+        return [self.send_work(rank, stop) for rank in ranks]
+
+    def abort(self, status: int) -> None:
+        """End the whole MPI job (a rank that will not take its STOP)."""
+        self.comm.Abort(status or 1)
+
+    # a worker
+    def next_work(self, buf: np.ndarray, sources: Sequence[int]):
+        """(request, status) of a receive of the next WORK or STOP from ``sources``
+        (status None: from ``sources[0]``, the only one; else MPI's, which names it)."""
+        if len(sources) == 1:
+            return self.comm.Irecv(buf, source=sources[0], tag=TAG_CONTROL), None
+        return irecv_any(self.comm, buf, TAG_CONTROL)
+
+    def next_size(self, source: int) -> int | None:
+        """The size of the message ``source`` has sent on the work tag, None if none yet."""
+        return probe_count(self.comm, source, TAG_CONTROL)
+
+    def take_work(self, buf: np.ndarray, source: int) -> None:
+        """Receive a message ``next_size`` found (it is there: this does not wait)."""
+        self.comm.Recv(buf, source=source, tag=TAG_CONTROL)
+
+    def answer(self, rank: int, buf: np.ndarray):
+        return self.comm.Isend(buf, dest=rank, tag=TAG_RESULT)
+
+    def report_error(self, ranks: Sequence[int], message: str) -> None:
+        for rank in ranks:
+            self.comm.send(message, dest=rank, tag=TAG_ERROR)
+
+    # several connections: a connection rank and rank 0
+    def send_row(self, message):
+        return self.comm.isend(message, dest=0, tag=TAG_ROW)
+
+    def send_done(self, done):
+        return self.comm.isend(done, dest=0, tag=TAG_DONE)
+
+    def expect_stop(self, buf: np.ndarray):
+        return self.comm.Irecv(buf, source=0, tag=TAG_CONTROL)
+
+    def poll_row(self):
+        """(rank, row message) of a ROW that has arrived, None if none."""
+        return poll_object(self.comm, TAG_ROW)
+
+    def poll_done(self):
+        return poll_object(self.comm, TAG_DONE)

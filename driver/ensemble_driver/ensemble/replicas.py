@@ -18,9 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import ranks
-from ..errors import ModelError, RankLost, ReportedError, failure_text
+from ..errors import ModelError, RankLost
 from ..models.results import BatchEvaluation
-from ..signals import NoSignals, Stopped, StopSignals
 from . import messages
 from .jobs import LocalModel
 
@@ -48,7 +47,7 @@ class Model0Replicas:
         deadline_s: float | None = None,
         hosts: Sequence[str] = (),
     ):
-        self.comm = comm
+        self.talk = messages.Conversation(comm)
         self.model0 = model0
         self.replicas = list(replicas)
         self.natoms = natoms
@@ -62,8 +61,7 @@ class Model0Replicas:
             if len(part):
                 buf = messages.pack_batch(None if cells is None else cells[part], positions[part])
                 result = np.empty(messages.batch_result_size(self.natoms, len(part)))
-                send = self.comm.Isend(buf, dest=rank, tag=messages.TAG_CONTROL)
-                sent.append((rank, send, self.comm.Irecv(result, source=rank, tag=messages.TAG_RESULT), result, buf))
+                sent.append((rank, self.talk.send_work(rank, buf), self.talk.expect_result(rank, result), result, buf))
         mine = slices[0]
         own = self.model0.model.evaluate_batch(
             positions[mine], None if cells is None else cells[mine], self.model0.atom_types
@@ -83,48 +81,6 @@ class Model0Replicas:
         return BatchEvaluation(energy, forces, virial)
 
     def _failed(self, rank: int) -> bool:
-        if self.comm.Iprobe(source=rank, tag=messages.TAG_ERROR):
-            raise ModelError(f"rank {rank}: {self.comm.recv(source=rank, tag=messages.TAG_ERROR)}")
+        if (message := self.talk.error_from(rank)) is not None:
+            raise ModelError(f"rank {rank}: {message}")
         return False
-
-
-def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals | None = None) -> int:
-    """A batch replica: evaluate the slices rank 0 sends until its STOP (as
-    :func:`followers.follower_loop`: 0 after a clean run, ReportedError after a failed one)."""
-    signals = signals if signals is not None else NoSignals()
-    failed = False
-    structures = slices = 0
-    while True:
-        count = None
-        pause = 1e-5
-        while count is None:
-            count = ranks.probe_count(comm, 0, messages.TAG_CONTROL)
-            if count is None:
-                if signals.grace_over():
-                    raise Stopped(signals.received)
-                time.sleep(pause)
-                pause = min(2 * pause, REPLICA_MAX_SLEEP_S)
-        buf = np.empty(count)
-        comm.Recv(buf, source=0, tag=messages.TAG_CONTROL)
-        status = messages.stop_status(buf)
-        if status is not None:
-            log.info("rank %d (batch replica of model 0): %d structures in %d slices", comm.rank, structures, slices)
-            if status:
-                raise ReportedError("", status, print_here=False)
-            return 0
-        if failed:
-            continue
-        cells, positions = messages.unpack_batch(buf, natoms)
-        try:
-            result = model0.model.evaluate_batch(positions, cells, model0.atom_types)
-            if not (np.isfinite(result.energy).all() and np.isfinite(result.forces).all()):
-                raise ModelError(f"model 0 ({model0.model.path}) returned non-finite energy or forces in a batch slice")
-        except Exception as exc:
-            failed = True
-            message = failure_text(exc)
-            comm.send(message, dest=0, tag=messages.TAG_ERROR)
-            continue
-        structures += len(positions)
-        slices += 1
-        answer = messages.pack_batch_result(result.energy, result.forces, result.virial)
-        ranks.wait_for(comm.Isend(answer, dest=0, tag=messages.TAG_RESULT).Test)

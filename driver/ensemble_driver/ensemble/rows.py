@@ -15,15 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from .. import ranks
 from ..deviation import Deviation, model_deviation
-from ..outputs.dumps import TrajFiles, lammps_frame
-from ..outputs.model_devi import BeadFiles
-from ..outputs.selection import FAILED, Selection
+from ..outputs.sink import RowSink
 from . import messages
 from .jobs import Job
 
@@ -31,36 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class BeadRows:
-    """Rank 0's rows: each bead's in step order to its file, then to the selection.
+    """Rank 0's rows: each bead's in step order into the sink (files, frames, selection).
 
     ``out_freq`` (with several connections) is the step between a bead's rows: a row is
     held until the one ``out_freq`` steps before it is written. None: rows are written as
     they come (one connection, whose rows come in step order)."""
 
-    def __init__(
-        self,
-        files: BeadFiles | None,
-        selection: Selection | None,
-        *,
-        out_freq: int | None = None,
-        traj: TrajFiles | None = None,
-        types: np.ndarray | None = None,
-        stop_after_failed: int = 0,
-        exit_file: str | None = None,
-    ):
-        self.files = files
-        self.selection = selection
+    def __init__(self, sink: RowSink | None, *, out_freq: int | None = None):
+        self.sink = sink
         self.out_freq = out_freq
-        self.traj = traj  # --traj-files: each row's frame, written just before the row
-        self.types = types  # model 0's type index of every atom, for the frames
-        # the stop rule: after this many rows classified failed (all beads together), the
-        # server's soft exit is asked for by creating exit_file (i-PI's EXIT)
-        self.stop_after_failed = stop_after_failed
-        self.exit_file = exit_file
-        self.failed = 0
-        self.rows_by_bead: dict[int, int] = {}
         self._held: dict[int, dict[int, tuple]] = {}
         self._next: dict[int, int] = {}
+
+    @property
+    def rows_by_bead(self) -> dict[int, int]:
+        return self.sink.rows_by_bead if self.sink is not None else {}
 
     def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
         """A row, with its structure and model 0's forces on it (for its frame)."""
@@ -76,30 +58,8 @@ class BeadRows:
         self._next[rid] = expected
 
     def _write(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
-        if self.files is None or rid >= len(self.files.names):
-            return
-        if self.traj is not None:  # the frame first: a row never lands without its frame
-            self.traj.write(rid, step, lambda labelled: lammps_frame(labelled, positions, cell, self.types, forces))
-        if self.files.write(rid, step, row):
-            self.rows_by_bead[rid] = self.rows_by_bead.get(rid, 0) + 1
-            if self.selection is not None:
-                kind = self.selection.add(rid, step, row, positions, cell)
-                if kind == FAILED:
-                    self._count_failed(rid, step)
-
-    def _count_failed(self, rid: int, step: int) -> None:
-        self.failed += 1
-        if self.stop_after_failed and self.failed == self.stop_after_failed:
-            Path(self.exit_file).touch()  # type: ignore[arg-type]
-            log.warning(
-                "%d rows classified failed (the latest: bead %d, step %d; --stop-after-failed %d): created %s to "
-                "end the run (i-PI's soft exit)",
-                self.failed,
-                rid,
-                step,
-                self.stop_after_failed,
-                self.exit_file,
-            )
+        if self.sink is not None:
+            self.sink.write(rid, step, row, positions, cell, forces)
 
     def flush(self) -> None:
         """Write the rows still held (a row before them never came: the run failed)."""
@@ -117,25 +77,21 @@ class BeadRows:
 
     def close(self) -> None:
         self.flush()
-        if self.files is not None:
-            self.files.close()
-        if self.traj is not None:
-            self.traj.close()
-        if self.selection is not None:
-            self.selection.close()  # the candidates and devi_summary.json, whole
+        if self.sink is not None:
+            self.sink.close()  # the candidates and devi_summary.json, whole
 
 
 class RemoteRows:
     """A connection rank's rows, sent to rank 0 (ROW messages, see :mod:`messages`)."""
 
     def __init__(self, comm):
-        self.comm = comm
+        self.talk = messages.Conversation(comm)
         self._sends: list = []
 
     def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
         self._sends = [s for s in self._sends if not s.Test()]
         message = (rid, step, row, positions, cell, forces)
-        self._sends.append(self.comm.isend(message, dest=0, tag=messages.TAG_ROW))
+        self._sends.append(self.talk.send_row(message))
 
     def close(self) -> None:
         ranks.wait_for(lambda: all(s.Test() for s in self._sends), deadline=time.monotonic() + 60.0)
