@@ -42,6 +42,7 @@ PEER_TESTS = {
     "test_posthoc.py::test_plot_writes_a_png",
     "test_selection.py::test_active_learning_example_runs",
     "test_cli.py::test_missing_model_file_fails_fast",
+    "test_cli.py::test_a_backend_that_is_not_installed_is_named_with_the_fix",
     "test_docs.py::test_changelog_matches_version",
     "test_deviation.py::test_matches_deepmd_reference",  # deepmd-kit's own functions
     # pages whose command blocks name scripts, run with --help to check their options

@@ -12,7 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import free_port, tool
+from conftest import MODELS, free_port, tool
 from harness import relative_error
 
 TOL = 1e-6
@@ -73,7 +73,7 @@ def driver_args(unixsocket, port) -> list[str]:
     return ["--unix", "--address", unixsocket] if unixsocket else ["--address", "localhost", "--port", str(port)]
 
 
-def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extra=()):
+def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extra=(), **dp_options):
     from ase.calculators.socketio import SocketIOCalculator
     from deepmd.calculator import DP
 
@@ -95,7 +95,7 @@ def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extr
         ]
 
     launcher = Launcher(build, tmp_path / "driver.log")
-    reference = DP(str(model))
+    reference = DP(str(model), **dp_options)
     periodic = base.pbc.any()
     with SocketIOCalculator(launch_client=launcher, unixsocket=unixsocket, port=port, timeout=120) as calc:
         for atoms in structures(base, seed):
@@ -129,3 +129,41 @@ def test_ase_inet(tmp_path, model_paths):
 def test_ase_nonperiodic_cluster(tmp_path, address, model_paths):
     log = run_against_dp(tmp_path, model_paths[1], cluster(), seed=5, unixsocket=address)
     assert "not periodic" in log
+
+
+@pytest.mark.timeout(300)
+def test_ase_multitask_head(tmp_path, address):
+    """--head picks a head of a multi-task checkpoint (not its first, named in another
+    case): the answers are DeepPot(model, head=...)'s, and differ from the other head's."""
+    from deepmd.calculator import DP
+
+    model = MODELS / "multitask.pt"
+    run_against_dp(tmp_path, model, alloy(6), seed=7, unixsocket=address, extra=("--head", "SCALED"), head="scaled")
+    atoms = structures(alloy(6), 7)[0]
+    forces = {}
+    for head in ("emt", "scaled"):
+        atoms.calc = DP(str(model), head=head)
+        forces[head] = atoms.get_forces()
+    assert relative_error(forces["emt"], forces["scaled"]) > 1e-3
+
+
+@pytest.mark.timeout(120)
+def test_multitask_model_without_head_is_refused(tmp_path):
+    alloy(6).write(tmp_path / "template.extxyz")
+    command = [tool("ensemble-driver"), "run", "--models", str(MODELS / "multitask.pt")]
+    command += [
+        "--template",
+        str(tmp_path / "template.extxyz"),
+        "--unix",
+        "--address",
+        "never",
+        "--connect-timeout",
+        "1",
+    ]
+    for extra, message in (
+        ([], "is a multi-task model with heads emt, scaled: choose one with --head NAME"),
+        (["--head", "nope"], "has no head 'nope'; its heads: emt, scaled"),
+    ):
+        proc = subprocess.run(command + extra, capture_output=True, text=True, timeout=100)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ensemble-driver: error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

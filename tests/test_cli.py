@@ -231,3 +231,24 @@ def test_a_launcher_of_another_mpi_is_refused(model_paths, variable):
     lines = error_lines(proc)
     assert len(lines) == 1 and proc.stderr.strip() == lines[0], proc.stderr
     assert f"{variable}=2" in lines[0] and "MPI world of one" in lines[0] and "MPICH" in lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_backend_that_is_not_installed_is_named_with_the_fix(tmp_path):
+    """Every suffix deepmd-kit knows either loads or is refused with one line naming the
+    backend and what to install or convert; an unknown suffix too (status 2)."""
+    cases = {
+        "m.pb": "needs deepmd-kit's TensorFlow backend, which is not installed: install deepmd-kit with TensorFlow",
+        "m.savedmodel": "needs deepmd-kit's JAX backend, which is not installed: install JAX",
+        "m.pd": "needs deepmd-kit's Paddle backend, which is not installed: install PaddlePaddle",
+        "m.savedmodeltf": "needs deepmd-kit's TensorFlow2 backend, which is not installed",
+        "m.model": "deepmd-kit has no backend for the suffix .model",
+    }
+    for name, message in cases.items():
+        (tmp_path / name).write_text("not a model")
+        proc = run_cli(
+            "run", "--models", str(tmp_path / name), "--template", str(IPI_INPUTS / "init.xyz"), "--unix",
+            "--address", "never", "--connect-timeout", "1",
+        )  # fmt: skip
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, proc.stderr[-2000:])

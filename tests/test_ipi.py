@@ -80,30 +80,29 @@ def test_compressed_model(tmp_path, address, compressed_model, reference):
     check_run_against_model(run, compressed_model, reference)
 
 
-def test_backend_neutral_dp_model_is_refused_before_connecting(tmp_path, address, dp_format_model, reference):
+def test_backend_neutral_dp_model_drives_the_dynamics(tmp_path, address, dp_format_model, model_paths, reference):
     """deepmd-kit's backend-neutral format (`dp convert-backend m0.pth m0.dp`) is evaluated
-    by deepmd.dpmodel in NumPy: its energy is model 0's, but its forces and virial are NaN
-    (no derivatives), so it cannot drive dynamics: refused as it loads, with one line."""
+    by deepmd.dpmodel in NumPy without derivatives (NaN forces and virial from DeepPot.eval),
+    so the driver has deepmd-kit convert it to PyTorch as it loads: i-PI then receives m0's
+    own answers, in an ensemble whose other model is a .pth (mixed backends)."""
     from ensemble_driver.wire.template import read_template
 
     template = read_template(IPI_INPUTS / "init.xyz")
     dp = reference.deeppot(dp_format_model)
     types = [dp.get_type_map().index(s) for s in template.labels]
-    e, f, v = dp.eval(template.positions.reshape(1, -1), template.cell.reshape(1, 9), types)[:3]
-    e_pth = reference.deeppot(IPI_INPUTS.parent / "examples" / "models" / "m0.pth").eval(
-        template.positions.reshape(1, -1), template.cell.reshape(1, 9), types
-    )[0]
-    assert abs(float(np.ravel(e)[0]) - float(np.ravel(e_pth)[0])) < 1e-8
-    assert np.isnan(f).all() and np.isnan(v).all()
-    command = driver_command([dp_format_model], IPI_INPUTS / "init.xyz", address, "--connect-timeout", "600")
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 5, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert errors == [
-        f"ensemble-driver: error: model {dp_format_model}: deepmd-kit evaluates this backend-neutral format "
-        f"in NumPy, without forces or virial; convert it to a backend first, e.g. dp convert-backend "
-        f"{dp_format_model} {dp_format_model.with_suffix('.pth')}"
-    ], proc.stderr[-3000:]
+    f = dp.eval(template.positions.reshape(1, -1), template.cell.reshape(1, 9), types)[1]
+    assert np.isnan(f).all()  # what DeepPot itself makes of the file
+    run = run_ipi(
+        tmp_path,
+        "pimd.xml",
+        address=address,
+        steps=STEPS,
+        nbeads=2,
+        models=[dp_format_model, model_paths[1]],
+        driver_args=("--nbeads", "2"),
+    )
+    check_run_against_model(run, model_paths[0], reference)
+    assert len(np.loadtxt(tmp_path / "model_devi1.out", ndmin=2)) == 1  # step 0 (--out-freq 100)
 
 
 def test_atom_count_mismatch_is_one_clear_line(tmp_path, address, model_paths):

@@ -48,12 +48,14 @@ def system(nbeads: int, forces: str, *, prefix: str = "", temperature: int = 600
   </system>"""
 
 
-def ipi_input(address: str, systems: str, *, batch: int = 1, extra_ff: str = "", smotion: str = "") -> str:
+def ipi_input(
+    address: str, systems: str, *, batch: int = 1, extra_ff: str = "", smotion: str = "", outputs: str = ""
+) -> str:
     batching = f"<batch_size> {batch} </batch_size>" if batch > 1 else ""
     return f"""<simulation verbosity='quiet' safe_stride='2'>
   <output prefix='sim'>
     <trajectory filename='bin' stride='1' format='bin'> positions </trajectory>
-    <checkpoint stride='2'/>
+    <checkpoint stride='2'/>{outputs}
   </output>
   <total_steps> {STEPS} </total_steps>
   <prng><seed> 31415 </seed></prng>

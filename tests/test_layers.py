@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "driver" / "ensemble_driver"
-BACKENDS = ("models.deepmd", "models.direct")
+BACKENDS = ("models.deepmd", "models.direct", "models.backends")
 ONLY_IN = {"mpi4py": ("ranks",), "deepmd": BACKENDS, "torch": BACKENDS, "tensorflow": BACKENDS}
 MAX_LINES = 450
 

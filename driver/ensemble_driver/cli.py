@@ -104,6 +104,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         stride=args.stride,
         type_map=tuple(args.type_map) if args.type_map else None,
+        head=args.head,
         out_file=args.out_file,
         bead_files=args.bead_files,
         atomic=args.atomic,
@@ -116,6 +117,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
         fparam=tuple(args.fparam) if args.fparam else None,
         aparam=tuple(args.aparam) if args.aparam else None,
         aparam_array=args.aparam_array,
+        charge_spin=tuple(args.charge_spin) if args.charge_spin else None,
         traj_files=args.traj_files,
     )
     return run_devi(settings)

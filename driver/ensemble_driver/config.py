@@ -32,6 +32,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .models.devices import CHOICES
+from .models.parameters import check_charge_spin
 from .outputs.sink import DeviationOptions
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
@@ -56,6 +57,7 @@ class RunConfig:
     # (see docs/failures.md, "Silence")
     server_timeout: float = 3600.0
     type_map: tuple[str, ...] | None = None
+    head: str | None = None  # the head of every multi-task model
     atom_type: Mapping[str, int] | None = field(default=None, hash=False)
     pbc: bool | None = None  # None: from the template
     init_every_step: bool | None = None  # None: only with two or more models (see init_each)
@@ -68,6 +70,7 @@ class RunConfig:
     fparam: tuple[float, ...] | None = None
     aparam: tuple[float, ...] | None = None
     aparam_array: str | None = None  # per-atom values: this extended-XYZ array of the template
+    charge_spin: tuple[float, ...] | None = None  # (charge, spin) of a charge/spin-conditioned model
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
@@ -235,6 +238,7 @@ class RunConfig:
         for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
             if values is not None and not all(math.isfinite(v) for v in values):
                 raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
+        check_charge_spin(self.charge_spin)
         if self.step_offset < 0:
             raise ConfigError(f"--step-offset must be >= 0, got {self.step_offset}")
         if self.step_offset and not self.append:

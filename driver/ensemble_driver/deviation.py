@@ -23,7 +23,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Deviation:
-    """One deviation row. ``atomic`` holds e_i per atom (after ``relative``), or None."""
+    """One deviation row. ``atomic`` holds e_i per atom (after ``relative``) when the row's
+    file has the per-atom columns (``--atomic``), else None; ``per_atom`` holds them always
+    (for the per-atom ``devi_f`` of candidate files, dumps and extras)."""
 
     max_devi_v: float
     min_devi_v: float
@@ -32,6 +34,7 @@ class Deviation:
     min_devi_f: float
     avg_devi_f: float
     atomic: np.ndarray | None = None
+    per_atom: np.ndarray | None = None
 
     def columns(self) -> tuple[float, float, float, float, float, float]:
         """The six values in the order of the model_devi.out columns 1-6."""
@@ -87,4 +90,5 @@ def model_deviation(
         min_devi_f=float(e.min()),
         avg_devi_f=float(e.mean()),
         atomic=e if atomic else None,
+        per_atom=e,
     )

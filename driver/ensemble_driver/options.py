@@ -8,7 +8,7 @@ import argparse
 
 from . import __version__
 from .logs import PROG
-from .run_options import ParagraphFormatter, add_parameter_options, add_trust_options, run_parser
+from .run_options import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options, run_parser
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +85,7 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
         help="steps between frames, for trajectories that do not carry their steps (default: 1)",
     )
     p.add_argument("--type-map", nargs="+", metavar="NAME", help="element names of the models' types")
+    add_head_option(p)
     p.add_argument("--batch", type=int, default=8, help="frames per model call (default: %(default)s)")
     add_parameter_options(p, "every frame of the trajectories (extended XYZ)")
     p.add_argument(

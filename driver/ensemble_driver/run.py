@@ -82,14 +82,16 @@ def template_elements(template: Template, atom_type: dict[str, int] | None, type
 
 def model_parameters(config: RunConfig) -> Parameters:
     """The frame and atomic parameters of every model: --fparam, and --aparam (the same
-    for every atom) or --aparam-array (per atom, a column of the extended-XYZ template)."""
+    for every atom) or --aparam-array (per atom, a column of the extended-XYZ template);
+    and --charge-spin."""
     fparam = None if config.fparam is None else np.array(config.fparam, dtype=np.float64)
+    charge_spin = None if config.charge_spin is None else (config.charge_spin[0], config.charge_spin[1])
     if config.aparam_array is not None:
         aparam = read_template_array(config.template, config.aparam_array)
         source = f"--aparam-array {config.aparam_array} of template {config.template}"
-        return Parameters(fparam=fparam, aparam=aparam, aparam_from=source)
+        return Parameters(fparam=fparam, aparam=aparam, aparam_from=source, charge_spin=charge_spin)
     aparam = None if config.aparam is None else np.array(config.aparam, dtype=np.float64)
-    return Parameters(fparam=fparam, aparam=aparam)
+    return Parameters(fparam=fparam, aparam=aparam, charge_spin=charge_spin)
 
 
 def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -> None:
@@ -213,7 +215,10 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
     def load():
         parameters = model_parameters(config)
         with signals.interruptible():
-            models = [DeepPotModel(config.models[i], type_map=config.type_map, parameters=parameters) for i in mine]
+            models = [
+                DeepPotModel(config.models[i], type_map=config.type_map, parameters=parameters, head=config.head)
+                for i in mine
+            ]
         elements = None
         if rank == 0:
             elements = template_elements(template, config.atom_type, models[0].type_map)

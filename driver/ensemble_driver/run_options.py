@@ -214,6 +214,7 @@ def _system_options(sysg) -> None:
         metavar="NAME",
         help="element names of the model's types, in type-index order, replacing the type map stored in the model(s)",
     )
+    add_head_option(sysg)
     sysg.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -366,6 +367,27 @@ def add_parameter_options(group, array_from: str) -> None:
         "--aparam-array",
         metavar="NAME",
         help=f"atomic parameters per atom instead: the per-atom array NAME of {array_from} (default: none)",
+    )
+    group.add_argument(
+        "--charge-spin",
+        nargs=2,
+        type=float,
+        metavar=("Q", "S"),
+        help="total charge and spin multiplicity, for models conditioned on them (DPA-3 with "
+        "add_chg_spin_ebd; LAMMPS's 'charge_spin Q S'), the same for every model (default: the model's "
+        "default_chg_spin)",
+    )
+
+
+def add_head_option(group) -> None:
+    """--head, for run and devi alike."""
+    group.add_argument(
+        "--head",
+        metavar="NAME",
+        help="the head of every multi-task model given (a .pt checkpoint with several fitting heads, "
+        "as deepmd-kit's DeepPot(model, head=NAME) and ASE's DP(..., head=NAME) take it; names are "
+        "case-insensitive); single-task models ignore it (default: none; a multi-task model without it is "
+        "refused with its heads listed)",
     )
 
 

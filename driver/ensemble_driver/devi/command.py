@@ -47,7 +47,7 @@ from .. import ranks
 from ..deviation import model_deviation
 from ..errors import ConfigError, DriverError, ModelError
 from ..models.deepmd import DeepPotModel, check_model_file, one_backend_thread
-from ..models.parameters import Parameters
+from ..models.parameters import Parameters, check_charge_spin
 from ..outputs.dumps import traj_layout
 from ..outputs.model_devi import bead_file_names
 from ..outputs.selection import TrustLevels, summary_file_name
@@ -64,6 +64,7 @@ class DeviSettings:
     fmt: str | None = None
     stride: int = 1
     type_map: tuple[str, ...] | None = None
+    head: str | None = None  # the head of every multi-task model
     out_file: str = "model_devi.out"
     bead_files: str = "dpgen"
     atomic: bool = False
@@ -76,6 +77,7 @@ class DeviSettings:
     fparam: tuple[float, ...] | None = None
     aparam: tuple[float, ...] | None = None
     aparam_array: str | None = None  # per-atom values: this array of every frame
+    charge_spin: tuple[float, float] | None = None  # --charge-spin Q S
     traj_files: str | None = None  # as run's --traj-files: every row's frame as a LAMMPS dump
 
     def validated(self) -> DeviSettings:
@@ -91,6 +93,7 @@ class DeviSettings:
         for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
             if values is not None and not np.isfinite(values).all():
                 raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
+        check_charge_spin(self.charge_spin)
         return self
 
     def deviation_options(self) -> DeviationOptions:
@@ -114,7 +117,7 @@ class DeviSettings:
         fparam = None if self.fparam is None else np.array(self.fparam, dtype=np.float64)
         if self.aparam_array is None:
             aparam = None if self.aparam is None else np.array(self.aparam, dtype=np.float64)
-            return Parameters(fparam=fparam, aparam=aparam)
+            return Parameters(fparam=fparam, aparam=aparam, charge_spin=self.charge_spin)
         first = series[0][0].aparam
         for path, frames in zip(self.trajectories, series):
             for k, frame in enumerate(frames):
@@ -124,7 +127,7 @@ class DeviSettings:
                         f"column(s), frame 0 of {self.trajectories[0]} has {first.shape[1]}"
                     )
         source = f"--aparam-array {self.aparam_array} of trajectory {self.trajectories[0]}"
-        return Parameters(fparam=fparam, aparam=first, aparam_from=source)
+        return Parameters(fparam=fparam, aparam=first, aparam_from=source, charge_spin=self.charge_spin)
 
 
 def _progress(done: int, total: int, started: float) -> None:
@@ -230,7 +233,8 @@ def _load_models(settings: DeviSettings, series: Sequence[list[Frame]], layout: 
     """This rank's models (index -> model), each loaded once."""
     parameters = settings.parameters(series)
     return {
-        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters) for m in layout.models
+        m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters, head=settings.head)
+        for m in layout.models
     }
 
 

@@ -17,11 +17,18 @@ EXTRAS_SENTINEL = -1.0
 SENTINEL_EXTRAS = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()
 
 
-def deviation_extras(row: Deviation | None) -> bytes:
-    """The --extras JSON: the step's deviation, or EXTRAS_SENTINEL for every key."""
-    if row is None:
+def deviation_extras(row: Deviation | None, natoms: int = 0, atomic: bool = False) -> bytes:
+    """The --extras JSON: the step's deviation, or EXTRAS_SENTINEL for every key; with
+    ``atomic`` also ``devi_f_atoms``, each atom's force deviation in atom order (on steps
+    without a deviation a list of EXTRAS_SENTINEL of the same length: i-PI stops when a
+    bead's extras lack a key another's have)."""
+    if row is None and not atomic:
         return SENTINEL_EXTRAS
-    return json.dumps(dict(zip(EXTRAS_KEYS, row.columns()))).encode()
+    values = dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL) if row is None else dict(zip(EXTRAS_KEYS, row.columns()))
+    if atomic:
+        per_atom = [EXTRAS_SENTINEL] * natoms if row is None else [float(x) for x in row.per_atom]
+        values["devi_f_atoms"] = per_atom
+    return json.dumps(values).encode()
 
 
 def committee_extras(job: Job) -> bytes:

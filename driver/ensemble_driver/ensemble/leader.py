@@ -220,7 +220,8 @@ class Leader:
             return committee_extras(job) if self.jobs.fatal is None else b""
         if self.settings.extras:
             # --extras needs this step's row now
-            return deviation_extras(self.jobs.complete_until(job) if job is not None else None)
+            row = self.jobs.complete_until(job) if job is not None else None
+            return deviation_extras(row, self.jobs.natoms, self.settings.atomic)
         return b""
 
     def after_reply(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError, one_line
 from ..signals import Stopped
+from .backends import NEUTRAL_SUFFIXES, check_backend, loadable
 from .direct import direct_evaluator
 from .parameters import NO_PARAMETERS, Parameters
 from .results import BatchEvaluation, Evaluation
@@ -47,6 +48,21 @@ def check_model_file(path: str | Path) -> None:
         raise ConfigError(f"model {path}: the file is empty")
 
 
+def multitask_heads(path: str) -> list[str] | None:
+    """The heads of a multi-task checkpoint (a .pt whose stored model parameters have a
+    ``model_dict``, as deepmd/pt/infer/deep_eval.py reads them); None for other files."""
+    if not path.endswith(".pt"):
+        return None
+    try:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = state.get("model", state)["_extra_state"]["model_params"]
+    except Exception:
+        return None
+    return list(params["model_dict"]) if "model_dict" in params else None
+
+
 def _torch_huge_pages() -> None:
     """Let torch back its large CPU tensors with transparent huge pages, unless the user
     chose otherwise (``THP_MEM_ALLOC_ENABLE=0``).
@@ -67,7 +83,7 @@ def _import_deep_pot(path: str):
     """Import deepmd's DeepPot. Unless debugging, silence the advice deepmd and torch log
     at WARNING level on import (thread settings, Triton): it drowns the driver's output.
     torch resets its loggers when imported, so it is imported first, for PyTorch models."""
-    torch_model = path.endswith((".pth", ".pt"))
+    torch_model = path.lower().endswith((".pth", ".pt", ".pte", ".pt2", *NEUTRAL_SUFFIXES))
     if torch_model:
         _torch_huge_pages()
     if not log.isEnabledFor(logging.DEBUG):
@@ -96,8 +112,10 @@ class DeepPotModel:
         *,
         type_map: Sequence[str] | None = None,
         parameters: Parameters = NO_PARAMETERS,
+        head: str | None = None,
     ):
         self.path = str(path)
+        self.head = head
         check_model_file(path)
         try:
             DeepPot = _import_deep_pot(self.path)
@@ -105,19 +123,24 @@ class DeepPotModel:
             raise  # a signal during the (slow) import is not an import failure
         except Exception as exc:
             raise ModelError(f"cannot import deepmd-kit to load {self.path}: {one_line(exc)}") from None
+        check_backend(self.path)
         try:
-            self._dp = DeepPot(self.path)
+            # deepmd-kit reads `head` for a multi-task checkpoint (.pt) and ignores it for
+            # other files (deepmd/pt/infer/deep_eval.py, DeepEval.__init__)
+            with loadable(self.path) as load_path:
+                self._dp = DeepPot(load_path, head=head) if head is not None else DeepPot(load_path)
+        except ModelError:
+            raise
         except Exception as exc:
+            heads = multitask_heads(self.path)
+            if heads and head is None:
+                raise ConfigError(
+                    f"model {self.path} is a multi-task model with heads {', '.join(heads)}: choose one with "
+                    "--head NAME"
+                ) from None
+            if heads:
+                raise ConfigError(f"model {self.path} has no head {head!r}; its heads: {', '.join(heads)}") from None
             raise ModelError(f"cannot load model {self.path}: {one_line(exc)}") from None
-        if type(getattr(self._dp, "deep_eval", None)).__module__ == "deepmd.dpmodel.infer.deep_eval":
-            # deepmd-kit's backend-neutral format (.dp, .yaml) is evaluated in NumPy, which
-            # has no derivatives: forces and virial come back NaN (deepmd-kit 3.2,
-            # deepmd/dpmodel/infer/deep_eval.py, DeepEval._eval_model fills missing outputs)
-            raise ModelError(
-                f"model {self.path}: deepmd-kit evaluates this backend-neutral format in NumPy, "
-                f"without forces or virial; convert it to a backend first, e.g. "
-                f"dp convert-backend {self.path} {Path(self.path).with_suffix('.pth')}"
-            )
         stored = list(self._dp.get_type_map())
         ntypes = int(self._dp.get_ntypes())
         if type_map:
@@ -128,6 +151,11 @@ class DeepPotModel:
             self.type_map = stored
         self.dim_fparam, self.dim_aparam = int(self._dp.get_dim_fparam()), int(self._dp.get_dim_aparam())
         self._default_fparam = bool(getattr(self._dp, "has_default_fparam", lambda: False)())
+        # a DPA-3 conditioned on charge and spin (deepmd/infer/deep_eval.py: has_chg_spin_ebd)
+        self._chg_spin = (
+            bool(getattr(self._dp, "has_chg_spin_ebd", lambda: False)()),
+            bool(getattr(self._dp, "has_default_chg_spin", lambda: False)()),
+        )
         self.check_parameters(parameters)
         self.parameters = parameters
         self.rcut = float(self._dp.get_rcut())
@@ -153,7 +181,7 @@ class DeepPotModel:
 
     def check_parameters(self, parameters: Parameters) -> None:
         """A ConfigError naming this model if ``parameters`` do not fit it."""
-        parameters.check(self.path, self.dim_fparam, self.dim_aparam, self._default_fparam)
+        parameters.check(self.path, self.dim_fparam, self.dim_aparam, self._default_fparam, self._chg_spin)
 
     def evaluate(
         self,
@@ -216,6 +244,7 @@ class DeepPotModel:
         atom_types: np.ndarray,
         fparam: np.ndarray | None = None,
         aparam: np.ndarray | None = None,
+        charge_spin: np.ndarray | None = None,
     ) -> BatchEvaluation:
         """``DeepPot.eval`` on a batch (the path when the direct one is off or unchecked).
         ``fparam`` (nframes, dim_fparam) and ``aparam`` (nframes, nat, dim_aparam): the
@@ -223,7 +252,8 @@ class DeepPotModel:
         nframes, nat = positions.shape[:2]
         coords = positions.reshape(nframes, nat * 3)
         boxes = None if cells is None else cells.reshape(nframes, 9)
-        energy, forces, virial = self._dp.eval(coords, boxes, atom_types, fparam=fparam, aparam=aparam)[:3]
+        extra = {} if charge_spin is None else {"charge_spin": charge_spin}  # (nframes, 2), a NumPy array
+        energy, forces, virial = self._dp.eval(coords, boxes, atom_types, fparam=fparam, aparam=aparam, **extra)[:3]
         return BatchEvaluation(
             energy=np.asarray(energy, dtype=np.float64).reshape(nframes),
             forces=np.asarray(forces, dtype=np.float64).reshape(nframes, nat, 3),

@@ -25,7 +25,13 @@ class Direct:
     checked = False
 
     def __call__(
-        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+        self,
+        positions: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: np.ndarray,
+        fparam=None,
+        aparam=None,
+        charge_spin=None,
     ) -> BatchEvaluation:
         raise NotImplementedError
 
@@ -112,7 +118,13 @@ class TorchDirect(Direct):
         return cls(de, torch, DEVICE)
 
     def __call__(
-        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+        self,
+        positions: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: np.ndarray,
+        fparam=None,
+        aparam=None,
+        charge_spin=None,
     ) -> BatchEvaluation:
         torch = self._torch
         nframes, nat = positions.shape[:2]
@@ -126,11 +138,14 @@ class TorchDirect(Direct):
             box = torch.as_tensor(np.ascontiguousarray(cells, dtype=np.float64), device=self._device)
         fp = None if fparam is None else torch.as_tensor(np.ascontiguousarray(fparam, np.float64), device=self._device)
         ap = None if aparam is None else torch.as_tensor(np.ascontiguousarray(aparam, np.float64), device=self._device)
+        chg = None  # charge and spin (nframes, 2), as DeepEval._eval_model passes them
+        if charge_spin is not None:
+            chg = torch.as_tensor(np.ascontiguousarray(charge_spin, np.float64), device=self._device)
         de = self._de
         if de._nlist_builder is not None:
-            out = de._eval_lower_strategy(coord, types, box, fp, ap, None, False)
+            out = de._eval_lower_strategy(coord, types, box, fp, ap, chg, False)
         else:
-            out = de.dp(coord, types, box=box, do_atomic_virial=False, fparam=fp, aparam=ap, charge_spin=None)
+            out = de.dp(coord, types, box=box, do_atomic_virial=False, fparam=fp, aparam=ap, charge_spin=chg)
             if isinstance(out, tuple):
                 out = out[0]
         return BatchEvaluation(
@@ -193,7 +208,13 @@ class TFDirect(Direct):
             return None
 
     def __call__(
-        self, positions: np.ndarray, cells: np.ndarray | None, atom_types: np.ndarray, fparam=None, aparam=None
+        self,
+        positions: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: np.ndarray,
+        fparam=None,
+        aparam=None,
+        charge_spin=None,
     ) -> BatchEvaluation:
         # fparam and aparam are always None: a model that takes them is not used here
         nframes, nat = positions.shape[:2]

@@ -31,6 +31,9 @@ class Parameters:
     aparam: np.ndarray | None = field(default=None, compare=False)  # (dim_aparam,) or (natoms, dim_aparam)
     fparam_from: str = "--fparam"
     aparam_from: str = "--aparam"
+    # a charge/spin-conditioned model's (DPA-3 add_chg_spin_ebd) total charge and spin
+    # multiplicity, as LAMMPS's pair_style deepmd ... charge_spin Q S
+    charge_spin: tuple[float, float] | None = None
 
     @property
     def aparam_per_atom(self) -> bool:
@@ -46,10 +49,21 @@ class Parameters:
                 parts.append(f"aparam per atom, {self.aparam.shape[1]} value(s) each ({self.aparam_from})")
             else:
                 parts.append(f"aparam {_numbers(self.aparam)} for every atom ({self.aparam_from})")
+        if self.charge_spin is not None:
+            parts.append(f"charge and spin {_numbers(self.charge_spin)} (--charge-spin)")
         return ", ".join(parts)
 
-    def check(self, path: str, dim_fparam: int, dim_aparam: int, default_fparam: bool) -> None:
-        """One ConfigError line naming the model and the values if they do not fit it."""
+    def check(
+        self,
+        path: str,
+        dim_fparam: int,
+        dim_aparam: int,
+        default_fparam: bool,
+        chg_spin: tuple[bool, bool] = (False, False),
+    ) -> None:
+        """One ConfigError line naming the model and the values if they do not fit it;
+        ``chg_spin``: whether the model has a charge/spin embedding, and a default for it."""
+        self._check_charge_spin(path, *chg_spin)
         if self.fparam is None:
             if dim_fparam and not default_fparam:
                 raise ConfigError(
@@ -86,15 +100,31 @@ class Parameters:
                 f"model {path} takes {dim_aparam} atomic parameter(s) per atom, but {self.aparam_from} gives {given}"
             )
 
+    def _check_charge_spin(self, path: str, embedding: bool, default: bool) -> None:
+        if self.charge_spin is None and embedding and not default:
+            raise ConfigError(
+                f"model {path} is conditioned on charge and spin (add_chg_spin_ebd) and has no default "
+                "(default_chg_spin): give them with --charge-spin Q S"
+            )
+        if self.charge_spin is not None and not embedding:
+            raise ConfigError(
+                f"model {path} has no charge/spin embedding, but --charge-spin gives {_numbers(self.charge_spin)}"
+            )
+
     def arrays(self, nframes: int, natoms: int, aparam: np.ndarray | None = None):
         """(fparam (nframes, dim_fparam) or None, aparam (nframes, natoms, dim_aparam) or
-        None) for a call on ``nframes`` structures; ``aparam`` (nframes, natoms, dim)
-        replaces the run's own (``devi`` reads them from every frame)."""
+        None, charge_spin (nframes, 2) or None) for a call on ``nframes`` structures;
+        ``aparam`` (nframes, natoms, dim) replaces the run's own (``devi`` reads them from
+        every frame)."""
         fparam = None if self.fparam is None else np.tile(np.asarray(self.fparam, dtype=np.float64), (nframes, 1))
+        chg = None if self.charge_spin is None else np.tile(np.asarray(self.charge_spin, np.float64), (nframes, 1))
+        return (fparam, self._aparam(nframes, natoms, aparam), chg)
+
+    def _aparam(self, nframes: int, natoms: int, aparam: np.ndarray | None) -> np.ndarray | None:
         if aparam is not None:
-            return fparam, np.asarray(aparam, dtype=np.float64).reshape(nframes, natoms, -1)
+            return np.asarray(aparam, dtype=np.float64).reshape(nframes, natoms, -1)
         if self.aparam is None:
-            return fparam, None
+            return None
         if self.aparam_per_atom:
             if self.aparam.shape[0] != natoms:
                 raise ModelError(
@@ -103,7 +133,19 @@ class Parameters:
             per_frame = self.aparam
         else:
             per_frame = np.tile(self.aparam, (natoms, 1))
-        return fparam, np.tile(np.asarray(per_frame, dtype=np.float64)[None], (nframes, 1, 1))
+        return np.tile(np.asarray(per_frame, dtype=np.float64)[None], (nframes, 1, 1))
+
+
+def check_charge_spin(values) -> None:
+    """--charge-spin Q S: whole numbers in the ranges deepmd-kit embeds (charge -100..99,
+    spin 0..99: deepmd/pt/model/descriptor/dpa3.py's embedding tables)."""
+    if values is None:
+        return
+    if len(values) != 2 or not all(float(v).is_integer() for v in values):
+        raise ConfigError(f"--charge-spin takes two whole numbers, Q and S, got {' '.join(map(str, values))}")
+    charge, spin = values
+    if not (-100 <= charge <= 99 and 0 <= spin <= 99):
+        raise ConfigError(f"--charge-spin {charge:g} {spin:g}: the charge must be -100..99 and the spin 0..99")
 
 
 NO_PARAMETERS = Parameters()
@@ -138,4 +180,5 @@ def merged(own: Parameters, fparam: np.ndarray | None, aparam: np.ndarray | None
         aparam=own.aparam if aparam is None else aparam,
         fparam_from=own.fparam_from if fparam is None else "i-PI's <parameters> fparam",
         aparam_from=own.aparam_from if aparam is None else "i-PI's <parameters> aparam",
+        charge_spin=own.charge_spin,
     )

@@ -52,10 +52,16 @@ def lammps_box(cell: np.ndarray) -> np.ndarray:
 
 
 def lammps_frame(
-    step: int, positions: np.ndarray, cell: np.ndarray | None, types: np.ndarray, forces: np.ndarray
+    step: int,
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    types: np.ndarray,
+    forces: np.ndarray,
+    devi_f: np.ndarray | None = None,
 ) -> str:
     """One frame of ``dump custom ... id type x y z fx fy fz`` (LAMMPS's ``dump`` manual:
-    the box bounds of a triclinic box are its bounding box, with the tilt factors)."""
+    the box bounds of a triclinic box are its bounding box, with the tilt factors); with
+    ``devi_f``, each atom's force deviation in a last column of that name."""
     if cell is None:  # not periodic: a box around the atoms, with fixed boundaries
         lo, hi = positions.min(axis=0) - 1.0, positions.max(axis=0) + 1.0
         xyz, rotation = positions, None
@@ -85,10 +91,11 @@ def lammps_frame(
         str(len(positions)),
         f"ITEM: BOX BOUNDS {bounds}",
         *lines,
-        "ITEM: ATOMS id type x y z fx fy fz",
+        "ITEM: ATOMS id type x y z fx fy fz" + (" devi_f" if devi_f is not None else ""),
     ]
     out.extend(
         f"{i + 1} {int(t) + 1} {p[0]:.10f} {p[1]:.10f} {p[2]:.10f} {f[0]:.10g} {f[1]:.10g} {f[2]:.10g}"
+        + ("" if devi_f is None else f" {devi_f[i]:.10g}")
         for i, (t, p, f) in enumerate(zip(types, xyz, fxyz))
     )
     return "\n".join(out) + "\n"

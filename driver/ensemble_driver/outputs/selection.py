@@ -78,21 +78,26 @@ class TrustLevels:
         return {"f_lo": self.f_lo, "f_hi": self.f_hi, "v_lo": self.v_lo, "v_hi": self.v_hi}
 
 
-def extxyz_frame(symbols: Sequence[str], positions: np.ndarray, cell: np.ndarray | None, info: dict) -> str:
+def extxyz_frame(
+    symbols: Sequence[str], positions: np.ndarray, cell: np.ndarray | None, info: dict, devi_f=None
+) -> str:
     """One extended-XYZ frame: ``Lattice`` (rows = lattice vectors), ``Properties``,
-    ``pbc`` and ``info`` as key=value pairs; numbers with 17 significant digits."""
+    ``pbc`` and ``info`` as key=value pairs; numbers with 17 significant digits; with
+    ``devi_f``, each atom's force deviation as the per-atom array ``devi_f`` (ASE:
+    ``atoms.arrays["devi_f"]``; OVITO colours by it)."""
     parts = []
     if cell is not None:
         parts.append('Lattice="' + " ".join(f"{x:.17g}" for x in np.asarray(cell).ravel()) + '"')
-    parts.append("Properties=species:S:1:pos:R:3")
+    parts.append("Properties=species:S:1:pos:R:3" + (":devi_f:R:1" if devi_f is not None else ""))
     for key, value in info.items():
         if isinstance(value, float):
             value = f"{value:.17g}"
         parts.append(f"{key}={value}")
     parts.append('pbc="T T T"' if cell is not None else 'pbc="F F F"')
     lines = [str(len(symbols)), " ".join(parts)]
-    for s, p in zip(symbols, positions):
-        lines.append(f"{s:<2s} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g}")
+    for k, (s, p) in enumerate(zip(symbols, positions)):
+        extra = "" if devi_f is None else f" {devi_f[k]:.17g}"
+        lines.append(f"{s:<2s} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g}{extra}")
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +146,7 @@ class Selection:
         if kind == CANDIDATE:
             info = {"step": step + self.step_offset, "bead": bead, "devi_class": kind}
             info.update(zip(COLUMNS, map(float, row.columns())))
-            data = extxyz_frame(self.symbols, positions, cell, info).encode("ascii")
+            data = extxyz_frame(self.symbols, positions, cell, info, row.per_atom).encode("ascii")
             fd = self._fds.get(bead)
             if fd is None:
                 try:

@@ -65,8 +65,10 @@ class RowSink:
         traj: TrajFiles | None = None,
         stop_after_failed: int = 0,
         exit_file: str | None = None,
+        atomic: bool = False,
     ):
         self.files = files
+        self.atomic = atomic  # the frames carry each atom's devi_f too
         self.selection = selection
         self.traj = traj
         self.types: np.ndarray | None = None  # model 0's type index of every atom, for the frames
@@ -97,7 +99,7 @@ class RowSink:
             selection = Selection(options.trust, candidates, summary, mode=mode, step_offset=step_offset, counts=counts)
         dumps = TrajFiles(traj, mode=mode, step_offset=step_offset) if traj is not None else None
         files = BeadFiles(names, atomic=options.atomic, mode=mode, step_offset=step_offset)
-        return cls(files, selection=selection, traj=dumps, **stop_rule)
+        return cls(files, selection=selection, traj=dumps, atomic=options.atomic, **stop_rule)
 
     @property
     def names(self) -> list[str]:
@@ -114,7 +116,10 @@ class RowSink:
         if bead >= len(self.files.names):
             return False
         if self.traj is not None:  # the frame first: a row never lands without its frame
-            self.traj.write(bead, step, lambda labelled: lammps_frame(labelled, positions, cell, self.types, forces))
+            devi_f = row.per_atom if self.atomic else None
+            self.traj.write(
+                bead, step, lambda labelled: lammps_frame(labelled, positions, cell, self.types, forces, devi_f)
+            )
         if not self.files.write(bead, step, row):
             return False
         self.rows_by_bead[bead] = self.rows_by_bead.get(bead, 0) + 1
