@@ -62,3 +62,90 @@ def test_per_atom_deviation_in_candidates_dumps_and_extras(tmp_path, address, mo
                 assert values == [-1.0] * 32
             else:
                 np.testing.assert_allclose(values, atomic[step // OUT_FREQ], rtol=1e-6)
+
+
+def bias_reference(models, atoms, tau: float, reference):
+    """E_0 - tau sigma_E and its exact gradient, from DeepPot.eval of every model (written
+    out here, not the driver's function): (energy, forces, stress in ASE's convention)."""
+    energies, forces, virials = [], [], []
+    for path in models:
+        e, f, v = reference.eval(path, atoms)
+        energies.append(e)
+        forces.append(f)
+        virials.append(v)
+    energies, forces, virials = np.array(energies), np.array(forces), np.array(virials)
+    sigma = energies.std()  # population form
+    weights = (energies - energies.mean()) / (len(models) * sigma)
+    energy = energies[0] - tau * sigma
+    force = forces[0] - tau * np.einsum("m,mij->ij", weights, forces)
+    virial = virials[0] - tau * np.einsum("m,mij->ij", weights, virials)
+    stress = -virial / atoms.get_volume()  # ASE's stress from DeePMD's virial (-V stress)
+    return energy, force, stress.ravel()[[0, 4, 8, 5, 2, 1]], sigma
+
+
+def run_biased(tmp_path, unixsocket, models, tau: str, check) -> str:
+    """The driver (mpiexec -n len(models)) under ASE's server with --bias-uncertainty tau;
+    ``check(atoms)`` is called with the server's calculator attached."""
+    from ase.calculators.socketio import SocketIOCalculator
+    from conftest import tool
+    from test_ase import Launcher, alloy
+    from test_ensemble import mpiexec
+
+    template = tmp_path / "template.extxyz"
+    alloy(11).write(template)
+    build = lambda unix, port: mpiexec(  # noqa: E731
+        len(models),
+        [tool("ensemble-driver"), "run", "--models", *map(str, models), "--template", str(template)]
+        + ["--unix", "--address", unix, "--connect-timeout", "120", "--bias-uncertainty", tau, "--out-freq", "1"]
+        + ["--out-file", str(tmp_path / "model_devi.out")],
+    )
+    launcher = Launcher(build, tmp_path / "driver.log")
+    with SocketIOCalculator(launch_client=launcher, unixsocket=unixsocket, timeout=120) as calc:
+        atoms = alloy(11)
+        atoms.rattle(stdev=0.1, seed=3)
+        atoms.set_cell(atoms.cell.array @ np.array([[1.02, 0.01, 0], [0, 0.99, 0.02], [0, 0, 1.01]]), scale_atoms=True)
+        atoms.calc = calc
+        check(atoms)
+    assert launcher.proc.wait(timeout=60) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    return (tmp_path / "driver.log").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_bias_uncertainty_is_the_exact_biased_answer(tmp_path, address, model_paths, reference):
+    """--bias-uncertainty 0.2 with three models under ASE's server: the energy, forces and
+    stress equal E_0 - TAU sigma_E and its exact gradient (1e-6), and central finite
+    differences of the returned energy in positions and in strain give the returned
+    forces and stress."""
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+    from harness import relative_error
+
+    models, tau = model_paths[:3], 0.2
+
+    def check(atoms):
+        energy, forces, stress, sigma = bias_reference(models, atoms, tau, reference)
+        assert sigma > 1e-3  # the models disagree: the bias matters
+        assert relative_error(atoms.get_potential_energy(), energy) <= 1e-6
+        assert relative_error(atoms.get_forces(), forces) <= 1e-6
+        assert relative_error(atoms.get_stress(), stress) <= 1e-6
+        numeric = calculate_numerical_forces(atoms, eps=1e-4, iatoms=[0, 7, 21])
+        np.testing.assert_allclose(numeric, atoms.get_forces()[[0, 7, 21]], rtol=1e-3, atol=2e-5)
+        np.testing.assert_allclose(
+            calculate_numerical_stress(atoms, eps=1e-5), atoms.get_stress(), rtol=1e-3, atol=1e-6
+        )
+
+    log = run_biased(tmp_path, address, models, str(tau), check)
+    assert "--bias-uncertainty 0.2 eV:" in log
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("case", ["tau-0", "identical-models"])
+def test_no_bias_is_model_0s_answer(tmp_path, address, model_paths, reference, case):
+    """TAU 0, or models that agree (sigma_E = 0): model 0's own answer, never NaN."""
+    models, tau = (model_paths[:3], "0") if case == "tau-0" else ([model_paths[0]] * 3, "0.5")
+
+    def check(atoms):
+        energy, forces, virial = reference.eval(model_paths[0], atoms)
+        assert atoms.get_potential_energy() == pytest.approx(energy, rel=1e-9)
+        np.testing.assert_allclose(atoms.get_forces(), forces, rtol=1e-9, atol=1e-12)
+
+    run_biased(tmp_path, address, models, tau, check)

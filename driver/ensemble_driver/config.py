@@ -83,6 +83,7 @@ class RunConfig:
     relative_v: float | None = None
     extras: bool = False
     committee_json: bool = False
+    bias_uncertainty: float | None = None  # TAU (eV): answer E_0 - TAU sigma_E
     overwrite: bool = False
     append: bool = False
     step_offset: int = 0
@@ -247,6 +248,14 @@ class RunConfig:
             raise ConfigError("--committee-json sends every model's results: it needs two or more --models")
         if self.committee_json and self.extras:
             raise ConfigError("--committee-json and --extras exclude each other (both fill the extras)")
+        if self.bias_uncertainty is not None:
+            if len(self.models) < 2 or not math.isfinite(self.bias_uncertainty) or self.bias_uncertainty < 0:
+                raise ConfigError(
+                    f"--bias-uncertainty {self.bias_uncertainty:g}: TAU is an energy >= 0 (eV), and the bias needs two "
+                    "or more --models (it is their spread)"
+                )
+            if self.committee_json:
+                raise ConfigError("--bias-uncertainty and --committee-json exclude each other (both set the answer)")
         self._check_monitoring()
         if self.traj_files is not None and (self.out_freq == 0 or len(self.models) < 2):
             raise ConfigError(

@@ -92,3 +92,29 @@ def model_deviation(
         atomic=e if atomic else None,
         per_atom=e,
     )
+
+
+def uncertainty_bias(
+    energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, tau: float
+) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """Uncertainty-biased energy (Kulichenko et al., Nat. Comput. Sci. 3, 230 (2023);
+    Zaverkin et al., npj Comput. Mater. 10, 83 (2024)): E = E_0 - tau * sigma_E, with
+    sigma_E = sqrt(sum_i (E_i - mean)^2 / M) over the M models (population form), and its
+    exact forces and virial: grad sigma_E = (1 / (M sigma_E)) sum_i (E_i - mean) grad E_i,
+    so F = F_0 - tau sum_i w_i F_i and W = W_0 - tau sum_i w_i W_i with
+    w_i = (E_i - mean) / (M sigma_E) (forces and virials are linear in the energy).
+
+    energies (M,), forces (M, nat, 3), virials (M, 3, 3), model 0 first; tau in eV.
+    Returns (energy, forces, virial, sigma_E); sigma_E = 0 (identical models) or tau = 0
+    gives model 0's answer, never NaN."""
+    energies = np.asarray(energies, dtype=np.float64)
+    forces = np.asarray(forces, dtype=np.float64)
+    virials = np.asarray(virials, dtype=np.float64)
+    deviations = energies - energies.mean()
+    sigma = float(np.sqrt(np.mean(deviations**2)))
+    if sigma == 0.0 or tau == 0.0:
+        return float(energies[0]), forces[0], virials[0], sigma
+    weights = deviations / (len(energies) * sigma)
+    biased_forces = forces[0] - tau * np.tensordot(weights, forces, axes=1)
+    biased_virial = virials[0] - tau * np.tensordot(weights, virials, axes=1)
+    return float(energies[0] - tau * sigma), biased_forces, biased_virial, sigma

@@ -314,6 +314,15 @@ def _deviation_kind_options(dev) -> None:
         "extras carry committee_pot, committee_force and committee_virial (atomic units), so "
         "that i-PI's committee (mean-driven dynamics, uncertainty) runs on this MPI ensemble",
     )
+    dev.add_argument(
+        "--bias-uncertainty",
+        type=float,
+        metavar="TAU",
+        help="uncertainty-biased dynamics, for exploration in active learning (never for production "
+        "averages): every model evaluates every structure and the answer is E_0 - TAU * sigma_E (TAU in eV; "
+        "sigma_E the models' energy spread, population form) with its exact forces and virial; the rows "
+        "stay the unbiased models'; sigma_e and bias_energy go to the extras (default: off)",
+    )
     dev.add_argument("--overwrite", action="store_true", default=None, help="replace existing deviation files")
     dev.add_argument(
         "--append", action="store_true", default=None, help="append to existing deviation files (a restarted run)"

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from . import ranks
 from .config import RunConfig
 from .ensemble.connections import Done, Hub, Link, StoppedByRank0
@@ -174,6 +176,16 @@ def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files: Ro
                 log.warning(warning)
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
+    if leader.bias_log:
+        sigma, bias = np.array(leader.bias_log).T
+        log.info(
+            "--bias-uncertainty %g eV: %d answers biased; sigma_E mean %.4g eV, largest %.4g eV; bias energy mean %.4g eV",
+            config.bias_uncertainty,
+            len(sigma),
+            sigma.mean(),
+            sigma.max(),
+            bias.mean(),
+        )
 
 
 def serve_connection(served: Served) -> int:

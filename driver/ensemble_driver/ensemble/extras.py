@@ -1,6 +1,6 @@
 """The extras of rank 0's answers (the JSON string after FORCEREADY's forces and virial):
 the committee for i-PI's ``<ffcommittee>`` (``--committee-json``), or the step's model
-deviation (``--extras``). The rank roles: see :mod:`layout`.
+deviation (``--extras``), or the uncertainty bias (``--bias-uncertainty``). The rank roles: see :mod:`layout`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ def deviation_extras(row: Deviation | None, natoms: int = 0, atomic: bool = Fals
     if atomic:
         per_atom = [EXTRAS_SENTINEL] * natoms if row is None else [float(x) for x in row.per_atom]
         values["devi_f_atoms"] = per_atom
+    return json.dumps(values).encode()
+
+
+def bias_extras(sigma_e: float, bias_energy: float, base: bytes = b"") -> bytes:
+    """--bias-uncertainty's extras: ``sigma_e`` (eV), the ensemble's energy spread, and
+    ``bias_energy`` (eV), -TAU sigma_e, the energy added to model 0's (for reweighting),
+    beside the --extras deviation keys when ``base`` has them."""
+    values = json.loads(base) if base else {}
+    values.update(sigma_e=sigma_e, bias_energy=bias_energy)
     return json.dumps(values).encode()
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..deviation import uncertainty_bias
 from ..errors import ConfigError, DriverError, ModelError, ProtocolError, UnsupportedTransport
 from ..models.parameters import Parameters, from_server
 from ..outputs.model_devi import BeadFiles
@@ -46,7 +47,7 @@ from ..wire.session import BatchRequest, Reply, Request
 from ..wire.template import Template, order_mismatch
 from . import ending, messages
 from .connections import Hub
-from .extras import committee_extras, deviation_extras
+from .extras import bias_extras, committee_extras, deviation_extras
 from .jobs import Job, JobPipeline, LocalModel
 from .layout import Layout
 from .replicas import Model0Replicas
@@ -68,6 +69,7 @@ class DeviationSettings:
     out_freq_near: int = 0  # --out-freq-near (0: off)
     trust_lo: float | None = None
     ids: RequestIds | None = None  # --ipi-input: which request id is which bead, at which i-PI step
+    bias_uncertainty: float | None = None  # --bias-uncertainty TAU (eV)
 
 
 def check_cell(cell: np.ndarray | None, where: str) -> None:
@@ -118,6 +120,7 @@ class Leader:
             trust_lo=settings.trust_lo,
             ids=settings.ids,
         )
+        self.bias_log: list[tuple[float, float]] = []  # --bias-uncertainty: (sigma_E, bias energy) per answer
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
         if sink is None:
@@ -179,7 +182,7 @@ class Leader:
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
             self.jobs.complete_until(self._last_job.get(request.rid))
         parameters, server = self._parameters(request.init)
-        if self.settings.committee_json:  # every model on every structure
+        if self.settings.committee_json or self.settings.bias_uncertainty is not None:  # every model, every structure
             row = where is not None and self.steps.row_due(request.rid, request.step, warn=False)
             job = self.jobs.dispatch(request, cell, row=row, parameters=parameters, server_parameters=server)
         elif where is not None and self.steps.row_due(request.rid, request.step):
@@ -191,7 +194,26 @@ class Leader:
         result = self.model0.evaluate(request.positions, cell, request.rid, request.step, parameters)
         if job is not None:
             job.put(0, result.energy, result.forces, result.virial)
+        if self.settings.bias_uncertainty is not None:
+            return self._biased(job, result)
         return Reply(result.energy, result.forces, result.virial, self._extras(job))
+
+    def _biased(self, job: Job, result) -> Reply:
+        """--bias-uncertainty: the answer for E_0 - TAU sigma_E from every model's results
+        on this structure (deviation.uncertainty_bias); model 0's own answer if a model
+        failed (after_reply then ends the run)."""
+        row = self.jobs.complete_until(job)
+        if self.jobs.fatal is not None:
+            return Reply(result.energy, result.forces, result.virial, b"")
+        tau = self.settings.bias_uncertainty
+        energy, forces, virial, sigma = uncertainty_bias(job.energies, job.forces, job.virials, tau)
+        self.bias_log.append((sigma, energy - result.energy))
+        base = (
+            deviation_extras(row if job.row else None, self.jobs.natoms, self.settings.atomic)
+            if self.settings.extras
+            else b""
+        )
+        return Reply(energy, forces, virial, bias_extras(sigma, energy - result.energy, base))
 
     def _parameters(self, init) -> tuple[Parameters | None, tuple]:
         """The frame and atomic parameters of the server's force field (i-PI's
@@ -247,10 +269,12 @@ class Leader:
                 "a batch's beads are told apart only with one connection; use one connection and "
                 "--model0-ranks to split the batches over ranks"
             )
-        if self.settings.committee_json:
-            raise UnsupportedTransport(
-                "--committee-json cannot be used with i-PI's batched transport (<batch_size>) yet"
-            )
+        for flag, on in (
+            ("--committee-json", self.settings.committee_json),
+            ("--bias-uncertainty", self.settings.bias_uncertainty is not None),
+        ):
+            if on:
+                raise UnsupportedTransport(f"{flag} cannot be used with i-PI's batched transport (<batch_size>) yet")
         if self.settings.extras:
             raise UnsupportedTransport(
                 "--extras cannot be used with i-PI's batched transport (<batch_size>): which bead each "
