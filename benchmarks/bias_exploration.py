@@ -8,7 +8,7 @@ draws, in one PNG, max_devi_f against step for both runs and the biased run's mo
 uncertain candidate with every atom coloured by its own force deviation (the candidate
 file's per-atom array devi_f).
 
-    python benchmarks/bias_exploration.py                 # 1000 steps, TAU 1.0 eV
+    python benchmarks/bias_exploration.py                 # 1000 steps, TAU 10 eV
     python benchmarks/bias_exploration.py --steps 100     # a quick look
 
 Writes benchmarks/results/bias_exploration.{json,md} and docs/img/bias_exploration.png.
@@ -108,10 +108,10 @@ def draw(results: list[dict], png: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="MD steps of each run (default: %(default)s)")
-    parser.add_argument("--tau", type=float, default=1.0, help="TAU of the biased run, eV (default: %(default)s)")
+    parser.add_argument("--tau", type=float, default=10.0, help="TAU of the biased run, eV (default: %(default)s)")
     parser.add_argument("--out-freq", type=int, default=10, help="steps between rows (default: %(default)s)")
-    parser.add_argument("--trust-lo", type=float, default=0.05, help="eV/Angstrom (default: %(default)s)")
-    parser.add_argument("--trust-hi", type=float, default=0.15, help="eV/Angstrom (default: %(default)s)")
+    parser.add_argument("--trust-lo", type=float, default=0.10, help="eV/Angstrom (default: %(default)s)")
+    parser.add_argument("--trust-hi", type=float, default=0.20, help="eV/Angstrom (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench_output" / "bias_exploration")
     parser.add_argument("--results", type=Path, default=HERE / "results")

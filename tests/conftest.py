@@ -22,7 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: fixtures that bring a real peer: a trained model, i-PI's socket, the hosts' test bed
-PEER_FIXTURES = {"model_paths", "reference", "address", "testbed", "compressed_model", "dp_format_model"}
+PEER_FIXTURES = {
+    "model_paths", "reference", "address", "testbed", "compressed_model", "dp_format_model", "yaml_format_model",
+}  # fmt: skip
 #: modules whose every test runs a real peer
 PEER_MODULES = {
     "test_ase", "test_benchmarks_run_all", "test_committee", "test_demo", "test_dpgen_readers",
@@ -181,6 +183,21 @@ def dp_format_model(tmp_path_factory, model_paths) -> Path:
     out = tmp_path_factory.mktemp("dp_format") / "m0.dp"
     proc = subprocess.run(
         [tool("dp"), "convert-backend", str(model_paths[0]), str(out)],
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def yaml_format_model(tmp_path_factory, model_paths) -> Path:
+    """Model 1 in the backend-neutral format's YAML flavour, by `dp convert-backend`."""
+    out = tmp_path_factory.mktemp("yaml_format") / "m1.yaml"
+    proc = subprocess.run(
+        [tool("dp"), "convert-backend", str(model_paths[1]), str(out)],
         cwd=out.parent,
         capture_output=True,
         text=True,

@@ -80,11 +80,16 @@ def test_compressed_model(tmp_path, address, compressed_model, reference):
     check_run_against_model(run, compressed_model, reference)
 
 
-def test_backend_neutral_dp_model_drives_the_dynamics(tmp_path, address, dp_format_model, model_paths, reference):
-    """deepmd-kit's backend-neutral format (`dp convert-backend m0.pth m0.dp`) is evaluated
-    by deepmd.dpmodel in NumPy without derivatives (NaN forces and virial from DeepPot.eval),
-    so the driver has deepmd-kit convert it to PyTorch as it loads: i-PI then receives m0's
-    own answers, in an ensemble whose other model is a .pth (mixed backends)."""
+def test_backend_neutral_models_drive_the_dynamics_and_write_the_same_rows(
+    tmp_path, address, dp_format_model, yaml_format_model, model_paths, reference, symbols
+):
+    """deepmd-kit's backend-neutral format (`dp convert-backend m.pth m.dp`, or `.yaml`) is
+    evaluated by deepmd.dpmodel in NumPy without derivatives (NaN forces and virial from
+    DeepPot.eval), so the driver has deepmd-kit convert it to PyTorch as it loads: an
+    ensemble of m0.dp, m1.yaml and m2.pth gives i-PI m0's own answers (1e-6) and writes the
+    rows of m0, m1 and m2 as .pth (1e-5), and so does devi on i-PI's trajectories."""
+    from deepmd.infer.model_devi import calc_model_devi_f
+
     from ensemble_driver.wire.template import read_template
 
     template = read_template(IPI_INPUTS / "init.xyz")
@@ -92,17 +97,35 @@ def test_backend_neutral_dp_model_drives_the_dynamics(tmp_path, address, dp_form
     types = [dp.get_type_map().index(s) for s in template.labels]
     f = dp.eval(template.positions.reshape(1, -1), template.cell.reshape(1, 9), types)[1]
     assert np.isnan(f).all()  # what DeepPot itself makes of the file
+    mixed = [dp_format_model, yaml_format_model, model_paths[2]]
     run = run_ipi(
         tmp_path,
         "pimd.xml",
         address=address,
         steps=STEPS,
         nbeads=2,
-        models=[dp_format_model, model_paths[1]],
-        driver_args=("--nbeads", "2"),
+        models=mixed,
+        driver_args=("--nbeads", "2", "--out-freq", "1"),
     )
     check_run_against_model(run, model_paths[0], reference)
-    assert len(np.loadtxt(tmp_path / "model_devi1.out", ndmin=2)) == 1  # step 0 (--out-freq 100)
+    for bead in range(2):
+        rows = np.loadtxt(tmp_path / f"model_devi{bead + 1}.out", ndmin=2)
+        for row, frame in zip(rows, run.trajectory("pos", bead)):
+            forces = np.array([reference.eval(m, frame)[1] for m in model_paths[:3]])
+            np.testing.assert_allclose(row[4:7], np.ravel(calc_model_devi_f(forces[:, None])), rtol=1e-5)
+    trajectories = [str(p) for p in sorted(tmp_path.glob(f"{run.prefix}.pos_*.extxyz"))]
+    for name, models in (("mixed", mixed), ("pth", model_paths[:3])):
+        (tmp_path / name).mkdir()
+        command = [tool("ensemble-driver"), "devi", *trajectories, "--models", *map(str, models)]
+        command += ["--out-file", str(tmp_path / name / "model_devi.out")]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for bead in (1, 2):
+        np.testing.assert_allclose(
+            np.loadtxt(tmp_path / "mixed" / f"model_devi{bead}.out"),
+            np.loadtxt(tmp_path / "pth" / f"model_devi{bead}.out"),
+            rtol=1e-5,
+        )
 
 
 def test_atom_count_mismatch_is_one_clear_line(tmp_path, address, model_paths):
