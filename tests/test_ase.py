@@ -139,7 +139,10 @@ def test_ase_multitask_head(tmp_path, address):
     from deepmd.calculator import DP
 
     model = MODELS / "multitask.pt"
-    run_against_dp(tmp_path, model, alloy(6), seed=7, unixsocket=address, extra=("--head", "SCALED"), head="scaled")
+    log = run_against_dp(
+        tmp_path, model, alloy(6), seed=7, unixsocket=address, extra=("--head", "SCALED", "-v"), head="scaled"
+    )
+    assert "direct PyTorch evaluation matches DeepPot.eval; using it" in log  # the fast path, with a head
     atoms = structures(alloy(6), 7)[0]
     forces = {}
     for head in ("emt", "scaled"):

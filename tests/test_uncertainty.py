@@ -149,3 +149,34 @@ def test_no_bias_is_model_0s_answer(tmp_path, address, model_paths, reference, c
         np.testing.assert_allclose(atoms.get_forces(), forces, rtol=1e-9, atol=1e-12)
 
     run_biased(tmp_path, address, models, tau, check)
+
+
+@pytest.mark.timeout(300)
+def test_devi_candidates_carry_devi_f(tmp_path, model_paths):
+    """`ensemble-driver devi` writes the same per-atom array in its candidate files."""
+    import subprocess
+
+    from ase.build import bulk
+    from conftest import tool
+
+    frames = []
+    for seed in range(3):
+        atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat(2)
+        atoms.symbols[::3] = "Au"
+        atoms.rattle(stdev=0.1, seed=seed)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "frames.extxyz", frames)
+    proc = subprocess.run(
+        [tool("ensemble-driver"), "devi", "frames.extxyz", "--models", *map(str, model_paths[:2]), "--atomic"]
+        + ["--trust-lo", "0", "--trust-hi", "10"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=250,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = np.loadtxt(tmp_path / "model_devi.out", ndmin=2)
+    candidates = ase.io.read(tmp_path / "candidates.xyz", ":")
+    assert len(candidates) == len(rows) == 3
+    for frame, row in zip(candidates, rows):
+        np.testing.assert_allclose(frame.arrays["devi_f"], row[7:], rtol=1e-6)
