@@ -34,15 +34,17 @@ AMODELS = [MODELS / "aparam0.pth", MODELS / "aparam1.pth"]
 class WithParameters:
     """DeepPot.eval with frame and atomic parameters: the reference of these tests."""
 
-    def __init__(self, reference, fparam=None, aparam=None):
+    def __init__(self, reference, fparam=None, aparam=None, charge_spin=None):
         self.reference, self.fparam, self.aparam = reference, fparam, aparam
+        self.extra = {} if charge_spin is None else {"charge_spin": np.array([charge_spin], dtype=float)}
 
     def eval(self, path, atoms, periodic: bool = True):
         dp = self.reference.deeppot(path)
         tmap = dp.get_type_map()
         atype = [tmap.index(s) for s in atoms.get_chemical_symbols()]
         cell = atoms.cell.array.reshape(1, 9) if periodic else None
-        e, f, v = dp.eval(atoms.positions.reshape(1, -1), cell, atype, fparam=self.fparam, aparam=self.aparam)[:3]
+        positions = atoms.positions.reshape(1, -1)
+        e, f, v = dp.eval(positions, cell, atype, fparam=self.fparam, aparam=self.aparam, **self.extra)[:3]
         return float(np.ravel(e)[0]), np.asarray(f).reshape(-1, 3), np.asarray(v).reshape(3, 3)
 
 
@@ -195,6 +197,28 @@ def test_parameters_from_ipi_replace_the_command_line(tmp_path, address, referen
     frame, received = run.trajectory("pos", 0)[-1], run.trajectory("for", 0)[-1].get_forces()
     _, f_cli, _ = WithParameters(reference, fparam=FPARAM).eval(FMODELS[0], frame)
     assert np.abs(received - f_cli).max() > 1e-4 * np.abs(f_cli).max()  # not the command line's
+
+
+def test_charge_spin_from_ipi_reaches_every_rank(tmp_path, address, reference, symbols):
+    """i-PI's <parameters>{charge_spin: 1 2}</parameters> over the run's --charge-spin 0 1,
+    with the charge/spin DPA-3 twice on two ranks: i-PI receives DeepPot.eval's answers
+    with charge_spin [[1, 2]], and the rows are zero (rank 1 evaluated with 1 2 as well:
+    with 0 1 its forces would differ by far more)."""
+    model = MODELS / "dpa3_chg_spin.pth"
+    command = mpiexec(
+        2,
+        driver_command([model, model], tmp_path / "init.xyz", address, "--out-freq", "1", "--charge-spin", "0", "1"),
+    )
+    run = run_ipi(tmp_path, "nvt.xml", address=address, steps=STEPS, drivers=[command], parameters="{charge_spin: 1 2}")
+    # the energies i-PI received (its properties keep 16 digits; this model's forces near
+    # the lattice are ~1e-4 eV/A, below what the ASE-format trajectory keeps)
+    potentials = run.properties()[:, 1]
+    for frame, received in zip(run.trajectory("pos", 0), potentials):
+        energy = WithParameters(reference, charge_spin=[1, 2]).eval(model, frame)[0]
+        assert received == pytest.approx(energy, rel=1e-6)
+        assert abs(received - WithParameters(reference, charge_spin=[0, 1]).eval(model, frame)[0]) > 0.1
+    rows = np.loadtxt(tmp_path / "model_devi.out", ndmin=2)
+    assert len(rows) == STEPS + 1 and rows[:, 4].max() < 1e-6
 
 
 def test_bad_parameters_from_ipi_are_one_line(tmp_path, address):

@@ -70,7 +70,7 @@ class Job:
     work_buffer: np.ndarray | None = None  # kept alive until the sends complete
     row: bool = True  # a deviation row is written for it (committee mode: not every step)
     parameters: Parameters | None = None  # with the server's frame/atomic parameters, if it sent any
-    server_parameters: tuple = (None, None)  # those the server sent (fparam, aparam), for the followers
+    server_parameters: tuple = (None, None, None)  # the server's (fparam, aparam, charge_spin), for the followers
     dispatched: float = field(default_factory=time.monotonic)
 
     def put(self, model: int, energy: float, forces: np.ndarray, virial: np.ndarray) -> None:
@@ -99,7 +99,7 @@ class JobPipeline:
         sink: Callable[[Job], Deviation | None],
         rank_timeout: float | None = None,
         hosts: Sequence[str] = (),
-        slots: tuple[int, int] = (0, 0),
+        slots: tuple[int, ...] = (),
     ):
         self.talk = messages.Conversation(comm)
         self.rank_timeout = rank_timeout  # a follower silent this long on the oldest job is lost
@@ -125,7 +125,7 @@ class JobPipeline:
         *,
         row: bool = True,
         parameters: Parameters | None = None,
-        server_parameters: tuple = (None, None),
+        server_parameters: tuple = (None, None, None),
     ) -> Job:
         """A new job for ``request``'s structure, sent to every follower at once."""
         while len(self.queue) >= MAX_PENDING_JOBS and self.fatal is None:
@@ -157,8 +157,7 @@ class JobPipeline:
 
     def _send_work(self, job: Job) -> None:
         buf = np.empty(messages.work_size(self.natoms, self.slots))
-        server_f, server_a = job.server_parameters
-        messages.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, server_f, server_a)
+        messages.pack_work(buf, job.seq, job.rid, job.step, job.cell, job.positions, self.slots, *job.server_parameters)
         job.work_buffer = buf
         for rank in self.followers:
             job.sends.append(self.talk.send_work(rank, buf))

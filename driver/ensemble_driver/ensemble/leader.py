@@ -38,7 +38,7 @@ import numpy as np
 
 from ..deviation import uncertainty_bias
 from ..errors import ConfigError, DriverError, ModelError, ProtocolError, UnsupportedTransport
-from ..models.parameters import Parameters, from_server
+from ..models.parameters import SERVER_KEYS, Parameters, from_server
 from ..outputs.model_devi import BeadFiles
 from ..outputs.selection import Selection
 from ..outputs.sink import RowSink
@@ -216,21 +216,19 @@ class Leader:
         return Reply(energy, forces, virial, bias_extras(sigma, energy - result.energy, base))
 
     def _parameters(self, init) -> tuple[Parameters | None, tuple]:
-        """The frame and atomic parameters of the server's force field (i-PI's
-        ``<parameters>{fparam: ..., aparam: ...}``, in the INIT before the structure) over
-        the run's own, checked against model 0 once per distinct values; (None, (None,
-        None)) when the server sends none."""
-        texts = (None, None) if init is None else (init.get("fparam"), init.get("aparam"))
-        if texts == (None, None):
-            return None, (None, None)
+        """The frame and atomic parameters and the charge and spin of the server's force
+        field (i-PI's ``<parameters>{fparam: ..., aparam: ..., charge_spin: ...}``, in the
+        INIT before the structure) over the run's own, checked against model 0 once per
+        distinct values; (None, (None, None, None)) when the server sends none."""
+        texts = (None, None, None) if init is None else tuple(init.get(k) for k in SERVER_KEYS)
+        if texts == (None, None, None):
+            return None, (None, None, None)
         found = self._server_parameters.get(texts)
         if found is None:
             parameters = from_server(self.model0.model.parameters, *texts)
             self.model0.model.check_parameters(parameters)
-            server = (
-                None if texts[0] is None else parameters.fparam,
-                None if texts[1] is None else parameters.aparam,
-            )
+            given = (parameters.fparam, parameters.aparam, parameters.charge_spin)
+            server = tuple(None if text is None else np.asarray(value, float) for text, value in zip(texts, given))
             found = self._server_parameters[texts] = (parameters, server)
             log.info("i-PI's <parameters>: every model evaluated with %s", parameters.describe())
         return found

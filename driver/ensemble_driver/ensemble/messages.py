@@ -54,16 +54,18 @@ def stop_status(buf: np.ndarray) -> int | None:
 
 
 # -- WORK and RESULT: a structure to the ensemble ranks, their models' results back --------
-def parameter_slots(model) -> tuple[int, int]:
-    """(dim_fparam, dim_aparam) of ``model`` (None: no model), the parameter slots of every
-    WORK: sender and receiver size their buffers by it, so both take it from here."""
-    return (getattr(model, "dim_fparam", 0), getattr(model, "dim_aparam", 0))
+def parameter_slots(model) -> tuple[int, ...]:
+    """(dim_fparam, dim_aparam, dim_charge_spin) of ``model`` (None: no model), the
+    parameter slots of every WORK: sender and receiver size their buffers by it, so both
+    take it from here."""
+    return tuple(getattr(model, name, 0) for name in ("dim_fparam", "dim_aparam", "dim_charge_spin"))
 
 
-def work_size(natoms: int, slots: tuple[int, int] = (0, 0)) -> int:
-    """A WORK buffer's length; ``slots`` (dim_fparam, dim_aparam) of the models when they
-    take parameters the server may set (a flag and the values of each, after the positions)."""
-    return WORK_HEADER + 9 + 3 * natoms + (2 + slots[0] + slots[1] if any(slots) else 0)
+def work_size(natoms: int, slots: tuple[int, ...] = ()) -> int:
+    """A WORK buffer's length; ``slots`` (dim_fparam, dim_aparam, dim_charge_spin) of the
+    models when they take parameters the server may set (a flag and the values of each,
+    after the positions)."""
+    return WORK_HEADER + 9 + 3 * natoms + (len(slots) + sum(slots) if any(slots) else 0)
 
 
 def result_size(natoms: int, n_local_models: int) -> int:
@@ -77,18 +79,18 @@ def pack_work(
     step: int,
     cell: np.ndarray | None,
     positions: np.ndarray,
-    slots: tuple[int, int] = (0, 0),
-    fparam: np.ndarray | None = None,
-    aparam: np.ndarray | None = None,
+    slots: tuple[int, ...] = (),
+    *server: np.ndarray | None,
 ) -> None:
-    """Fill a WORK buffer in place (float64 holds the integers exactly); ``fparam`` and
-    ``aparam`` (the server's, for this structure) go in the parameter slots."""
+    """Fill a WORK buffer in place (float64 holds the integers exactly); ``server``, the
+    server's fparam, aparam and charge_spin for this structure (None where it sent none),
+    go in the parameter slots."""
     buf[:WORK_HEADER] = (KIND_WORK, seq, rid, step, 0.0 if cell is None else 1.0)
     buf[WORK_HEADER : WORK_HEADER + 9] = 0.0 if cell is None else cell.ravel()
     end = WORK_HEADER + 9 + positions.size
     buf[WORK_HEADER + 9 : end] = positions.ravel()
     if any(slots):
-        for dim, values in zip(slots, (fparam, aparam)):
+        for dim, values in zip(slots, (*server, None, None, None)):
             buf[end] = 0.0 if values is None else 1.0
             buf[end + 1 : end + 1 + dim] = 0.0 if values is None else np.ravel(values)
             end += 1 + dim
@@ -103,15 +105,16 @@ class Work:
     positions: np.ndarray
     fparam: np.ndarray | None = None  # the server's, for this structure
     aparam: np.ndarray | None = None
+    charge_spin: np.ndarray | None = None
 
 
-def unpack_work(buf: np.ndarray, natoms: int, slots: tuple[int, int] = (0, 0)) -> Work:
+def unpack_work(buf: np.ndarray, natoms: int, slots: tuple[int, ...] = ()) -> Work:
     kind, seq, rid, step, periodic = buf[:WORK_HEADER]
     assert kind == KIND_WORK
     cell = buf[WORK_HEADER : WORK_HEADER + 9].reshape(3, 3).copy() if periodic else None
     end = WORK_HEADER + 9 + 3 * natoms
     positions = buf[WORK_HEADER + 9 : end].reshape(natoms, 3).copy()
-    params: list[np.ndarray | None] = [None, None]
+    params: list[np.ndarray | None] = [None, None, None]
     if any(slots):
         for k, dim in enumerate(slots):
             if buf[end]:

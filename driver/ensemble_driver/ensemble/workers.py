@@ -128,9 +128,9 @@ def follower_loop(
 
 def _server_parameters(member: LocalModel, item: messages.Work) -> Parameters | None:
     """A follower's model's parameters with the server's for this structure, if any."""
-    if item.fparam is None and item.aparam is None:
+    if item.fparam is None and item.aparam is None and item.charge_spin is None:
         return None
-    return merged(member.model.parameters, item.fparam, item.aparam)
+    return merged(member.model.parameters, item.fparam, item.aparam, item.charge_spin)
 
 
 def replica_loop(comm, model0: LocalModel, *, natoms: int, signals: StopSignals | None = None) -> int:

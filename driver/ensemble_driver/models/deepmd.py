@@ -156,6 +156,7 @@ class DeepPotModel:
             bool(getattr(self._dp, "has_chg_spin_ebd", lambda: False)()),
             bool(getattr(self._dp, "has_default_chg_spin", lambda: False)()),
         )
+        self.dim_charge_spin = 2 if self._chg_spin[0] else 0  # a WORK slot for the server's charge and spin
         self.check_parameters(parameters)
         self.parameters = parameters
         self.rcut = float(self._dp.get_rcut())

@@ -166,19 +166,33 @@ def _init_numbers(key: str, text: str | None) -> np.ndarray | None:
     return values
 
 
-def from_server(own: Parameters, fparam_text: str | None, aparam_text: str | None) -> Parameters:
-    """The run's parameters with the server's ``fparam``/``aparam`` (i-PI's ``<parameters>``
-    of a force field, in its INIT) in place of the run's own where given; ``aparam`` is
-    then the same for every atom, as LAMMPS's ``aparam``."""
-    return merged(own, _init_numbers("fparam", fparam_text), _init_numbers("aparam", aparam_text))
+#: the keys of i-PI's <parameters> the models take, in the order of a WORK's slots
+SERVER_KEYS = ("fparam", "aparam", "charge_spin")
 
 
-def merged(own: Parameters, fparam: np.ndarray | None, aparam: np.ndarray | None) -> Parameters:
-    """``own`` with ``fparam`` and ``aparam`` (the server's) in place where not None."""
+def from_server(
+    own: Parameters, fparam_text: str | None, aparam_text: str | None, charge_spin_text: str | None = None
+) -> Parameters:
+    """The run's parameters with the server's ``fparam``/``aparam``/``charge_spin`` (i-PI's
+    ``<parameters>`` of a force field, in its INIT) in place of the run's own where given;
+    ``aparam`` is then the same for every atom, as LAMMPS's ``aparam``."""
+    charge_spin = _init_numbers("charge_spin", charge_spin_text)
+    if charge_spin is not None:
+        if charge_spin.size != 2:
+            raise ConfigError(f"i-PI's <parameters> give charge_spin {charge_spin_text!r}: expected two numbers, Q S")
+        check_charge_spin(tuple(charge_spin))
+    return merged(own, _init_numbers("fparam", fparam_text), _init_numbers("aparam", aparam_text), charge_spin)
+
+
+def merged(
+    own: Parameters, fparam: np.ndarray | None, aparam: np.ndarray | None, charge_spin: np.ndarray | None = None
+) -> Parameters:
+    """``own`` with the server's ``fparam``, ``aparam`` and ``charge_spin`` in place where
+    not None."""
     return Parameters(
         fparam=own.fparam if fparam is None else fparam,
         aparam=own.aparam if aparam is None else aparam,
         fparam_from=own.fparam_from if fparam is None else "i-PI's <parameters> fparam",
         aparam_from=own.aparam_from if aparam is None else "i-PI's <parameters> aparam",
-        charge_spin=own.charge_spin,
+        charge_spin=own.charge_spin if charge_spin is None else (float(charge_spin[0]), float(charge_spin[1])),
     )
