@@ -176,35 +176,32 @@ def compressed_model(tmp_path_factory, model_paths) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def dp_format_model(tmp_path_factory, model_paths) -> Path:
-    """Model 0 in deepmd-kit's backend-neutral format, by `dp convert-backend` (a NumPy
-    evaluator: deepmd.dpmodel); about 10 s."""
-    out = tmp_path_factory.mktemp("dp_format") / "m0.dp"
+def convert_backend(tmp_path_factory, source: Path, name: str) -> Path:
+    """``source`` converted by deepmd-kit's `dp convert-backend` to ``name`` (its suffix
+    picks the backend), in a directory of its own."""
+    out = tmp_path_factory.mktemp(Path(name).suffix.lstrip(".")) / name
     proc = subprocess.run(
-        [tool("dp"), "convert-backend", str(model_paths[0]), str(out)],
+        [tool("dp"), "convert-backend", str(source), str(out)],
         cwd=out.parent,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def dp_format_model(tmp_path_factory, model_paths) -> Path:
+    """Model 0 in deepmd-kit's backend-neutral format (a NumPy evaluator: deepmd.dpmodel);
+    about 10 s."""
+    return convert_backend(tmp_path_factory, model_paths[0], "m0.dp")
 
 
 @pytest.fixture(scope="session")
 def yaml_format_model(tmp_path_factory, model_paths) -> Path:
-    """Model 1 in the backend-neutral format's YAML flavour, by `dp convert-backend`."""
-    out = tmp_path_factory.mktemp("yaml_format") / "m1.yaml"
-    proc = subprocess.run(
-        [tool("dp"), "convert-backend", str(model_paths[1]), str(out)],
-        cwd=out.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+    """Model 1 in the backend-neutral format's YAML flavour."""
+    return convert_backend(tmp_path_factory, model_paths[1], "m1.yaml")
 
 
 @pytest.fixture(scope="session")

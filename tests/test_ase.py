@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS, free_port, tool
+from conftest import MODELS, convert_backend, free_port, tool
 from harness import relative_error
 
 TOL = 1e-6
@@ -175,18 +175,9 @@ def test_multitask_model_without_head_is_refused(tmp_path):
 
 @pytest.fixture(scope="session")
 def dpa3_pte(tmp_path_factory) -> Path:
-    """The shipped charge/spin DPA-3 exported to deepmd-kit's pt_expt backend (.pte) by
-    `dp convert-backend` (about 20 s here)."""
-    out = tmp_path_factory.mktemp("pte") / "dpa3_chg_spin.pte"
-    proc = subprocess.run(
-        [tool("dp"), "convert-backend", str(MODELS / "dpa3_chg_spin.pth"), str(out)],
-        cwd=out.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+    """The shipped charge/spin DPA-3 exported to deepmd-kit's pt_expt backend (.pte), about
+    20 s here."""
+    return convert_backend(tmp_path_factory, MODELS / "dpa3_chg_spin.pth", "dpa3_chg_spin.pte")
 
 
 def charge_spin_session(tmp_path, unixsocket, models, charge_spin, nranks=1, extra=()):

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 
 from .errors import DriverError
 from .logs import PROG, setup_logging
@@ -98,28 +99,10 @@ def _cmd_devi(args: argparse.Namespace) -> int:
     levels = RunConfig(
         trust_lo=args.trust_lo, trust_hi=args.trust_hi, trust_lo_v=args.trust_lo_v, trust_hi_v=args.trust_hi_v
     ).trust_levels()
-    settings = DeviSettings(
-        trajectories=tuple(args.trajectories),
-        models=tuple(args.models),
-        fmt=args.fmt,
-        stride=args.stride,
-        type_map=tuple(args.type_map) if args.type_map else None,
-        head=args.head,
-        out_file=args.out_file,
-        bead_files=args.bead_files,
-        atomic=args.atomic,
-        relative=args.relative,
-        relative_v=args.relative_v,
-        overwrite=args.overwrite,
-        append=args.append,
-        trust=levels,
-        batch=max(1, args.batch),
-        fparam=tuple(args.fparam) if args.fparam else None,
-        aparam=tuple(args.aparam) if args.aparam else None,
-        aparam_array=args.aparam_array,
-        charge_spin=tuple(args.charge_spin) if args.charge_spin else None,
-        traj_files=args.traj_files,
-    )
+    # the options of devi carry the names of DeviSettings' fields (argparse dest)
+    given = {f.name: getattr(args, f.name) for f in fields(DeviSettings) if hasattr(args, f.name)}
+    given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
+    settings = DeviSettings(**{**given, "trust": levels, "batch": max(1, args.batch)})
     return run_devi(settings)
 
 

@@ -168,17 +168,7 @@ class RunConfig:
 
     def deviation_options(self) -> DeviationOptions:
         """What the rows and their files are, as ``devi`` takes them too (--resume appends)."""
-        return DeviationOptions(
-            out_file=self.out_file,
-            bead_files=self.bead_files,
-            traj_files=self.traj_files,
-            atomic=self.atomic,
-            relative=self.relative,
-            relative_v=self.relative_v,
-            trust=self.trust_levels(),
-            overwrite=self.overwrite,
-            append=self.append or self.resume,
-        )
+        return DeviationOptions.of(self, trust=self.trust_levels(), append=self.append or self.resume)
 
     @property
     def addresses(self) -> tuple[str, ...]:

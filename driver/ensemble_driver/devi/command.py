@@ -98,17 +98,7 @@ class DeviSettings:
 
     def deviation_options(self) -> DeviationOptions:
         """What the rows and their files are, as ``run`` takes them too."""
-        return DeviationOptions(
-            out_file=self.out_file,
-            bead_files=self.bead_files,
-            traj_files=self.traj_files,
-            atomic=self.atomic,
-            relative=self.relative,
-            relative_v=self.relative_v,
-            trust=self.trust,
-            overwrite=self.overwrite,
-            append=self.append,
-        )
+        return DeviationOptions.of(self)
 
     def parameters(self, series: Sequence[list[Frame]]) -> Parameters:
         """The parameters every model is made with. With --aparam-array the first frame's

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,13 @@ class DeviationOptions:
     trust: TrustLevels | None = None
     overwrite: bool = False
     append: bool = False
+
+    @classmethod
+    def of(cls, settings, **named_otherwise) -> DeviationOptions:
+        """The options of a command's settings record (run's or devi's), field by field
+        of the same name; ``named_otherwise`` for those it holds under another name."""
+        values = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        return cls(**{**values, **named_otherwise})
 
     def validated(self) -> DeviationOptions:
         for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
