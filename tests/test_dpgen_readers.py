@@ -1,5 +1,5 @@
 """DP-GEN's and dpgen2's own reading and selection code (installed from PyPI in
-.venv-dpgen and .venv-dpgen2, beside the driver's environment: their dependencies are not
+virtual environments of their own, beside the driver's: their dependencies are not
 the driver's) on task directories the driver wrote under real i-PI with --bead-files and
 --traj-files dpgen / dpgen2: the frames each tool picks are the driver's candidates, row
 by row, and their structures are those i-PI sent (dpdata wraps them into the box:
@@ -8,8 +8,10 @@ compared modulo the lattice)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -18,9 +20,12 @@ from conftest import ROOT
 from harness import driver_command, run_ipi
 from test_ensemble import mpiexec
 
-DPGEN2_VENV = ROOT / ".venv-dpgen2"
+# made once per machine, outside the checkout (a clean clone, as CI's, reuses them; a new
+# machine makes them, ~3 min): ENSEMBLE_DRIVER_TEST_CACHE, else ~/.cache/ensemble-driver-tests
+CACHE = Path(os.environ.get("ENSEMBLE_DRIVER_TEST_CACHE", Path.home() / ".cache" / "ensemble-driver-tests"))
+DPGEN2_VENV = CACHE / "venv-dpgen2"
 DPGEN2 = ("dpgen2==0.1.0", "dpdata==1.1.0")
-DPGEN_VENV = ROOT / ".venv-dpgen"
+DPGEN_VENV = CACHE / "venv-dpgen"
 # DP-GEN 0.14 without its dependencies, then those its generator imports: its own list
 # asks for openbabel, which has no wheel for this Python and is not used by this code
 DPGEN = ("dpgen==0.14.0",)
