@@ -11,8 +11,11 @@ from .config import DEFAULT_SOCKETS_PREFIX
 
 RUN_EPILOG = """\
 examples:
-  # i-PI input with <ffsocket mode='unix'><address>cuau</address>:
+  # under i-PI: its own input gives the atoms, the socket and which request is which bead
   i-pi input.xml &
+  ensemble-driver run --models m0.pth --ipi-input input.xml
+
+  # the same told by hand (i-PI input with <ffsocket mode='unix'><address>cuau</address>):
   ensemble-driver run --models m0.pth --template init.xyz --unix --address cuau
 
   # the same over TCP (i-PI <ffsocket mode='inet'> with <port>31415</port>):
@@ -27,9 +30,10 @@ examples:
   ensemble-driver run --models a.pth --template init.extxyz --unix --address cuau --aparam-array q
 
   # an ensemble of 4 models on 4 MPI ranks, path integrals with 8 beads: the deviation
-  # of every bead every 10 steps in model_devi1.out .. model_devi8.out
+  # of every bead every 10 steps in model_devi1.out .. model_devi8.out; after a restart,
+  # the same with --ipi-input RESTART --resume
   mpiexec -n 4 ensemble-driver run --models m0.pth m1.pth m2.pth m3.pth \\
-      --template init.xyz --unix --address cuau --nbeads 8 --out-freq 10
+      --ipi-input input.xml --out-freq 10
 
 what it does:
   Connects to the server (i-PI, ASE's SocketIOCalculator, or any i-PI protocol server),
@@ -41,8 +45,10 @@ what it does:
   answer never waits for the others.
 
   With two or more models the driver answers NEEDINIT after every evaluation, so that
-  every structure comes with its request id (the bead index in i-PI): "step k of bead r"
-  is then the k-th evaluation of request id r, i-PI's own step label (--init-each).
+  every structure comes with its request id (--init-each). With --ipi-input the driver
+  knows which system, bead and i-PI step each id and evaluation is; without it, request
+  id r is taken for bead r and its k-th evaluation for step k, which holds for one
+  <force> of one <system> (docs/running.md, "How i-PI numbers its requests").
 
 exit status:
   0 the server ended the run (EXIT, or closed the connection between requests)
