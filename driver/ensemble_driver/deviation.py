@@ -74,9 +74,11 @@ def model_deviation(
     relative: float | None = None,
     relative_v: float | None = None,
     atomic: bool = False,
+    per_atom: bool = True,
 ) -> Deviation:
     """The deviation row of one structure from every model's forces (n_models, nat, 3)
-    and virials (n_models, 3, 3)."""
+    and virials (n_models, 3, 3); ``per_atom``: keep e_i in the row (a caller that holds
+    many rows and writes no per-atom value leaves it out)."""
     forces = np.asarray(forces, dtype=np.float64)
     if forces.ndim != 3 or forces.shape[2] != 3 or forces.shape[0] < 1:
         raise ValueError(f"forces must be (n_models, nat, 3), got {forces.shape}")
@@ -90,7 +92,7 @@ def model_deviation(
         min_devi_f=float(e.min()),
         avg_devi_f=float(e.mean()),
         atomic=e if atomic else None,
-        per_atom=e,
+        per_atom=e if per_atom else None,
     )
 
 

@@ -28,15 +28,14 @@ def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str,
     ]
 
 
-def deviation_file_names(config: RunConfig, ids: RequestIds | None) -> list[str]:
-    return [
-        name for out, beads in system_outputs(config, ids) for name in bead_file_names(out, config.bead_files, beads)
-    ]
+def deviation_file_names(config: RunConfig, systems: list[tuple[str, int]]) -> list[str]:
+    """Every bead's deviation file, system by system (``systems``: :func:`system_outputs`)."""
+    return [name for out, beads in systems for name in bead_file_names(out, config.bead_files, beads)]
 
 
-def traj_file_layout(config: RunConfig, ids: RequestIds | None) -> TrajLayout:
+def traj_file_layout(config: RunConfig, systems: list[tuple[str, int]]) -> TrajLayout:
     """Where --traj-files puts every bead's frames, system by system."""
-    layouts = [traj_layout(config.traj_files, out, beads) for out, beads in system_outputs(config, ids)]
+    layouts = [traj_layout(config.traj_files, out, beads) for out, beads in systems]
     patterns = tuple(p for layout in layouts for p in layout.patterns)
     if len(set(patterns)) != len(patterns):
         raise ConfigError(
@@ -56,8 +55,8 @@ def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> RowSink | 
     if len(systems) > 1:  # a directory per system, made by the driver
         for out, _ in systems:
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    names = deviation_file_names(config, ids)
-    traj = traj_file_layout(config, ids) if config.traj_files is not None else None
+    names = deviation_file_names(config, systems)
+    traj = traj_file_layout(config, systems) if config.traj_files is not None else None
     if config.exit_file is not None and not os.path.isdir(os.path.dirname(config.exit_file) or "."):
         raise ConfigError(
             f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"

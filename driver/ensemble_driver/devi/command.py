@@ -357,6 +357,8 @@ def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict,
             relative=settings.relative,
             relative_v=settings.relative_v,
             atomic=settings.atomic,
+            # each atom's deviation is written only with candidates or --atomic; every row is held till the end
+            per_atom=settings.trust is not None or settings.atomic,
         )
         rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
 

@@ -14,30 +14,32 @@ from .jobs import Job
 #: Keys of the FORCEREADY extras with --extras; -1 on steps without a deviation.
 EXTRAS_KEYS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f")
 EXTRAS_SENTINEL = -1.0
-SENTINEL_EXTRAS = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()
+SENTINEL_EXTRAS = json.dumps(dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL)).encode()  # made once, sent most steps
 
 
-def deviation_extras(row: Deviation | None, natoms: int = 0, atomic: bool = False) -> bytes:
-    """The --extras JSON: the step's deviation, or EXTRAS_SENTINEL for every key; with
+def deviation_values(row: Deviation | None, natoms: int = 0, atomic: bool = False) -> dict:
+    """The --extras keys: the step's deviation, or EXTRAS_SENTINEL for every key; with
     ``atomic`` also ``devi_f_atoms``, each atom's force deviation in atom order (on steps
     without a deviation a list of EXTRAS_SENTINEL of the same length: i-PI stops when a
     bead's extras lack a key another's have)."""
-    if row is None and not atomic:
-        return SENTINEL_EXTRAS
     values = dict.fromkeys(EXTRAS_KEYS, EXTRAS_SENTINEL) if row is None else dict(zip(EXTRAS_KEYS, row.columns()))
     if atomic:
-        per_atom = [EXTRAS_SENTINEL] * natoms if row is None else [float(x) for x in row.per_atom]
-        values["devi_f_atoms"] = per_atom
-    return json.dumps(values).encode()
+        values["devi_f_atoms"] = [EXTRAS_SENTINEL] * natoms if row is None else [float(x) for x in row.per_atom]
+    return values
 
 
-def bias_extras(sigma_e: float, bias_energy: float, base: bytes = b"") -> bytes:
+def deviation_extras(row: Deviation | None, natoms: int = 0, atomic: bool = False) -> bytes:
+    """The --extras JSON (see :func:`deviation_values`)."""
+    if row is None and not atomic:
+        return SENTINEL_EXTRAS
+    return json.dumps(deviation_values(row, natoms, atomic)).encode()
+
+
+def bias_extras(sigma_e: float, bias_energy: float, deviation: dict | None = None) -> bytes:
     """--bias-uncertainty's extras: ``sigma_e`` (eV), the ensemble's energy spread, and
     ``bias_energy`` (eV), -TAU sigma_e, the energy added to model 0's (for reweighting),
-    beside the --extras deviation keys when ``base`` has them."""
-    values = json.loads(base) if base else {}
-    values.update(sigma_e=sigma_e, bias_energy=bias_energy)
-    return json.dumps(values).encode()
+    beside the --extras keys (``deviation``) when the run has them."""
+    return json.dumps({**(deviation or {}), "sigma_e": sigma_e, "bias_energy": bias_energy}).encode()
 
 
 def committee_extras(job: Job) -> bytes:

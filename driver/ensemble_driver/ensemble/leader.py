@@ -12,7 +12,7 @@ Leader (rank 0), per structure from the server:
    finished rows are written in step order.
 
 Non-deviation steps involve no other rank. Followers wait for WORK, evaluate their models
-in turn and send the results back (see :mod:`followers`, and :mod:`messages` for the
+in turn and send the results back (see :mod:`workers`, and :mod:`messages` for the
 messages).
 
 Failure is collective: a follower that fails reports to the leader, which finishes the
@@ -47,7 +47,7 @@ from ..wire.session import BatchRequest, Reply, Request
 from ..wire.template import Template, order_mismatch
 from . import ending, messages
 from .connections import Hub
-from .extras import bias_extras, committee_extras, deviation_extras
+from .extras import bias_extras, committee_extras, deviation_extras, deviation_values
 from .jobs import Job, JobPipeline, LocalModel
 from .layout import Layout
 from .replicas import Model0Replicas
@@ -208,12 +208,10 @@ class Leader:
         tau = self.settings.bias_uncertainty
         energy, forces, virial, sigma = uncertainty_bias(job.energies, job.forces, job.virials, tau)
         self.bias_log.append((sigma, energy - result.energy))
-        base = (
-            deviation_extras(row if job.row else None, self.jobs.natoms, self.settings.atomic)
-            if self.settings.extras
-            else b""
-        )
-        return Reply(energy, forces, virial, bias_extras(sigma, energy - result.energy, base))
+        deviation = None
+        if self.settings.extras:
+            deviation = deviation_values(row if job.row else None, self.jobs.natoms, self.settings.atomic)
+        return Reply(energy, forces, virial, bias_extras(sigma, energy - result.energy, deviation))
 
     def _parameters(self, init) -> tuple[Parameters | None, tuple]:
         """The frame and atomic parameters and the charge and spin of the server's force
@@ -302,7 +300,8 @@ class Leader:
             for cell in cells:
                 check_cell(cell, f"batch starting at request id {request.rid}")
         distinct, source = distinct_structures(request.positions, cells)
-        self._resolve_batch(next_rid=request.rid, next_leading=int(distinct[-1]) + 1)
+        leading = int(distinct[-1]) + 1  # structures up to the last that differs from the one before
+        self._resolve_batch(next_rid=request.rid, next_leading=leading)
         cells_in = None if cells is None else cells[distinct]
         parameters, _ = self._parameters(request.init)
         if self.replicas is not None:
@@ -323,7 +322,7 @@ class Leader:
                 f"model 0 ({self.model0.model.path}) returned non-finite energy, forces or virial in the "
                 f"batch starting at request id {request.rid}"
             )
-        self.steps.batches.hold(request, (energy, forces, virial), int(distinct[-1]) + 1)
+        self.steps.batches.hold(request, (energy, forces, virial), leading)
         return [Reply(float(energy[k]), forces[k], virial[k], b"") for k in range(len(energy))]
 
     def _resolve_batch(self, next_rid: int | None, next_leading: int | None = None) -> None:

@@ -193,14 +193,13 @@ class BatchBeads:
             if known is not None:
                 self._real[last.request.rid] = known
         if next_rid is not None and next_leading is not None and next_leading >= 2:
-            upper = min(self.nbeads - next_rid, next_leading) if next_rid < self.nbeads else 1
-            self._real.setdefault(next_rid, max(1, upper))
+            self._real.setdefault(next_rid, self._before_padding(next_rid, next_leading))
         out, keep = [], []
         for held in self._held:
             first, size = held.request.rid, len(held.results[0])
             real = self._real.get(first)
-            if real is None and next_rid is None:  # the end: nothing more will tell
-                real = min(size, max(self.nbeads - first, 1))
+            if real is None and next_rid is None:  # the end: nothing more will tell, --nbeads decides
+                real = self._before_padding(first, size)
             if real is None or any(k.request.rid == first for k in keep):
                 keep.append(held)  # a batch of the same beads waits for the one before it
                 continue
@@ -218,7 +217,7 @@ class BatchBeads:
                 real += 1
             return max(real, 1)
         if first >= self.nbeads:
-            return 1  # an estimator's clone: no rows, and no way to tell more
+            return self._before_padding(first, size)
         if next_rid is not None and next_rid > first:
             if next_rid - first > size and not self._warned_gap:  # other beads went to another client
                 self._warned_gap = True
@@ -230,8 +229,14 @@ class BatchBeads:
                 )
             return min(next_rid - first, size)
         if held.leading >= 2:  # the batch closed its step: what follows the last change is padding
-            return min(held.leading, self.nbeads - first)
+            return self._before_padding(first, held.leading)
         return self._real.get(first)
+
+    def _before_padding(self, first: int, count: int) -> int:
+        """Real structures of a batch starting at ``first`` whose first ``count`` could
+        be beads: no more than --nbeads allows; one from an estimator's clone (no rows,
+        and no way to tell more)."""
+        return max(1, min(count, self.nbeads - first))
 
     def _resolved(self, held: _Held, real: int) -> ResolvedBatch:
         beads = []

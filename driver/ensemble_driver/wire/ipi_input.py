@@ -108,9 +108,9 @@ def read_ipi_input(path: str | Path, forcefield: str | None = None) -> IpiInput:
     where = f"--ipi-input {path}"
     if not path.is_file():
         raise ConfigError(f"{where}: no such file")
-    simulation = _bind(path, where)
+    simulation, base = _bind(path, where)
     socket, forces_name = _socket(simulation, forcefield, where)
-    ids, systems = _request_ids(simulation, forces_name, where)
+    ids, systems = _request_ids(simulation, forces_name, base, where)
     names = [tuple(str(n) for n in s.beads.names) for s in systems]
     if any(n != names[0] for n in names[1:]):
         raise ConfigError(f"{where}: the systems on forcefield {socket.name!r} have different atoms")
@@ -127,7 +127,8 @@ def read_ipi_input(path: str | Path, forcefield: str | None = None) -> IpiInput:
 
 def _bind(path: Path, where: str):
     """i-PI's Simulation for the input, bound read-only (no socket, no output file), with
-    the input's directory as the working directory while it reads its files."""
+    the input's directory as the working directory while it reads its files; and the
+    first request id it handed out (ids bound earlier in this process are not i-PI's)."""
     try:
         import ipi.engine.forces as forces
         from ipi.engine.simulation import Simulation
@@ -149,8 +150,7 @@ def _bind(path: Path, where: str):
         os.chdir(here)
         for line in said.getvalue().splitlines():
             log.debug("i-PI reading %s: %s", path, line.strip())
-    simulation._ensemble_driver_uid_base = base  # ids handed out before this input: not i-PI's
-    return simulation
+    return simulation, base
 
 
 def _socket_forcefields(simulation) -> dict[str, tuple[object, str]]:
@@ -190,9 +190,9 @@ def _socket(simulation, forcefield: str | None, where: str) -> tuple[Socket, str
     return socket, found[name][1]
 
 
-def _request_ids(simulation, forcefield: str, where: str) -> tuple[RequestIds, list]:
-    """The ids i-PI bound for ``forcefield``'s components, system by system."""
-    base = simulation._ensemble_driver_uid_base
+def _request_ids(simulation, forcefield: str, base: int, where: str) -> tuple[RequestIds, list]:
+    """The ids i-PI bound for ``forcefield``'s components, system by system (``base``: the
+    process's first id for this input)."""
     series: list[Series] = []
     index: dict[int, int] = {}
     systems = []
