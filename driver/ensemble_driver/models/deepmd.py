@@ -33,10 +33,37 @@ log = logging.getLogger(__name__)
 
 def one_backend_thread() -> None:
     """Limit the calling thread's PyTorch intra-op threads to one (``devi``'s worker
-    threads, each evaluating its own chunk of frames)."""
+    threads, each evaluating its own chunk of frames), and run TorchScript there as
+    :func:`_plain_torchscript` says."""
     import torch
 
     torch.set_num_threads(1)
+    _plain_torchscript()
+
+
+def _plain_torchscript() -> None:
+    """On the CPU, run a TorchScript model's graph as it is, without the profiling
+    executor's optimisation passes (for the calling thread: the flag is per thread).
+
+    The profiling executor spends a model's first three calls profiling and rewriting its
+    graph (on the CPU TorchScript fuses nothing, so the rewritten graph is no faster):
+    measured on m0.pth, one thread, 2026-12-05, the first three calls took 360-420 ms each
+    at 256 atoms and 320-420 ms at 32, about 1.1 s per model and process, against 56 and
+    23 ms for the first call without the passes; afterwards the calls cost the same (256
+    atoms ~30 ms, 32 atoms 6.5-6.9 ms, medians of 150 calls). The numbers are DeepPot.eval's
+    in the same thread (the direct path is still checked against it). On a GPU the passes
+    fuse kernels, so they are kept there; ``ENSEMBLE_DRIVER_JIT_OPTIMIZE=1`` keeps them on
+    the CPU too."""
+    import os
+
+    import torch
+
+    if os.environ.get("ENSEMBLE_DRIVER_JIT_OPTIMIZE", "") not in ("", "0"):
+        return
+    from deepmd.pt.utils.env import DEVICE
+
+    if DEVICE.type == "cpu":
+        torch._C._set_graph_executor_optimize(False)  # what torch.jit.optimized_execution(False) sets
 
 
 def check_model_file(path: str | Path) -> None:
@@ -124,6 +151,8 @@ class DeepPotModel:
         except Exception as exc:
             raise ModelError(f"cannot import deepmd-kit to load {self.path}: {one_line(exc)}") from None
         check_backend(self.path)
+        if self.path.lower().endswith((".pth", ".pt", *NEUTRAL_SUFFIXES)):
+            _plain_torchscript()
         try:
             # deepmd-kit reads `head` for a multi-task checkpoint (.pt) and ignores it for
             # other files (deepmd/pt/infer/deep_eval.py, DeepEval.__init__)
@@ -225,14 +254,18 @@ class DeepPotModel:
         *,
         aparam: np.ndarray | None = None,
         parameters: Parameters | None = None,
+        shared: dict | None = None,
     ) -> BatchEvaluation:
         """Evaluate ``nframes`` structures in one call: positions (nframes, nat, 3),
         cells (nframes, 3, 3) or None; with the model's parameters (or ``parameters``),
-        except that ``aparam`` (nframes, nat, dim_aparam), if given, replaces the atomic ones."""
+        except that ``aparam`` (nframes, nat, dim_aparam), if given, replaces the atomic ones.
+        ``shared``: a dict the caller keeps for these frames and passes to every model
+        that evaluates them, so that models with the same neighbour list build it once
+        (the direct PyTorch path; see ``TorchDirect.neighbour_key``)."""
         nframes, nat = positions.shape[:2]
         params = (parameters or self.parameters).arrays(nframes, nat, aparam)
         if self._direct is not None and self._direct.checked:
-            return self._direct(positions, cells, atom_types, *params)
+            return self._direct(positions, cells, atom_types, *params, shared=shared)
         result = self._plain_eval(positions, cells, atom_types, *params)
         if self._direct is not None:
             self._direct = self._direct.verified_against(result, positions, cells, atom_types, params, self.path)

@@ -32,6 +32,8 @@ class Direct:
         fparam=None,
         aparam=None,
         charge_spin=None,
+        *,
+        shared: dict | None = None,
     ) -> BatchEvaluation:
         raise NotImplementedError
 
@@ -117,6 +119,17 @@ class TorchDirect(Direct):
             return None
         return cls(de, torch, DEVICE)
 
+    def neighbour_key(self, atom_types: np.ndarray, periodic: bool) -> tuple | None:
+        """What this model's neighbour list depends on, None when it builds its own:
+        models of equal keys evaluating the same frames can share one list
+        (``DeepEval._eval_lower_strategy`` builds it from the coordinates, types, box,
+        cut-off and ``sel`` alone, with the builder deepmd-kit chose)."""
+        de = self._de
+        if de._nlist_builder is None or getattr(de, "_uses_edge_schema", True):
+            return None
+        sel = tuple(int(s) for s in de.dp.model["Default"].get_sel())
+        return (type(de._nlist_builder).__name__, float(de.rcut), sel, np.asarray(atom_types).tobytes(), periodic)
+
     def __call__(
         self,
         positions: np.ndarray,
@@ -125,7 +138,11 @@ class TorchDirect(Direct):
         fparam=None,
         aparam=None,
         charge_spin=None,
+        *,
+        shared: dict | None = None,
     ) -> BatchEvaluation:
+        """``shared``: a dict kept by the caller for these frames, in which models of one
+        ``neighbour_key`` leave their neighbour list for each other."""
         torch = self._torch
         nframes, nat = positions.shape[:2]
         types = self._types.get((nframes, nat))
@@ -136,13 +153,16 @@ class TorchDirect(Direct):
         box = None
         if cells is not None:
             box = torch.as_tensor(np.ascontiguousarray(cells, dtype=np.float64), device=self._device)
-        fp = None if fparam is None else torch.as_tensor(np.ascontiguousarray(fparam, np.float64), device=self._device)
-        ap = None if aparam is None else torch.as_tensor(np.ascontiguousarray(aparam, np.float64), device=self._device)
-        chg = None  # charge and spin (nframes, 2), as DeepEval._eval_model passes them
-        if charge_spin is not None:
-            chg = torch.as_tensor(np.ascontiguousarray(charge_spin, np.float64), device=self._device)
+        fp, ap, chg = (self._tensor(x) for x in (fparam, aparam, charge_spin))  # chg: (nframes, 2)
         de = self._de
-        if de._nlist_builder is not None:
+        key = None if shared is None else self.neighbour_key(atom_types, cells is not None)
+        if key is not None:
+            if key not in shared:
+                shared[key] = de._nlist_builder.build(
+                    coord, types, box, de.rcut, list(de.dp.model["Default"].get_sel())
+                )
+            out = self._lower(shared[key], fp, ap, chg)
+        elif de._nlist_builder is not None:
             out = de._eval_lower_strategy(coord, types, box, fp, ap, chg, False)
         else:
             out = de.dp(coord, types, box=box, do_atomic_virial=False, fparam=fp, aparam=ap, charge_spin=chg)
@@ -153,6 +173,25 @@ class TorchDirect(Direct):
             forces=out["force"].detach().cpu().numpy().astype(np.float64, copy=False).reshape(nframes, nat, 3),
             virial=out["virial"].detach().cpu().numpy().astype(np.float64, copy=False).reshape(nframes, 3, 3),
         )
+
+    def _tensor(self, values):
+        if values is None:
+            return None
+        return self._torch.as_tensor(np.ascontiguousarray(values, np.float64), device=self._device)
+
+    def _lower(self, built: tuple, fp, ap, chg) -> dict:
+        """The model on a neighbour list already built: what ``DeepEval._eval_lower_strategy``
+        (deepmd-kit 3.2) does after building it, the outputs keyed by the backend's names."""
+        from deepmd.pt.model.model.transform_output import communicate_extended_output
+
+        de = self._de
+        ext_coord, ext_atype, nlist, mapping = built
+        # the model marks its coordinates as needing gradients: each model its own view
+        lower = de.dp.model["Default"].forward_common_lower(
+            ext_coord.detach(), ext_atype, nlist, mapping, fparam=fp, aparam=ap, do_atomic_virial=False, charge_spin=chg
+        )
+        predict = communicate_extended_output(lower, de.output_def, mapping, do_atomic_virial=False)
+        return {b: predict[i] for i, b in de._OUTDEF_DP2BACKEND.items() if predict.get(i) is not None}
 
 
 class TFDirect(Direct):
@@ -215,6 +254,8 @@ class TFDirect(Direct):
         fparam=None,
         aparam=None,
         charge_spin=None,
+        *,
+        shared: dict | None = None,  # not used: TensorFlow builds its list inside the graph
     ) -> BatchEvaluation:
         # fparam and aparam are always None: a model that takes them is not used here
         nframes, nat = positions.shape[:2]
