@@ -102,7 +102,7 @@ def _cmd_devi(args: argparse.Namespace) -> int:
     # the options of devi carry the names of DeviSettings' fields (argparse dest)
     given = {f.name: getattr(args, f.name) for f in fields(DeviSettings) if hasattr(args, f.name)}
     given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
-    settings = DeviSettings(**{**given, "trust": levels, "batch": max(1, args.batch)})
+    settings = DeviSettings(**{**given, "trust": levels, "batch": None if args.batch is None else max(1, args.batch)})
     return run_devi(settings)
 
 

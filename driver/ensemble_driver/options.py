@@ -86,7 +86,12 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--type-map", nargs="+", metavar="NAME", help="element names of the models' types")
     add_head_option(p)
-    p.add_argument("--batch", type=int, default=8, help="frames per model call (default: %(default)s)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        help="frames per model call (default: about 128 atoms a call on the CPU, i.e. one frame of 256 "
+        "atoms or four of 32; 8 frames on a GPU)",
+    )
     add_parameter_options(p, "every frame of the trajectories (extended XYZ)")
     p.add_argument(
         "--out-file",
