@@ -29,7 +29,7 @@ PEER_FIXTURES = {
 PEER_MODULES = {
     "test_ase", "test_benchmarks_run_all", "test_committee", "test_demo", "test_dpgen_readers",
     "test_ensemble", "test_faults", "test_host_faults", "test_hosts", "test_ipi", "test_model",
-    "test_monitoring", "test_parameters", "test_scale", "test_silence", "test_traj",
+    "test_monitoring", "test_parameters", "test_scale", "test_silence", "test_tensorflow_models", "test_traj",
 }  # fmt: skip
 #: single tests of other modules that start the command line, mpiexec or a script as a process
 PEER_TESTS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +46,13 @@ class IpiRun:
         return {int(k): int(v) for k, v in re.findall(r"(\d+): (\d+)", match.group(1))}
 
 
-def driver_command(models: Sequence[Path], template: Path, address: str, *extra: str) -> list[str]:
+def driver_command(
+    models: Sequence[Path], template: Path, address: str, *extra: str, program: Sequence[str] | None = None
+) -> list[str]:
+    """``ensemble-driver run`` on ``models``; ``program``: the command that stands for
+    ``ensemble-driver`` (another environment's ``python -m ensemble_driver``)."""
     return [
-        tool("ensemble-driver"),
+        *(program or [tool("ensemble-driver")]),
         "run",
         "--models",
         *map(str, models),
@@ -80,11 +84,13 @@ def run_ipi(
     outputs: Sequence[str] | None = CHECK_OUTPUTS,
     extra_outputs: Sequence[str] = (),
     timeout: float = 300,
+    driver_env: Mapping[str, str] | None = None,
 ) -> IpiRun:
     """Run the shipped input ``ipi_inputs/<xml>`` with its socket renamed, for ``steps``
     steps, writing ``outputs`` (None: the file's own) and ``extra_outputs``; with one driver on ``models`` unless ``drivers`` gives the
-    commands. Every process is watched: if one fails or the deadline passes, all stop
-    and the test fails with their last log lines."""
+    commands, run with the environment ``driver_env`` (None: this one). Every process is
+    watched: if one fails or the deadline passes, all stop and the test fails with their
+    last log lines."""
     prefix = "sim"
     prepare_input(
         IPI_INPUTS / xml,
@@ -108,7 +114,7 @@ def run_ipi(
         drivers = [driver_command(models, template, address, *driver_args)]
     with ProcessGroup(workdir / "logs") as group:
         group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=workdir)
-        members = [group.start(f"driver{k}", cmd, cwd=workdir) for k, cmd in enumerate(drivers)]
+        members = [group.start(f"driver{k}", cmd, cwd=workdir, env=driver_env) for k, cmd in enumerate(drivers)]
         group.wait(timeout)
     logs = [m.log_path.read_text() for m in members]
     beads = int(ET.parse(workdir / "input.xml").getroot().find("system/initialize").get("nbeads"))

@@ -8,10 +8,7 @@ compared modulo the lattice)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -19,10 +16,9 @@ import pytest
 from conftest import ROOT
 from harness import driver_command, run_ipi
 from test_ensemble import mpiexec
+from venvs import CACHE, venv_with
 
-# made once per machine, outside the checkout (a clean clone, as CI's, reuses them; a new
-# machine makes them, ~3 min): ENSEMBLE_DRIVER_TEST_CACHE, else ~/.cache/ensemble-driver-tests
-CACHE = Path(os.environ.get("ENSEMBLE_DRIVER_TEST_CACHE", Path.home() / ".cache" / "ensemble-driver-tests"))
+# made once per machine, outside the checkout (tests/venvs.py; a new machine makes them, ~3 min)
 DPGEN2_VENV = CACHE / "venv-dpgen2"
 DPGEN2 = ("dpgen2==0.1.0", "dpdata==1.1.0")
 DPGEN_VENV = CACHE / "venv-dpgen"
@@ -46,24 +42,6 @@ DPGEN_DEPENDENCIES = (
 )
 NBEADS, STEPS, OUT_FREQ = 4, 12, 2
 F_LO, F_HI = 0.05, 0.053  # this run's max_devi_f grows from 0.049 to 0.056: all three classes
-
-
-def venv_with(venv, *installs) -> str:
-    """A virtual environment at ``venv`` with each list of ``installs`` (pip arguments)
-    installed in turn, made once (a stamp file records what)."""
-    python = venv / "bin" / "python"
-    stamp = venv / ".installed"
-    want = repr(installs)
-    if not stamp.exists() or stamp.read_text() != want:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        for packages in installs:
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
-                check=True,
-                timeout=1200,
-            )
-        stamp.write_text(want)
-    return str(python)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,28 @@ def test_direct_path_equals_deeppot_eval(model_paths, reference, structures):
     assert not np.allclose(batch.forces[0], batch.forces[1])  # the frames really differ
 
 
+def test_models_share_a_neighbour_list_and_give_the_same_numbers(model_paths, structures):
+    """devi's models on the same frames: those of one neighbour list (same cut-off, sel
+    and atom types: m0 and m1) build it once between them, m2 (Au first in its type map)
+    its own; each model's numbers are those it gives alone, bit for bit."""
+    from ensemble_driver.models.deepmd import DeepPotModel
+
+    frames, positions, cells = structures
+    models = [DeepPotModel(p) for p in model_paths[:3]]
+    types = [m.atom_types(frames[0].get_chemical_symbols()) for m in models]
+    alone = []
+    for model, t in zip(models, types):
+        model.evaluate(positions[0], cells[0], t)  # checks the direct path
+        alone.append(model.evaluate_batch(positions[1:3], cells[1:3], t))
+    shared: dict = {}
+    for k, (model, t) in enumerate(zip(models, types)):
+        got = model.evaluate_batch(positions[1:3], cells[1:3], t, shared=shared)
+        assert len(shared) == (1 if k < 2 else 2)
+        for name in ("energy", "forces", "virial"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(alone[k], name))
+    assert not np.allclose(alone[0].forces, alone[1].forces)  # the models really differ
+
+
 def test_direct_path_can_be_turned_off(model_paths, monkeypatch):
     from ensemble_driver.models.deepmd import DeepPotModel
 
@@ -128,15 +150,18 @@ def test_a_non_finite_first_result_defers_the_check(model_paths, structures):
 
 
 def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
-    """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment
-    (docs/dp-ipi.md, "Checking the two side by side"): run in .venv-tf with
+    """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment:
+    tests/test_tensorflow_models.py runs this test in its own TensorFlow environment with
+    ENSEMBLE_DRIVER_TEST_PB=m0.pb; by hand, in .venv-tf (docs/development.md), with
     ENSEMBLE_DRIVER_TEST_PB=path/to/model.pb (a Cu/Au model, e.g. the one
     examples/compare_dp_ipi/compare_dp_ipi.py trains)."""
     import os
 
     pb = os.environ.get("ENSEMBLE_DRIVER_TEST_PB")
     if not pb:
-        pytest.skip("ENSEMBLE_DRIVER_TEST_PB is not set")
+        pytest.skip(
+            "ENSEMBLE_DRIVER_TEST_PB is not set (test_tensorflow_models.py runs this in a TensorFlow environment)"
+        )
     pytest.importorskip("deepmd.tf")
     from ensemble_driver.models.deepmd import DeepPotModel
     from ensemble_driver.models.direct import TFDirect as _TFDirect
