@@ -390,7 +390,8 @@ def devi_target(results: Results) -> tuple[str, str] | None:
     rows = results.rows("devi_speed")
     one = next((r for r in rows if r["config"].startswith("ensemble-driver devi, one")), None)
     two = next((r for r in rows if r["config"].startswith("mpiexec -n 2")), None)
-    if one is None or two is None:
+    dps = [r for r in rows if r["config"].startswith("dp --pt model-devi")]
+    if one is None or two is None or not dps or "peak_gb" not in one:
         return None
     exact = one["rows"].startswith("same values") and two["rows"].startswith("identical")
 
@@ -398,18 +399,20 @@ def devi_target(results: Results) -> tuple[str, str] | None:
         low, high = min(row["speedup_rounds"]), max(row["speedup_rounds"])
         return f"{row['speedup']:.2f}x" + (f" (rounds {low:.2f}-{high:.2f})" if len(row["speedup_rounds"]) > 1 else "")
 
+    dp_memory = min(r["peak_gb"] for r in dps)
     figure = (
-        f"one rank {speed(one)}, two ranks {speed(two)} dp's speed on {one['frames']} frames, "
+        f"one process {speed(one)}, two ranks {speed(two)} the faster dp's speed on {one['frames']} frames; "
+        f"peak memory {one['peak_gb']:.2f} GB against dp's {dp_memory:.2f}; "
         f"rows {'identical' if exact else 'differ'} ({source(results, 'devi_speed')})"
     )
     # judged on the worst round: on a shared machine one slow round of either side moves the median
     missed = []
-    if one["frames"] != 500:
-        missed.append(f"measured on {one['frames']} frames, not 500")
-    if min(one["speedup_rounds"]) < 1.0:
-        missed.append("one rank slower than dp model-devi in a round")
-    if min(two["speedup_rounds"]) < 1.7:
-        missed.append("two ranks under 1.7x in a round")
+    if one["frames"] < 300:
+        missed.append(f"measured on {one['frames']} frames, not 300 or more")
+    if min(one["speedup_rounds"]) < 1.5:
+        missed.append("one process under 1.5x the faster dp in a round")
+    if one["peak_gb"] > dp_memory:
+        missed.append("more memory than dp")
     if not exact:
         missed.append("the rows differ")
     load = loaded(results, "devi_speed")
@@ -459,7 +462,8 @@ TARGETS = [
     ),
     ("same, two connections (`--connections 2`)", lambda r: scale_target(r, "--connections 2")),
     (
-        "devi on 500 frames: one rank no slower than dp model-devi; two ranks >= 1.7x (in every round)",
+        "devi (one process, 2 cores) >= 1.5x dp model-devi at its faster thread count (1 or 2), in every round; "
+        "peak memory <= dp's",
         devi_target,
     ),
 ]
