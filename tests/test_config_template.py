@@ -177,6 +177,9 @@ def test_missing_settings():
         RunConfig(template="t").validated()
     with pytest.raises(ConfigError, match="no template given"):
         RunConfig(models=("m",)).validated()
+    # i-PI's input gives the atoms but no per-atom arrays: those come from a template
+    with pytest.raises(ConfigError, match="--aparam-array q reads the per-atom values .* give --template FILE"):
+        RunConfig(models=("m",), ipi_input="input.xml", aparam_array="q").validated()
 
 
 def test_atom_type_maps_labels_through_model0_type_map():

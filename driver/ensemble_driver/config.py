@@ -226,6 +226,11 @@ class RunConfig:
         self.deviation_options().validated()
         if self.aparam is not None and self.aparam_array is not None:
             raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
+        if self.aparam_array is not None and self.template is None:
+            raise ConfigError(
+                f"--aparam-array {self.aparam_array} reads the per-atom values from the extended-XYZ template: "
+                "give --template FILE (with --ipi-input too)"
+            )
         for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
             if values is not None and not all(math.isfinite(v) for v in values):
                 raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
