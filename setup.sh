@@ -2,7 +2,7 @@
 # Install ensemble-driver and its stack into ./.venv (CPU only), then run something.
 #
 #   ./setup.sh demo      install, then run a short i-PI path-integral demo
-#   ./setup.sh test      install, then run the test suite (what CI runs)
+#   ./setup.sh test      install, then run the test suite (what CI runs; two workers)
 #   ./setup.sh lint      install, then check lint and formatting with ruff (CI runs it too)
 #   ./setup.sh install   install only
 #
@@ -63,7 +63,9 @@ fi
 export PATH="$venv/bin:$PATH"
 case "$cmd" in
     demo) exec ensemble-driver demo "$@" ;;
-    test) exec python -m pytest "$@" ;;
+    # two workers, each taking whole test files (most tests wait on sockets and process
+    # start-up as much as they compute); -n 0 (or TEST_WORKERS=0) for one process, e.g. --pdb
+    test) exec python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;
     lint) ruff check "$@" . && exec ruff format --check "$@" . ;;
     install) echo "setup.sh: installed in $venv; activate with: source .venv/bin/activate" ;;
 esac

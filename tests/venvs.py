@@ -6,6 +6,7 @@ clean clone, as CI's, reuses them): under ``$ENSEMBLE_DRIVER_TEST_CACHE``, else
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -32,6 +33,14 @@ def venv_with(venv: Path, *installs) -> str:
     arguments) installed in turn, made once (a stamp file records what). Where pip fails
     and the package index cannot be reached, the test is skipped (and the environment is
     made by the next run that can reach it); where pip fails otherwise, it fails."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # one maker at a time: the suite's workers (pytest -n) may ask for the same one at once
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _made(venv, installs)
+
+
+def _made(venv: Path, installs) -> str:
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
     want = repr(installs)
