@@ -237,16 +237,17 @@ def test_resume_after_sigterm_writes_every_step_once(tmp_path, address, model_pa
     checkpoint), then restarted from the RESTART with the driver on --ipi-input RESTART
     --resume: every output file (rows, dumps, candidates, summary) equals, byte for byte,
     the one of the same run done without interruption."""
-    steps = 40  # the uninterrupted run's length
+    # the uninterrupted run's length: the SIGTERM sent on seeing step 9 has reached i-PI as
+    # late as step 49 on a busy machine, and the RESTART must come before the end
+    steps = 120
     options = ["--bead-files", "dpgen2", "--traj-files", "dpgen2", "--trust-lo", "0", "--trust-hi", "10"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir(), cut.mkdir()
     xml = restart_input(address, steps)
     run(whole, xml, model_paths[:2], *options)
     shutil.copy(IPI_INPUTS / "init.xyz", cut / "init.xyz")
-    # the first job is given far more steps than it can make before the SIGTERM (on a busy
-    # machine the test can notice step 9 late, when a 40-step i-PI would have finished),
-    # and its RESTART is then given the uninterrupted run's length
+    # the first job is given far more steps than it can make before the SIGTERM, and its
+    # RESTART then the uninterrupted run's length
     endless = xml.replace(f"<total_steps> {steps} </total_steps>", "<total_steps> 100000 </total_steps>")
     assert endless != xml
     (cut / "input.xml").write_text(endless)
