@@ -64,8 +64,10 @@ export PATH="$venv/bin:$PATH"
 case "$cmd" in
     demo) exec ensemble-driver demo "$@" ;;
     # two workers, each taking whole test files (most tests wait on sockets and process
-    # start-up as much as they compute); -n 0 (or TEST_WORKERS=0) for one process, e.g. --pdb
-    test) exec python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+    # start-up as much as they compute), in the order tests/conftest.py gives them (the
+    # longest first; xdist would order them by their number of tests); -n 0 (or
+    # TEST_WORKERS=0) for one process, e.g. with --pdb
+    test) exec python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" ;;
     lint) ruff check "$@" . && exec ruff format --check "$@" . ;;
     install) echo "setup.sh: installed in $venv; activate with: source .venv/bin/activate" ;;
 esac

@@ -62,16 +62,18 @@ def _is_peer_test(item) -> bool:
 
 
 #: the files with the longest tests, run first: on two workers (./setup.sh test: pytest -n 2
-#: --dist loadfile) a long file taken last keeps one worker busy while the other is idle
-#: (the quick benchmark run, ~7 min, was taken 11 min into a 19-min run)
-LONG_FILES = ("test_benchmarks_run_all.py",)
+#: --dist loadfile --no-loadscope-reorder) a long file taken last keeps one worker busy
+#: while the other is idle (the quick benchmark run, ~7 min, was taken 11 min into a
+#: 19-min run); the next two make their test environments on a new machine (~1-3 min each)
+LONG_FILES = ("test_benchmarks_run_all.py", "test_tensorflow_models.py", "test_dpgen_readers.py")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _is_peer_test(item):
             item.add_marker(pytest.mark.peers)
-    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: the rest keep their order
+    first = {name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the rest keep their order
 
 
 class _NoPeers:
