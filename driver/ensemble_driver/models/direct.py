@@ -94,6 +94,10 @@ class TorchDirect(Direct):
         self._torch = torch
         self._device = device
         self._types: dict[tuple[int, int], object] = {}
+        # the neighbour list's size per type, asked of the model once, for its builder (as
+        # DeepEval._eval_lower_strategy asks it on every call); none without a builder
+        builder = deep_eval._nlist_builder is not None
+        self._sel = [int(s) for s in deep_eval.dp.model["Default"].get_sel()] if builder else []
 
     @classmethod
     def for_model(cls, deep_pot) -> TorchDirect | None:
@@ -127,8 +131,8 @@ class TorchDirect(Direct):
         de = self._de
         if de._nlist_builder is None or getattr(de, "_uses_edge_schema", True):
             return None
-        sel = tuple(int(s) for s in de.dp.model["Default"].get_sel())
-        return (type(de._nlist_builder).__name__, float(de.rcut), sel, np.asarray(atom_types).tobytes(), periodic)
+        key = (type(de._nlist_builder).__name__, float(de.rcut), tuple(self._sel))
+        return (*key, np.asarray(atom_types).tobytes(), periodic)
 
     def __call__(
         self,
@@ -158,9 +162,7 @@ class TorchDirect(Direct):
         key = None if shared is None else self.neighbour_key(atom_types, cells is not None)
         if key is not None:
             if key not in shared:
-                shared[key] = de._nlist_builder.build(
-                    coord, types, box, de.rcut, list(de.dp.model["Default"].get_sel())
-                )
+                shared[key] = de._nlist_builder.build(coord, types, box, de.rcut, self._sel)
             out = self._lower(shared[key], fp, ap, chg)
         elif de._nlist_builder is not None:
             out = de._eval_lower_strategy(coord, types, box, fp, ap, chg, False)
