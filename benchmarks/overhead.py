@@ -74,10 +74,11 @@ def child(
 ) -> dict:
     """Run the driver in this process against a real i-PI; the clocked model calls. With
     ``sleep_ms`` the model call is replaced by a sleep that long (no CPU, zero forces)."""
-    from ensemble_driver.cli import _cmd_run, build_parser
+    from ensemble_driver.cli import build_parser
     from ensemble_driver.demo.launch import ProcessGroup
     from ensemble_driver.models import deepmd as model_module
     from ensemble_driver.models.results import BatchEvaluation
+    from ensemble_driver.run.command import run_command
 
     address = _prepare(workdir, natoms, steps)
     calls: list[tuple[float, float, float, float]] = []
@@ -113,7 +114,7 @@ def child(
     with ProcessGroup(workdir / "logs") as group:
         group.start("i-pi", [str(BIN / "i-pi"), "input.xml"], cwd=workdir)
         watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
-        status = _cmd_run(args)
+        status = run_command(args)
         watcher.start()
         watcher.join(120)
     Path("/tmp/ipi_" + address).unlink(missing_ok=True)

@@ -23,9 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, ROOT, write_structures  # noqa: E402
 
-from ensemble_driver.cli import _cmd_run, build_parser  # noqa: E402
+from ensemble_driver.cli import build_parser  # noqa: E402
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input  # noqa: E402
 from ensemble_driver.demo.launch import ProcessGroup  # noqa: E402
+from ensemble_driver.run.command import run_command  # noqa: E402
 
 
 def main() -> int:
@@ -59,7 +60,7 @@ def main() -> int:
         watcher = threading.Thread(target=group.wait, args=(3600,), daemon=True)
         started = time.perf_counter()
         profile.enable()
-        status = _cmd_run(driver_args)
+        status = run_command(driver_args)
         profile.disable()
         wall = time.perf_counter() - started
         watcher.start()

@@ -23,7 +23,7 @@ import pytest
 
 from ensemble_driver import __version__
 from ensemble_driver.cli import build_parser
-from ensemble_driver.config import RunConfig
+from ensemble_driver.run.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(

@@ -13,7 +13,6 @@ from conftest import IPI_INPUTS
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 
-from ensemble_driver.config import RunConfig
 from ensemble_driver.devi.frames import read_ipi_xyz
 from ensemble_driver.deviation import Deviation, model_deviation
 from ensemble_driver.errors import ConfigError
@@ -26,6 +25,7 @@ from ensemble_driver.outputs.selection import (
     candidate_file_names,
     summary_file_name,
 )
+from ensemble_driver.run.config import RunConfig
 from ensemble_driver.wire import units
 
 F_ONLY = TrustLevels(0.10, 0.30)

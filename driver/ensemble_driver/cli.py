@@ -1,4 +1,7 @@
-"""Command line: the commands (their options are built in :mod:`options`): each runs its work (``run``, ``devi.command``, ``devi.plot``, ``demo.command``) and ends with its status, one line per error."""
+"""Command line: the top-level parser (each command's options are built in its wing:
+``run/options``, ``devi/options``, ``demo/options``) and the commands: each runs its
+work (``run.command``, ``devi.command``, ``devi.plot``, ``demo.command``) and ends with
+its status, one line per error."""
 
 from __future__ import annotations
 
@@ -11,22 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 
+from . import __version__
+from .demo.options import add_demo_parser
+from .devi.options import add_devi_parser, add_plot_parser
 from .errors import DriverError
 from .logs import PROG, setup_logging
-from .options import build_parser
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import build_config, load_config_file, settings_from_options
-    from .run import run
-
-    cli_settings = settings_from_options(args)
-    setup_logging(args.verbose or 0, args.quiet)
-
-    def load_config():  # called by app.run on every rank, once MPI is up
-        return build_config(load_config_file(args.config) if args.config else {}, cli_settings)
-
-    return run(load_config)
+from .run.options import run_parser
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -74,6 +67,20 @@ def exit_now(status: int, *, wait_for_leader: bool = False) -> None:
     os._exit(status)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An i-PI client for DeePMD-kit models. Start with 'ensemble-driver run --help'.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_parser(sub)
+    add_demo_parser(sub)
+    add_plot_parser(sub)
+    add_devi_parser(sub)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "run":
-        status, error = _guarded(_cmd_run, args)
+        from .run.command import run_command
+
+        status, error = _guarded(run_command, args)
         exit_now(status, wait_for_leader=getattr(error, "wait_for_leader", False))
     if args.command == "devi":
         status, _ = _guarded(_cmd_devi, args)
@@ -92,13 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_devi(args: argparse.Namespace) -> int:
-    from .config import RunConfig
     from .devi.command import DeviSettings, run_devi
+    from .outputs.selection import trust_levels
 
     setup_logging(args.verbose)
-    levels = RunConfig(
-        trust_lo=args.trust_lo, trust_hi=args.trust_hi, trust_lo_v=args.trust_lo_v, trust_hi_v=args.trust_hi_v
-    ).trust_levels()
+    levels = trust_levels(args.trust_lo, args.trust_hi, args.trust_lo_v, args.trust_hi_v)
     # the options of devi carry the names of DeviSettings' fields (argparse dest)
     given = {f.name: getattr(args, f.name) for f in fields(DeviSettings) if hasattr(args, f.name)}
     given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}

@@ -78,6 +78,16 @@ class TrustLevels:
         return {"f_lo": self.f_lo, "f_hi": self.f_hi, "v_lo": self.v_lo, "v_hi": self.v_hi}
 
 
+def trust_levels(lo: float | None, hi: float | None, lo_v: float | None, hi_v: float | None) -> TrustLevels | None:
+    """The trust levels of ``--trust-lo``, ``--trust-hi``, ``--trust-lo-v`` and
+    ``--trust-hi-v`` (run and devi alike), or None when candidates are not selected."""
+    if lo is None and hi is None:
+        if lo_v is not None or hi_v is not None:
+            raise ConfigError("--trust-lo-v/--trust-hi-v need --trust-lo and --trust-hi as well")
+        return None
+    return TrustLevels(lo, hi, lo_v, hi_v)
+
+
 def extxyz_frame(
     symbols: Sequence[str], positions: np.ndarray, cell: np.ndarray | None, info: dict, devi_f=None
 ) -> str:

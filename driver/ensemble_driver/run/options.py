@@ -1,12 +1,11 @@
-"""``ensemble-driver run``'s parser: its option groups, each with its help, and the
-parameter and trust options ``devi`` shares with it (the other commands' parsers and the
-top-level one are in :mod:`options`)."""
+"""``ensemble-driver run``'s parser: its option groups, each with its help (the options
+it shares with ``devi`` and ``plot`` are in :mod:`ensemble_driver.arguments`)."""
 
 from __future__ import annotations
 
 import argparse
-import textwrap
 
+from ..arguments import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options
 from .config import DEFAULT_SOCKETS_PREFIX
 
 RUN_EPILOG = """\
@@ -55,20 +54,6 @@ exit status:
   2 bad option, configuration file, template or path    3 could not connect
   4 the server broke the protocol                         5 a model failed
 """
-
-
-class ParagraphFormatter(argparse.RawDescriptionHelpFormatter):
-    """Wraps each unindented line of a description or epilog as a paragraph to the
-    terminal's width; indented lines (commands, tables) are kept as they are."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        out = []
-        for line in text.splitlines():
-            if line and not line[0].isspace():
-                out.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
-            else:
-                out.append(indent + line if line else "")
-        return "\n".join(out)
 
 
 def run_parser(sub: argparse._SubParsersAction) -> None:
@@ -358,73 +343,3 @@ def _selection_options(sel) -> None:
         help="the file --stop-after-failed creates: EXIT in i-PI's working directory (e.g. ../EXIT when the "
         "driver runs elsewhere); its directory must exist",
     )
-
-
-def add_parameter_options(group, array_from: str) -> None:
-    """Frame and atomic parameters (LAMMPS's fparam and aparam), for run and devi."""
-    group.add_argument(
-        "--fparam",
-        nargs="+",
-        type=float,
-        metavar="V",
-        help="frame parameters of every model, for models trained with numb_fparam (LAMMPS's "
-        "'fparam'): as many values as the models take (default: none)",
-    )
-    group.add_argument(
-        "--aparam",
-        nargs="+",
-        type=float,
-        metavar="V",
-        help="atomic parameters, the same for every atom, for models trained with numb_aparam "
-        "(LAMMPS's 'aparam'): as many values as the models take per atom (default: none)",
-    )
-    group.add_argument(
-        "--aparam-array",
-        metavar="NAME",
-        help=f"atomic parameters per atom instead: the per-atom array NAME of {array_from} (default: none)",
-    )
-    group.add_argument(
-        "--charge-spin",
-        nargs=2,
-        type=float,
-        metavar=("Q", "S"),
-        help="total charge and spin multiplicity, for models conditioned on them (DPA-3 with "
-        "add_chg_spin_ebd; LAMMPS's 'charge_spin Q S'), the same for every model (default: the model's "
-        "default_chg_spin)",
-    )
-
-
-def add_head_option(group) -> None:
-    """--head, for run and devi alike."""
-    group.add_argument(
-        "--head",
-        metavar="NAME",
-        help="the head of every multi-task model given (a .pt checkpoint with several fitting heads, "
-        "as deepmd-kit's DeepPot(model, head=NAME) and ASE's DP(..., head=NAME) take it; names are "
-        "case-insensitive); single-task models ignore it (default: none; a multi-task model without it is "
-        "refused with its heads listed)",
-    )
-
-
-def add_trust_options(group, virial: bool = True) -> None:
-    """DP-GEN's trust levels, for run, devi and plot."""
-    group.add_argument(
-        "--trust-lo",
-        type=float,
-        metavar="F_LO",
-        help="low force trust level, eV/Angstrom (DP-GEN's model_devi_f_trust_lo)",
-    )
-    group.add_argument(
-        "--trust-hi",
-        type=float,
-        metavar="F_HI",
-        help="high force trust level, eV/Angstrom (DP-GEN's model_devi_f_trust_hi)",
-    )
-    if virial:
-        group.add_argument(
-            "--trust-lo-v",
-            type=float,
-            metavar="V_LO",
-            help="low virial trust level, eV per atom (default: the virial is not used)",
-        )
-        group.add_argument("--trust-hi-v", type=float, metavar="V_HI", help="high virial trust level, eV per atom")

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 
+from ..errors import ConfigError
+from ..outputs.dumps import TrajLayout, traj_layout
+from ..outputs.model_devi import bead_file_names
+from ..outputs.resume import resume_outputs
+from ..outputs.selection import candidate_file_names, summary_file_name
+from ..outputs.sink import RowSink
+from ..wire.ipi_input import RequestIds, system_names
 from .config import RunConfig
-from .errors import ConfigError
-from .outputs.dumps import TrajLayout, traj_layout
-from .outputs.model_devi import bead_file_names
-from .outputs.resume import resume_outputs
-from .outputs.selection import candidate_file_names, summary_file_name
-from .outputs.sink import RowSink
-from .wire.ipi_input import RequestIds, system_names
 
 
 def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str, int]]:

@@ -15,22 +15,22 @@ from typing import TypeVar
 
 import numpy as np
 
-from . import ranks
+from .. import ranks
+from ..ensemble.layout import Layout, deal_models
+from ..ensemble.leader import LocalModel
+from ..ensemble.workers import follower_loop, replica_loop
+from ..errors import ConfigError, DriverError, ReportedError, one_line
+from ..logs import setup_logging
+from ..models import devices
+from ..models.deepmd import DeepPotModel, check_model_file
+from ..models.parameters import Parameters
+from ..signals import Stopped, StopSignals
+from ..wire.ipi_input import IpiInput, read_ipi_input
+from ..wire.template import Template, read_template, read_template_array
+from ..wire.transport import make_address
 from .config import RunConfig
-from .ensemble.layout import Layout, deal_models
-from .ensemble.leader import LocalModel
-from .ensemble.workers import follower_loop, replica_loop
-from .errors import ConfigError, DriverError, ReportedError, one_line
-from .logs import setup_logging
-from .models import devices
-from .models.deepmd import DeepPotModel, check_model_file
-from .models.parameters import Parameters
-from .run_outputs import close_outputs, open_outputs
+from .outputs import close_outputs, open_outputs
 from .serving import Served, serve_connection, serve_rank0
-from .signals import Stopped, StopSignals
-from .wire.ipi_input import IpiInput, read_ipi_input
-from .wire.template import Template, read_template, read_template_array
-from .wire.transport import make_address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,3 +254,16 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)
     return status
+
+
+def run_command(args) -> int:
+    """``ensemble-driver run``: its options (parsed by :mod:`.options`) to a run."""
+    from .config import build_config, load_config_file, settings_from_options
+
+    cli_settings = settings_from_options(args)
+    setup_logging(args.verbose or 0, args.quiet)
+
+    def load_config():  # called by run() on every rank, once MPI is up
+        return build_config(load_config_file(args.config) if args.config else {}, cli_settings)
+
+    return run(load_config)

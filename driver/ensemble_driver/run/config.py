@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .models.devices import CHOICES
-from .models.parameters import check_charge_spin
-from .outputs.sink import DeviationOptions
+from ..errors import ConfigError
+from ..models.devices import CHOICES
+from ..models.parameters import check_charge_spin
+from ..outputs.sink import DeviationOptions
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
 
@@ -98,13 +98,9 @@ class RunConfig:
 
     def trust_levels(self):
         """The trust levels, or None when candidates are not selected."""
-        if self.trust_lo is None and self.trust_hi is None:
-            if self.trust_lo_v is not None or self.trust_hi_v is not None:
-                raise ConfigError("--trust-lo-v/--trust-hi-v need --trust-lo and --trust-hi as well")
-            return None
-        from .outputs.selection import TrustLevels
+        from ..outputs.selection import trust_levels
 
-        return TrustLevels(self.trust_lo, self.trust_hi, self.trust_lo_v, self.trust_hi_v)
+        return trust_levels(self.trust_lo, self.trust_hi, self.trust_lo_v, self.trust_hi_v)
 
     @property
     def init_each(self) -> bool:

@@ -15,22 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from . import ranks
+from .. import ranks
+from ..ensemble.connections import Done, Hub, Link, StoppedByRank0
+from ..ensemble.layout import Layout
+from ..ensemble.leader import DeviationSettings, Leader, LocalModel
+from ..ensemble.replicas import Model0Replicas
+from ..ensemble.rows import BeadRows, RemoteRows
+from ..ensemble.steps import ids_warning
+from ..errors import DriverError, ReportedError, one_line
+from ..outputs.sink import RowSink
+from ..signals import Stopped, StopSignals
+from ..wire.ipi_input import RequestIds
+from ..wire.protocol import Wire
+from ..wire.session import EndReason, Session
+from ..wire.template import Template
+from ..wire.transport import Address, connect
 from .config import RunConfig
-from .ensemble.connections import Done, Hub, Link, StoppedByRank0
-from .ensemble.layout import Layout
-from .ensemble.leader import DeviationSettings, Leader, LocalModel
-from .ensemble.replicas import Model0Replicas
-from .ensemble.rows import BeadRows, RemoteRows
-from .ensemble.steps import ids_warning
-from .errors import DriverError, ReportedError, one_line
-from .outputs.sink import RowSink
-from .signals import Stopped, StopSignals
-from .wire.ipi_input import RequestIds
-from .wire.protocol import Wire
-from .wire.session import EndReason, Session
-from .wire.template import Template
-from .wire.transport import Address, connect
 
 log = logging.getLogger(__name__)
 

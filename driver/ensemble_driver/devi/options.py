@@ -1,58 +1,14 @@
-"""The command line's parsers: every option of every subcommand, with its help (the
-commands that run them are in :mod:`cli`; ``run``'s groups are in :mod:`run_options`;
-docs/options.md lists them all, checked by tests/test_docs.py)."""
+"""The parsers of ``ensemble-driver devi`` and ``ensemble-driver plot``, each option with
+its help (docs/options.md lists them all, checked by tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import __version__
-from .logs import PROG
-from .run_options import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options, run_parser
+from ..arguments import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options
 
 
-def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run a short i-PI path-integral simulation on the shipped models",
-        description="Run a short i-PI path-integral (PIMD) simulation of a 32-atom Cu-Au "
-        "alloy with the four shipped example models, driven by ensemble-driver under mpiexec "
-        "(model 0 drives the dynamics; the deviation of the ensemble is written per bead), "
-        "and print where the outputs are. Needs a source checkout (ipi_inputs/ and examples/models/).",
-    )
-    p.add_argument("--outdir", default="demo_output", help="output directory (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="i-PI steps (default: %(default)s)")
-    p.add_argument("--beads", type=int, default=4, help="path-integral beads (default: %(default)s)")
-    p.add_argument("--ranks", type=int, default=2, help="MPI ranks for the 4 models (default: %(default)s)")
-    p.add_argument("--out-freq", type=int, default=5, help="deviation every N steps (default: %(default)s)")
-    p.add_argument(
-        "--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)"
-    )
-
-
-def _plot_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plot",
-        help="plot deviation files: max_devi_f per bead against step, and its histogram",
-        description="Plot one or more deviation files (model_devi.out as LAMMPS, DP-GEN or this "
-        "driver write them): max_devi_f against step, one line per file (per bead), and the "
-        "histogram of max_devi_f over all rows. With trust levels, the accurate, candidate and "
-        "failed ranges are shaded and the share of rows in each is printed.",
-        epilog="example:\n  ensemble-driver plot model_devi*.out --trust-lo 0.05 --trust-hi 0.15 -o devi.png",
-        formatter_class=ParagraphFormatter,
-    )
-    p.add_argument("files", nargs="+", metavar="FILE", help="deviation files (one per bead)")
-    p.add_argument(
-        "-o",
-        "--output",
-        default="devi.png",
-        help="image to write; the suffix picks the format: .png, .pdf, .svg (default: %(default)s)",
-    )
-    add_trust_options(p, virial=False)
-    p.add_argument("--title", help="title of the left panel")
-
-
-def _devi_parser(sub: argparse._SubParsersAction) -> None:
+def add_devi_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "devi",
         help="model deviation of existing trajectories (i-PI xyz, or anything ASE reads)",
@@ -117,15 +73,23 @@ def _devi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more output")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="An i-PI client for DeePMD-kit models. Start with 'ensemble-driver run --help'.",
+def add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="plot deviation files: max_devi_f per bead against step, and its histogram",
+        description="Plot one or more deviation files (model_devi.out as LAMMPS, DP-GEN or this "
+        "driver write them): max_devi_f against step, one line per file (per bead), and the "
+        "histogram of max_devi_f over all rows. With trust levels, the accurate, candidate and "
+        "failed ranges are shaded and the share of rows in each is printed.",
+        epilog="example:\n  ensemble-driver plot model_devi*.out --trust-lo 0.05 --trust-hi 0.15 -o devi.png",
+        formatter_class=ParagraphFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run_parser(sub)
-    _demo_parser(sub)
-    _plot_parser(sub)
-    _devi_parser(sub)
-    return parser
+    p.add_argument("files", nargs="+", metavar="FILE", help="deviation files (one per bead)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="devi.png",
+        help="image to write; the suffix picks the format: .png, .pdf, .svg (default: %(default)s)",
+    )
+    add_trust_options(p, virial=False)
+    p.add_argument("--title", help="title of the left panel")
