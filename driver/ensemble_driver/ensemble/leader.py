@@ -39,6 +39,7 @@ import numpy as np
 from ..deviation import uncertainty_bias
 from ..errors import ConfigError, DriverError, ModelError, ProtocolError, UnsupportedTransport
 from ..models.parameters import SERVER_KEYS, Parameters, from_server
+from ..outputs.journal import Journal, Pending
 from ..outputs.model_devi import BeadFiles
 from ..outputs.selection import Selection
 from ..outputs.sink import RowSink
@@ -101,8 +102,10 @@ class Leader:
         rank_timeout: float | None = None,
         hosts: Sequence[str] = (),
         template: Template | None = None,
+        journal: Journal | None = None,
     ):
         self.model0 = local[0]
+        self.journal = journal  # what a driver replacing this one needs (outputs.journal)
         self._unchecked_template = template  # its atom order, checked on the first structure
         self.periodic = periodic
         self.settings = settings
@@ -139,11 +142,31 @@ class Leader:
             layout,
             local[1:],
             natoms=natoms,
-            sink=self.rows.write,
+            sink=self._write_row,
             rank_timeout=rank_timeout,
             hosts=hosts,
             slots=messages.parameter_slots(model0),
         )
+
+    def _write_row(self, job: Job):
+        """A finished job's row, written; then its structure leaves the journal."""
+        row = self.rows.write(job)
+        if self.journal is not None:
+            self.journal.release(job.slot)
+        return row
+
+    def replay(self, pending: Sequence[Pending]) -> None:
+        """The rows a stopped driver left unwritten, recomputed by every model from the
+        structures its journal kept, before this driver serves (see run/continuation)."""
+        for p in pending:
+            request = Request(p.series, p.step, p.cell, p.positions)
+            cell = p.cell if self.periodic else None
+            job = self.jobs.dispatch(request, cell)
+            job.slot = p.slot
+            result = self.model0.evaluate(p.positions, cell, p.series, p.step, None)
+            job.put(0, result.energy, result.forces, result.virial)
+        if pending:
+            self.jobs.complete_until(job)
 
     @property
     def batch_steps(self) -> dict[int, int]:
@@ -191,6 +214,8 @@ class Leader:
             job = None
         if job is not None and job.row:
             self._last_job[request.rid] = job
+            if self.journal is not None:
+                job.slot = self.journal.hold(request.rid, request.step, request.cell, request.positions)
         result = self.model0.evaluate(request.positions, cell, request.rid, request.step, parameters)
         if job is not None:
             job.put(0, result.energy, result.forces, result.virial)

@@ -39,6 +39,10 @@ class BeadRows:
         self.out_freq = out_freq
         self._held: dict[int, dict[int, tuple]] = {}
         self._next: dict[int, int] = {}
+        # a driver replacing one that stopped: each bead's last row already in its file; a
+        # row for a step not after it is of a structure i-PI sent again (its request was
+        # in the lost driver's hands), dropped until the bead's first new row
+        self.written_until: dict[int, int] = {}
 
     @property
     def rows_by_bead(self) -> dict[int, int]:
@@ -46,6 +50,11 @@ class BeadRows:
 
     def put(self, rid: int, step: int, row: Deviation, positions: np.ndarray, cell, forces: np.ndarray) -> None:
         """A row, with its structure and model 0's forces on it (for its frame)."""
+        if rid in self.written_until:
+            if step <= self.written_until[rid]:
+                log.debug("bead %d: the row of step %d is in its file already", rid, step)
+                return
+            del self.written_until[rid]
         if self.out_freq is None:
             self._write(rid, step, row, positions, cell, forces)
             return

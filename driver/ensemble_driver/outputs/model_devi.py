@@ -122,6 +122,14 @@ class DeviationFile:
             os.close(self._fd)
             self._fd = -1
 
+    def has_rows(self) -> bool:
+        """Whether the file on disk holds a row (a line that is no header)."""
+        try:
+            with open(self.path) as f:
+                return any(line.strip() and not line.startswith("#") for line in f)
+        except OSError:
+            return False
+
 
 class BeadFiles:
     """The deviation files of all beads; rows for request ids >= nbeads are dropped."""
@@ -155,10 +163,11 @@ class BeadFiles:
             f.close()
 
     def discard_unused(self) -> None:
-        """Close; if this run created the files and none received a row (it failed
-        before its first deviation step), remove them all. Once any bead has a row, the
-        whole set stays, as DP-GEN expects one file per bead."""
+        """Close; if no file of the set holds a row (the run failed before its first
+        deviation step, whether it made the files or continued them), remove them all:
+        no header-only file is left. Once any bead has a row, the whole set stays, as
+        DP-GEN expects one file per bead."""
         self.close()
-        if self.mode == "new" and not any(f.rows for f in self.files):
+        if not any(f.rows or f.has_rows() for f in self.files):
             for f in self.files:
                 f.path.unlink(missing_ok=True)

@@ -9,6 +9,9 @@ What is cut: the deviation files (rows by their step), the candidate files (fram
 their ``step=``), the LAMMPS dumps (frames by their TIMESTEP; files of one frame whose
 name carries the step are removed) and, from what remains, the counts every bead starts
 with in ``devi_summary.json``.
+
+A replacement driver (:mod:`journal`) cuts the same way, each bead at its own step: the
+first row its predecessor left unwritten (None: the bead's files are kept whole).
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ def _replace(path: Path, text: str) -> None:
         raise ConfigError(f"--resume: cannot cut {path}: {exc.strerror}") from None
 
 
-def cut_deviation_file(path: str | Path, first_step: int) -> list[str]:
-    """Keep the header and the rows before ``first_step``; return the rows kept."""
+def cut_deviation_file(path: str | Path, first_step: int | None) -> list[str]:
+    """Keep the header and the rows before ``first_step`` (None: every row); return the
+    rows kept."""
     path = Path(path)
     if not path.exists():
         return []
     lines = path.read_text().splitlines(keepends=True)
     header = [line for line in lines if line.startswith("#")]
     rows = [line for line in lines if not line.startswith("#") and line.strip()]
-    kept = [row for row in rows if int(row.split()[0]) < first_step]
+    kept = [row for row in rows if first_step is None or int(row.split()[0]) < first_step]
     if len(kept) != len(rows):
         _replace(path, "".join(header + kept))
     return kept
@@ -83,31 +87,41 @@ def cut_candidates(path: str | Path, first_step: int) -> None:
         _replace(path, "".join(kept))
 
 
-def cut_traj(layout: TrajLayout, first_step: int) -> None:
-    for pattern in layout.patterns:
+def cut_traj(layout: TrajLayout, first_step: int | Sequence[int | None]) -> None:
+    steps = _per_file(first_step, len(layout.patterns))
+    for pattern, cut in zip(layout.patterns, steps):
+        if cut is None:
+            continue
         if not layout.per_frame:
-            cut_dump(pattern, first_step)
+            cut_dump(pattern, cut)
             continue
         head, tail = pattern.split("{step}", 1)
         for path in glob.glob(glob.escape(head) + "*" + glob.escape(tail)):
             step = path[len(head) : len(path) - len(tail) if tail else None]
-            if step.isdigit() and int(step) >= first_step:
+            if step.isdigit() and int(step) >= cut:
                 os.unlink(path)
 
 
+def _per_file(first_step: int | Sequence[int | None], n: int) -> list[int | None]:
+    return [first_step] * n if isinstance(first_step, int) else list(first_step)
+
+
 def resume_outputs(
-    first_step: int,
+    first_step: int | Sequence[int | None],
     deviation_files: Sequence[str],
     *,
     candidate_files: Sequence[str] = (),
     traj: TrajLayout | None = None,
     levels: TrustLevels | None = None,
 ) -> list[dict[str, int]] | None:
-    """Cut every output to the steps before ``first_step``. Returns, with trust levels,
-    each bead's counts per class of the rows kept (the summary starts from them)."""
-    kept = [cut_deviation_file(name, first_step) for name in deviation_files]
-    for name in candidate_files:
-        cut_candidates(name, first_step)
+    """Cut every output to the steps before ``first_step``: one step for every bead, or
+    one per bead (None: keep the bead's files whole). Returns, with trust levels, each
+    bead's counts per class of the rows kept (the summary starts from them)."""
+    steps = _per_file(first_step, len(deviation_files))
+    kept = [cut_deviation_file(name, step) for name, step in zip(deviation_files, steps)]
+    for name, step in zip(candidate_files, steps):
+        if step is not None:
+            cut_candidates(name, step)
     if traj is not None:
         cut_traj(traj, first_step)
     if levels is None:

@@ -83,6 +83,7 @@ class RowSink:
         self.exit_file = exit_file
         self.failed = 0
         self.rows_by_bead: dict[int, int] = {}
+        self.continuation = None  # run's: the journal and what it continues (run/continuation.py)
         self._closed = False
 
     @classmethod

@@ -191,10 +191,19 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
         ids = ipi.ids if ipi is not None else None
-        outputs = open_outputs(config, ids) if rank == 0 else None
+        outputs = open_outputs(config, ids, address, template.natoms) if rank == 0 else None
+        opened.append(outputs)
         return config, layout, address, template, outputs, placement, ids
 
-    config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
+    opened: list = []  # rank 0's outputs, to discard if another rank fails its checks
+    try:
+        config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
+    except BaseException:
+        for sink in opened:
+            if sink is not None:
+                sink.discard_unused()
+                close_outputs(sink)
+        raise
     hosts = log_layout(comm, layout, config.models, placement)
     try:
         return _run_checked(config, comm, layout, address, template, outputs, signals, hosts, ids)

@@ -1,19 +1,21 @@
 """Rank 0's outputs of ``run``: which files (per bead, per system with several i-PI
-systems), opened before anything connects, cut first by ``--resume``, and closed with the
-counts printed."""
+systems), opened before anything connects, cut first by ``--resume`` or a replacement
+(:mod:`continuation`), and closed with the counts printed."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from ..errors import ConfigError
 from ..outputs.dumps import TrajLayout, traj_layout
 from ..outputs.model_devi import bead_file_names
-from ..outputs.resume import resume_outputs
 from ..outputs.selection import candidate_file_names, summary_file_name
 from ..outputs.sink import RowSink
 from ..wire.ipi_input import RequestIds, system_names
+from ..wire.transport import Address
 from .config import RunConfig
+from .continuation import continuation
 
 
 def system_outputs(config: RunConfig, ids: RequestIds | None) -> list[tuple[str, int]]:
@@ -45,9 +47,12 @@ def traj_file_layout(config: RunConfig, systems: list[tuple[str, int]]) -> TrajL
     return TrajLayout(patterns, layouts[0].per_frame)
 
 
-def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> RowSink | None:
+def open_outputs(
+    config: RunConfig, ids: RequestIds | None = None, address: Address | None = None, natoms: int = 0
+) -> RowSink | None:
     """Rank 0's outputs, None when no deviation is written. The checks that can fail come
-    before the deviation files are made; --resume cuts the files first."""
+    before the deviation files are made; --resume, or a driver replacing one that stopped,
+    cuts the files first (:mod:`continuation`); the sink holds the journal, if one is kept."""
     if config.out_freq == 0 or len(config.models) < 2:
         return None
     options = config.deviation_options()
@@ -61,25 +66,37 @@ def open_outputs(config: RunConfig, ids: RequestIds | None = None) -> RowSink | 
         raise ConfigError(
             f"--exit-file {config.exit_file}: directory {os.path.dirname(config.exit_file)} does not exist"
         )
-    counts = None
-    if config.resume and ids is not None:  # every file cut to the steps before i-PI's restart
-        candidates = candidate_file_names(names) if options.trust is not None else ()
-        counts = resume_outputs(ids.first_step, names, candidate_files=candidates, traj=traj, levels=options.trust)
-    summary = summary_file_name([config.out_file] if len(systems) > 1 else names)
-    return RowSink.open(
-        options,
-        names,
-        summary=summary,
-        traj=traj,
-        step_offset=config.step_offset,
-        counts=counts,
-        stop_after_failed=config.stop_after_failed,
-        exit_file=config.exit_file,
+    candidates = candidate_file_names(names) if options.trust is not None else ()
+    going_on = continuation(
+        config, ids, address, names, natoms, candidate_files=candidates, traj=traj, levels=options.trust
     )
+    if going_on.mode is not None:
+        options = replace(options, append=True, overwrite=False)
+    summary = summary_file_name([config.out_file] if len(systems) > 1 else names)
+    try:
+        sink = RowSink.open(
+            options,
+            names,
+            summary=summary,
+            traj=traj,
+            step_offset=config.step_offset,
+            counts=going_on.counts,
+            stop_after_failed=config.stop_after_failed,
+            exit_file=config.exit_file,
+        )
+    except BaseException:
+        if going_on.journal is not None:
+            going_on.journal.close()
+        raise
+    sink.continuation = going_on
+    return sink
 
 
 def close_outputs(sink: RowSink | None) -> None:
     """Close rank 0's outputs and print the counts of the rows by class."""
     report = sink.close() if sink is not None else None
+    journal = sink.continuation.journal if sink is not None and sink.continuation is not None else None
+    if journal is not None:
+        journal.close()
     if report is not None:
         print(report, flush=True)

@@ -9,8 +9,11 @@ K`` ranks 1..K-1 serve one connection each and report to rank 0.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from ..wire.session import EndReason, Session
 from ..wire.template import Template
 from ..wire.transport import Address, connect
 from .config import RunConfig
+from .continuation import record_peer
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +76,45 @@ def deviation_settings(config: RunConfig, ids: RequestIds | None = None) -> Devi
     return DeviationSettings(**shared, ids=ids)
 
 
+#: Tests only: "N:PATH" makes rank 0 stop answering once it has numbered its N-th structure
+#: (it touches PATH and waits to be killed), so that a test can kill a driver while i-PI
+#: waits for its answer: a timing no real server can be asked for.
+STALL_VARIABLE = "ENSEMBLE_DRIVER_TEST_STALL"
+
+
+def journal_numbering(journal):
+    """The journal's numbering of every structure (None without a journal)."""
+    if journal is None:
+        return None
+    stall = os.environ.get(STALL_VARIABLE)
+    if not stall:
+        return journal.number
+    at, path = stall.split(":", 1)
+    seen = [0]
+
+    def number(rid, h, positions):
+        evaluation = journal.number(rid, h, positions)
+        seen[0] += 1
+        if seen[0] == int(at):
+            Path(path).touch()
+            threading.Event().wait()  # until killed
+        return evaluation
+
+    return number
+
+
 def run_session(
     served: Served, leader: Leader, idle=None
 ) -> tuple[Session | None, EndReason | None, DriverError | None]:
-    """Connect and serve until the server ends the run; (session, how it ended, error)."""
+    """Connect and serve until the server ends the run; (session, how it ended, error).
+    With a journal (rank 0, see run/continuation) the served i-PI process is named in it
+    and every structure is numbered by it."""
     session = reason = error = None
     config, signals = served.config, served.signals
     try:
         with signals.interruptible():
             sock = connect(served.address, config.connect_timeout, server_timeout=config.server_timeout)
+        record_peer(leader.journal, served.address)
         with sock:
             session = Session(
                 Wire(sock, served.template.natoms),
@@ -89,6 +123,7 @@ def run_session(
                 after_reply=leader.after_reply,
                 signals=signals,
                 next_step=served.counter.next_step if served.counter is not None else None,
+                numbering=journal_numbering(leader.journal),
                 idle=idle,
                 server_timeout=config.server_timeout,
             )
@@ -121,11 +156,21 @@ def serve_rank0(served: Served, elements, sink: RowSink | None) -> int:
             hosts=served.hosts,
         )
     watch = hub.idle if hub is not None else None
-    leader = served.leader(sink=rows, replicas=replicas, hub=hub, watch=watch)
+    going_on = sink.continuation if sink is not None else None
+    journal = going_on.journal if going_on is not None else None
+    leader = served.leader(sink=rows, replicas=replicas, hub=hub, watch=watch, journal=journal)
+    if going_on is not None and going_on.mode is not None:  # a driver replacing one that stopped
+        leader.replay(going_on.replay)
+        replayed = {p.series: p.step for p in going_on.replay}
+        rows.written_until = {
+            k: max(going_on.last_steps.get(k, -1), replayed.get(k, -1)) for k in range(len(sink.names))
+        }
     if sink is not None and sink.selection is not None and config.out_freq_near:
         sink.selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
     session, _, error = run_session(served, leader, idle=watch)
     error = leader.finish(error)
+    if error is None and journal is not None:
+        journal.remove()  # the server ended the run: nothing is left to continue
     _log_end(served, session, leader, hub, sink)
     if error is not None:
         raise error
