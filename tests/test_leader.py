@@ -350,3 +350,25 @@ def test_request_ids_that_are_not_beads_are_named_once_with_the_fix():
     assert second_force.startswith("beads 0..1 of --nbeads 2 never came") and "--nbeads" not in second_force[40:]
     two_systems = ids_warning({0: 7, 1: 7, 2: 1, 7: 7, 8: 7}, 2)
     assert two_systems.startswith("request ids 7..8 came every step") and "--ipi-input" in two_systems
+
+
+def test_one_client_check_tells_a_second_job_on_the_socket():
+    """--ipi-input: every bead of a system comes once a step; beads more than one step
+    apart mean another client takes requests (steps.OneClient), said once."""
+    from ensemble_driver.ensemble.steps import OneClient
+    from ensemble_driver.wire.ipi_input import RequestIds, Series
+
+    two_systems = RequestIds(
+        tuple(Series(system, "", bead) for system in (0, 1) for bead in (0, 1)), {r: r for r in range(4)}
+    )
+    alone = OneClient(two_systems)
+    for step in range(5):
+        for series in (1, 0, 3, 2):  # any order within a step; one system may run ahead of the other
+            if series < 2 or step < 2:
+                alone.seen(series, step)
+    alone.seen(1, 5)  # a replaced driver: the bead resent is one step behind the other
+    assert alone.warning is None
+    shared = OneClient(two_systems)
+    for series, step in ((0, 0), (1, 0), (0, 1), (0, 2)):  # bead 1 went to another client at step 1
+        shared.seen(series, step)
+    assert shared.warning is not None and "--connections" in shared.warning and "bead 0 is at step 2" in shared.warning

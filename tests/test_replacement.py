@@ -172,3 +172,36 @@ def test_a_replacement_that_cannot_be_sure_refuses(tmp_path, model_paths):
         errors = [line for line in done.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and words in errors[0], done.stderr
         assert {p.name: p.read_bytes() for p in workdir.glob("*.out")} == before
+
+
+@pytest.mark.timeout(600)
+def test_two_jobs_on_one_socket_are_told(tmp_path, model_paths):
+    """Two driver jobs on one i-PI socket (no --connections), each in its own directory:
+    i-PI spreads the beads over both, so each job's step labels are wrong; each job says
+    so in a WARNING naming --connections as soon as it shows, and again at its end."""
+    workdir = tmp_path / "ipi"
+    prepare(workdir, f"repl-two-{os.getpid()}")
+    xml = (workdir / "input.xml").read_text()
+    (workdir / "input.xml").write_text(xml.replace("system(2", "").replace("nbeads='2'", "nbeads='4'"))
+    (workdir / "input.xml").write_text(
+        (workdir / "input.xml")
+        .read_text()
+        .replace(f"<total_steps> {STEPS} </total_steps>", "<total_steps> 100000 </total_steps>")
+    )
+    jobs = []
+    with ProcessGroup(workdir / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=workdir)
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            command = driver(model_paths)
+            command[command.index("input.xml")] = str(workdir / "input.xml")
+            jobs.append(group.start(name, command, cwd=tmp_path / name))
+        warned = [lambda job=job: "another client" in job.log_path.read_text(errors="replace") for job in jobs]
+        wait_for(lambda: all(w() for w in warned), "both jobs to warn", group)
+        (workdir / "EXIT").touch()  # i-PI's soft exit: both jobs end with their summaries
+        group.wait(300)
+    for job in jobs:
+        lines = [
+            line for line in job.log_path.read_text().splitlines() if "WARNING" in line and "another client" in line
+        ]
+        assert len(lines) == 2 and all("--connections" in line for line in lines), lines

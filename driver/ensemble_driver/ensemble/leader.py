@@ -53,7 +53,7 @@ from .jobs import Job, JobPipeline, LocalModel
 from .layout import Layout
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows, RowWriter
-from .steps import BeadSteps
+from .steps import BeadSteps, OneClient
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class Leader:
             trust_lo=settings.trust_lo,
             ids=settings.ids,
         )
+        # --ipi-input, one connection: a second job on the same socket is told (steps.OneClient)
+        self.one_client = OneClient(settings.ids) if settings.ids is not None and layout.connections == 1 else None
         self.bias_log: list[tuple[float, float]] = []  # --bias-uncertainty: (sigma_E, bias energy) per answer
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
@@ -201,6 +203,8 @@ class Leader:
         where = self.steps.locate(request.rid, request.step)
         if where is not None:
             request = replace(request, rid=where[0], step=where[1])
+            if self.one_client is not None:
+                self.one_client.seen(*where)
         if where is not None and self.steps.needs_latest_row(request.rid, request.step):
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
             self.jobs.complete_until(self._last_job.get(request.rid))

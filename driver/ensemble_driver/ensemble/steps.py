@@ -115,6 +115,36 @@ class BeadSteps:
         return self.batches.steps
 
 
+class OneClient:
+    """With --ipi-input: is this driver i-PI's only client on the socket?
+
+    i-PI evaluates every bead of a system once per step and waits for them all before the
+    next step, so with one client the steps this driver counts for the beads of a system
+    are never more than one apart (two around a replaced driver's first request: still
+    one). A second job on the same socket takes some of the requests, and the counts of
+    the beads it took fall behind: the step labels of both jobs are then wrong. Said as
+    soon as it shows, and again in the closing summary (``warning``)."""
+
+    def __init__(self, ids: RequestIds):
+        self.system = [s.system for s in ids.series]
+        self.latest: dict[int, dict[int, int]] = {}  # system -> series -> latest step seen
+        self.warning: str | None = None
+
+    def seen(self, series: int, step: int) -> None:
+        if self.warning is not None:
+            return
+        steps = self.latest.setdefault(self.system[series], {})
+        steps[series] = step
+        ahead, behind = max(steps, key=steps.get), min(steps, key=steps.get)
+        if steps[ahead] - steps[behind] > 1:
+            self.warning = (
+                f"bead {ahead} is at step {steps[ahead]} here while bead {behind} is at step {steps[behind]}: another "
+                "client (a second driver job?) takes requests from this i-PI socket, so the steps of this job's rows "
+                "are wrong; serve all of i-PI's requests from one job (--connections N for beads in parallel)"
+            )
+            log.warning(self.warning)
+
+
 def ids_warning(evaluations: Mapping[int, int], nbeads: int) -> str | None:
     """Without --ipi-input: one warning when the request ids a run saw do not look like
     beads 0..nbeads-1 (a contracted force, a second force or system: i-PI's ids are not

@@ -118,9 +118,10 @@ class Journal:
     def reopen(cls, path: Path, *, natoms: int, ids: int) -> Journal:
         """The journal a stopped driver left, for its replacement."""
         fd = cls._open_locked(path, os.O_RDWR)
-        head = np.frombuffer(os.pread(fd, 8 * _HEADER, 0), dtype=np.int64)
+        raw = os.pread(fd, 8 * _HEADER, 0)
+        head = np.frombuffer(raw, dtype=np.int64) if len(raw) == 8 * _HEADER else np.zeros(_HEADER, np.int64)
         size = os.fstat(fd).st_size
-        if len(head) < _HEADER or head[0] != _MAGIC or size != _size(int(head[1]), int(head[2]), int(head[3])):
+        if head[0] != _MAGIC or size != _size(int(head[1]), int(head[2]), int(head[3])):
             os.close(fd)
             raise ConfigError(f"{path} is no journal of this version of ensemble-driver; remove it to start over")
         if (int(head[1]), int(head[2])) != (natoms, ids):

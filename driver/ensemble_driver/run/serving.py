@@ -221,6 +221,8 @@ def _log_end(served: Served, session, leader: Leader, hub: Hub | None, files: Ro
                 log.warning(warning)
     if files is not None:
         log.info("deviation rows written per bead: %s", dict(sorted(leader.rows_by_bead.items())))
+    if leader.one_client is not None and leader.one_client.warning is not None:
+        log.warning(leader.one_client.warning)
     if leader.bias_log:
         sigma, bias = np.array(leader.bias_log).T
         log.info(
