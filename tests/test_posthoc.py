@@ -13,6 +13,7 @@ from ase.build import bulk
 from ase.io import write
 from conftest import tool
 from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from test_devi_ipi_files import expected_rows, reference_frames
 from test_ensemble import bead_file, mpiexec
 
 from ensemble_driver.devi.command import DeviLayout
@@ -22,6 +23,9 @@ from ensemble_driver.outputs.dumps import lammps_frame
 STEPS, OUT_FREQ, NBEADS = 6, 2, 3
 XYZ_OUTPUT = f"<trajectory filename='xyzpos' stride='{OUT_FREQ}' format='xyz'> positions </trajectory>"
 EXTXYZ_OUTPUT = f"<trajectory filename='extxyzpos' stride='{OUT_FREQ}' format='ase'> positions{{ase}} </trajectory>"
+# the report's i-PI pdb: positions in atomic units (3 decimals of a Bohr), the cell in
+# pdb's default Angstrom; ASE read the positions as Angstrom
+PDB_OUTPUT = f"<trajectory filename='pdbpos' stride='{OUT_FREQ}' format='pdb'> positions{{atomic_unit}} </trajectory>"
 
 
 def rows(path):
@@ -35,12 +39,14 @@ def devi(*args, cwd, mpi: int = 1, timeout=300):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, model_paths):
-    """One live PIMD run (3 beads, 4 models on 2 ranks) whose i-PI writes every bead twice:
-    as i-PI xyz (CELL comment, atomic units, 6 significant digits) and as extxyz
-    (format='ase', Angstrom, 8 decimals). ``devi`` of the extxyz under 2 ranks gives the
-    live rows up to the printed digits and the same classes; ``devi`` of the xyz, alone,
-    gives them to the precision of its 6 digits."""
+def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, model_paths, reference):
+    """One live PIMD run (3 beads, 4 models on 2 ranks) whose i-PI writes every bead three
+    times: as i-PI xyz (CELL comment, atomic units, 6 significant digits), as extxyz
+    (format='ase', Angstrom, 8 decimals) and as pdb in atomic units (3 decimals).
+    ``devi`` of the extxyz under 2 ranks gives the live rows up to the printed digits and
+    the same classes; ``devi`` of the xyz, alone, gives them to the precision of its 6
+    digits; of the pdb, the rows of deepmd-kit on the pdb's frames in Angstrom (1e-6), and
+    the live ones to 3e-2 (its 3 decimals of a Bohr)."""
     live = tmp_path / "live"
     live.mkdir()
     trust = ("--trust-lo", "0.05", "--trust-hi", "0.12")
@@ -57,9 +63,9 @@ def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, mo
         steps=STEPS,
         nbeads=NBEADS,
         drivers=[command],
-        outputs=(*CHECK_OUTPUTS, XYZ_OUTPUT, EXTXYZ_OUTPUT),
+        outputs=(*CHECK_OUTPUTS, XYZ_OUTPUT, EXTXYZ_OUTPUT, PDB_OUTPUT),
     )
-    for fmt, suffix, ranks, rtol in (("xyz", "xyz", 1, 2e-3), ("extxyz", "extxyz", 2, 1e-6)):
+    for fmt, suffix, ranks, rtol in (("xyz", "xyz", 1, 2e-3), ("extxyz", "extxyz", 2, 1e-6), ("pdb", "pdb", 1, 3e-2)):
         trajectories = [live / f"{run.prefix}.{fmt}pos_{b}.{suffix}" for b in range(NBEADS)]
         assert [f.step for f in read_frames(trajectories[1])] == list(range(0, STEPS + 1, OUT_FREQ))
         post = tmp_path / f"post-{fmt}"
@@ -72,6 +78,9 @@ def test_devi_of_ipi_trajectories_reproduces_the_live_rows(tmp_path, address, mo
             assert mine.shape == theirs.shape == (STEPS // OUT_FREQ + 1, 7)
             np.testing.assert_array_equal(mine[:, 0], theirs[:, 0])
             np.testing.assert_allclose(mine[:, 1:], theirs[:, 1:], rtol=rtol, atol=1e-7, err_msg=f"{fmt} bead {bead}")
+            if fmt == "pdb":
+                exact = expected_rows(reference_frames(trajectories[bead], "pdb"), model_paths, reference)
+                np.testing.assert_allclose(mine, exact, rtol=1e-6, atol=1e-9, err_msg=f"pdb bead {bead}")
         if fmt == "extxyz":
             assert (
                 json.loads((post / "devi_summary.json").read_text())["beads"]

@@ -6,12 +6,15 @@ file is one series (one bead): its rows go to one deviation file, named as in a 
 the same options (``--relative``, ``--relative-v``, ``--atomic``) and the same candidate
 selection (``--trust-lo``/``--trust-hi``: candidates*.xyz and devi_summary.json).
 
-Input formats:
+Input formats (``frames``):
 
-- i-PI's xyz trajectories (``<trajectory format='xyz'> positions </trajectory>``): the
-  comment line carries the cell (``CELL(abcABC)``), the step, the bead and the units of
-  positions and cell (``positions{atomic_unit}`` by default in i-PI, or ``angstrom``,
-  ``nanometer``, ``ase``); they are read here, since ASE would take Bohr for Angstrom;
+- i-PI's trajectories, found by their content whatever ``--format`` says, in the units of
+  their own words (``positions{atomic_unit} cell{atomic_unit}``, i-PI's default, or
+  ``angstrom``, ``nanometer``, ``ase``, ...): its xyz (``<trajectory format='xyz'>``; the
+  comment line carries the cell, ``CELL(abcABC)``, the step and the bead) and its pdb
+  (``format='pdb'``; the TITLE line carries the step, the bead and the units, CRYST1 the
+  cell) are read here, since ASE would take their numbers for Angstrom (and drop the
+  xyz's cell); its extxyz (``format='ase'``) through ASE's extxyz reader;
 - anything else ASE reads (extxyz, LAMMPS dumps with ``--format lammps-dump-text``, VASP,
   ASE trajectories, ...).
 
@@ -185,6 +188,7 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     for path, frames in zip(settings.trajectories, series):
         if not frames:
             raise ConfigError(f"trajectory {path}: no frames")
+    _warn_bead_order(settings, series, comm.rank)
     clock.append(("reading", time.monotonic()))
     typed = any(f.types is not None for frames in series for f in frames)
     if not typed:
@@ -215,6 +219,19 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
         rows.update(part)
     _write(settings, series, rows, type_map, clock)
     return 0
+
+
+def _warn_bead_order(settings: DeviSettings, series: Sequence[list[Frame]], rank: int) -> None:
+    """One warning when i-PI's files are given out of their beads' order: each file's rows
+    go to the series of its place on the command line (a shell's sorting puts pos_10
+    before pos_2)."""
+    beads = [frames[0].bead for frames in series]
+    if rank == 0 and len(beads) > 1 and None not in beads and beads != sorted(beads):
+        log.warning(
+            "the trajectories hold i-PI's beads %s in the order given; the rows of each go to the "
+            "deviation file of its place in that order (give them in bead order to file bead b's as b's)",
+            " ".join(map(str, beads)),
+        )
 
 
 def _check_same_atoms(settings: DeviSettings, series: Sequence[list[Frame]]) -> None:

@@ -11,12 +11,13 @@ from ..arguments import ParagraphFormatter, add_head_option, add_parameter_optio
 def add_devi_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "devi",
-        help="model deviation of existing trajectories (i-PI xyz, or anything ASE reads)",
+        help="model deviation of existing trajectories (i-PI's xyz, pdb or extxyz, or anything ASE reads)",
         description="Compute the model deviation of existing trajectories, for runs made without "
         "the driver or to re-check a run with other models. Each trajectory file is one series "
         "(one bead): its rows go to one deviation file written as a live run writes it, with the "
-        "same options and candidate selection. i-PI xyz files are read with their cell, units, "
-        "steps and beads from the comment lines; any other file goes through ase.io.read. Under "
+        "same options and candidate selection. i-PI's xyz and pdb files, found by their content whatever "
+        "--format says, are read with their cell, units, steps and beads from their comment or TITLE lines; "
+        "any other file goes through ase.io.read. Under "
         "mpiexec the models and the frames are split over the ranks (a rank loads only its models).",
         epilog="examples:\n"
         "  # the 8 beads of an i-PI PIMD run, as DP-GEN names them (model_devi1.out ..):\n"
@@ -31,8 +32,9 @@ def add_devi_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         dest="fmt",
-        help="ASE format name when the suffix does not tell "
-        "(e.g. lammps-dump-text); 'ipi' for i-PI xyz (found by itself for .xyz files)",
+        help="ASE format name when the suffix does not tell (e.g. lammps-dump-text; pdb for proteindatabank); "
+        "'ipi' insists on a file of i-PI's. i-PI's xyz, pdb and extxyz are found by their content and read "
+        "in the units of their words (positions{atomic_unit}) whatever the format says",
     )
     p.add_argument(
         "--stride",

@@ -20,28 +20,62 @@ from . import units
 # The cell tags i-PI writes and reads in xyz comments (ipi/utils/io/backends/io_xyz.py).
 _IPI_CELL = re.compile(r"CELL[\(\[\{](abcABC|H|GENH)[\)\]\}]:")
 _IPI_CELL_VALUES = re.compile(_IPI_CELL.pattern + r"\s*((?:[-+0-9.eEdD]+\s+){5,8}[-+0-9.eEdD]+)")
-#: Angstrom per unit of length, for the units i-PI writes in xyz comment lines.
-LENGTH_UNITS = {"atomic_unit": units.BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0}
+#: The unit words i-PI writes in its comment lines and pdb titles, ``positions{atomic_unit}
+#: cell{atomic_unit}`` (ipi/utils/io/__init__.py, ``print_file``; read back by io_units.py).
+IPI_WORD = re.compile(r"(\w+)\{(\w*)\}")
+#: i-PI's trajectories whose values are atom positions (ipi/engine/properties.py, ``Trajectories``).
+IPI_POSITIONS = ("positions", "x_centroid", "x_centroid_even", "x_centroid_odd")
 
 
-def ipi_length_unit(comment: str, what: str, where: str) -> float:
-    """Angstrom per unit of ``what`` (``positions`` or ``cell``) declared in an i-PI xyz
-    comment line as ``what{unit}``; atomic units when none is declared (i-PI's default)."""
-    match = re.search(what + r"\{(\w+)\}", comment)
-    name = match.group(1) if match else "atomic_unit"
-    if name not in LENGTH_UNITS:
-        raise ConfigError(f"{where}: unit {what}{{{name}}} not supported (known: {', '.join(LENGTH_UNITS)})")
-    return LENGTH_UNITS[name]
+def has_ipi_cell(line: str) -> bool:
+    """Whether an xyz comment line carries i-PI's cell (``CELL(abcABC):``, ``CELL(H):``, ``CELL(GENH):``)."""
+    return bool(_IPI_CELL.search(line))
 
 
-def ipi_cell(comment: str, where: str) -> np.ndarray | None:
-    """The cell of an i-PI xyz comment line (Angstrom, lattice vectors as rows), or None
-    when the line carries none."""
+@dataclass(frozen=True)
+class IpiUnits:
+    """What an i-PI comment line (xyz comment, pdb TITLE, ``ipi_comment`` of its extxyz) says
+    of its numbers: the trajectory's quantity (None: no word) and Angstrom per unit of the
+    positions and of the cell."""
+
+    quantity: str | None
+    positions: float
+    cell: float
+
+
+def ipi_units(comment: str, where: str, default: str = "atomic_unit") -> IpiUnits:
+    """The units of an i-PI comment line: its words ``quantity{unit}`` and ``cell{unit}``,
+    ``default`` where one is missing (i-PI's: atomic units in xyz, Angstrom in pdb, ``ase``
+    in its extxyz). Refuses a quantity other than atom positions (an i-PI trajectory of
+    forces, velocities, ...) and a unit that is no length the driver converts."""
+    words = IPI_WORD.findall(comment)
+    quantities = [(key, unit) for key, unit in words if key != "cell"]
+    quantity, unit = quantities[0] if quantities else (None, default)
+    if quantity is not None and quantity not in IPI_POSITIONS:
+        raise ConfigError(
+            f"{where}: {quantity}{{{unit}}}: i-PI's trajectory of {quantity}, not of atom positions "
+            f"({', '.join(IPI_POSITIONS)})"
+        )
+    cell = next((u for key, u in words if key == "cell"), default)
+    scales = []
+    for what, name in (("positions" if quantity is None else quantity, unit), ("cell", cell)):
+        scale = units.ipi_length_angstrom(name)
+        if scale is None:
+            raise ConfigError(
+                f"{where}: unit {what}{{{name}}} not supported (i-PI's lengths: "
+                f"{', '.join(units.IPI_LENGTHS)}, with an SI prefix: nanometer, ...)"
+            )
+        scales.append(scale)
+    return IpiUnits(quantity, *scales)
+
+
+def ipi_cell(comment: str, where: str, scale: float) -> np.ndarray | None:
+    """The cell of an i-PI xyz comment line (Angstrom, lattice vectors as rows; ``scale``:
+    Angstrom per unit of the cell), or None when the line carries none."""
     match = _IPI_CELL_VALUES.search(comment)
     if not match:
         return None
     numbers = [float(x.replace("d", "e").replace("D", "e")) for x in match.group(2).split()]
-    scale = ipi_length_unit(comment, "cell", where)
     if match.group(1) == "abcABC":
         from ase.geometry import cellpar_to_cell
 
@@ -107,8 +141,9 @@ def read_ipi_frame(lines: list[str], start: int, name: str) -> IpiFrame:
         labels.append(fields[0])
     comment = lines[start + 1]
     where = f"{name}, line {start + 2}"
-    positions *= ipi_length_unit(comment, "positions", where)
-    return IpiFrame(tuple(labels), positions, ipi_cell(comment, where), comment, start + 2 + nat)
+    scale = ipi_units(comment, where)
+    positions *= scale.positions
+    return IpiFrame(tuple(labels), positions, ipi_cell(comment, where, scale.cell), comment, start + 2 + nat)
 
 
 def read_template(path: str | Path) -> Template:
@@ -121,7 +156,7 @@ def read_template(path: str | Path) -> Template:
             head = [handle.readline() for _ in range(2)]
     except OSError as exc:
         raise ConfigError(f"template {path}: {exc.strerror}") from None
-    if len(head) == 2 and _IPI_CELL.search(head[1]):
+    if len(head) == 2 and has_ipi_cell(head[1]):
         with open(path, encoding="utf-8", errors="replace") as handle:
             frame = read_ipi_frame(handle.read().splitlines(), 0, f"template {path}")
         return Template(str(path), frame.labels, periodic=True, positions=frame.positions, cell=frame.cell)

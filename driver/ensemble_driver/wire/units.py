@@ -22,6 +22,29 @@ HARTREE_EV = 27.211386024367243
 #: (eV/Angstrom) per (Hartree/Bohr).
 FORCE_AU_EV_ANGSTROM = HARTREE_EV / BOHR_ANGSTROM
 
+#: Angstrom per unit, for i-PI's words for a length of atoms (``UnitMap["length"]`` of
+#: ipi/utils/units.py, less its angles): i-PI's Angstrom and meter are exact multiples of
+#: each other (1.8897261 and 1.8897261e10 Bohr), its ``ase`` is ASE's Angstrom, and its
+#: atomic unit is taken as BOHR_ANGSTROM.
+IPI_LENGTHS = {"atomic_unit": BOHR_ANGSTROM, "angstrom": 1.0, "ase": 1.0, "meter": 1e10}
+#: i-PI's SI prefixes of a unit (``UnitPrefix``: nanometer, picometer, ...).
+IPI_PREFIXES = {
+    "yotta": 1e24, "zetta": 1e21, "exa": 1e18, "peta": 1e15, "tera": 1e12, "giga": 1e9, "mega": 1e6, "kilo": 1e3,
+    "milli": 1e-3, "micro": 1e-6, "nano": 1e-9, "pico": 1e-12, "femto": 1e-15, "atto": 1e-18, "zepto": 1e-21,
+    "yocto": 1e-24,
+}  # fmt: skip
+
+
+def ipi_length_angstrom(word: str) -> float | None:
+    """Angstrom per i-PI length unit ``word``, parsed as i-PI parses it (an SI prefix if
+    one begins the word, then the base unit, case-insensitively), or None when the word
+    is no length of atoms the driver converts (``radian``, ``degree``, ``automatic``, an
+    unknown word)."""
+    for prefix, factor in IPI_PREFIXES.items():
+        if word.startswith(prefix) and word[len(prefix) :].lower() in IPI_LENGTHS:
+            return factor * IPI_LENGTHS[word[len(prefix) :].lower()]
+    return IPI_LENGTHS.get(word.lower())
+
 
 def cell_from_wire(h: np.ndarray) -> np.ndarray:
     """i-PI's cell ``h`` (3x3, vectors as columns, Bohr; or a stack (..., 3, 3)) -> cell

@@ -1,0 +1,302 @@
+"""``ensemble-driver devi`` on the files i-PI writes, in the units their own words give.
+
+The files are written by i-PI's own writer (``ipi.utils.io.print_file``, what its
+``<trajectory>`` output calls) from one set of structures in a triclinic cell: xyz in
+atomic units (i-PI's default) and with ``positions{angstrom} cell{nanometer}``, pdb with
+``positions{atomic_unit}`` with the cell in atomic units and in Angstrom (the report's
+case), in its default Angstrom, and its extxyz
+(``format='ase'``). The reference reads each file's numbers with i-PI's own raw readers
+(``iter_file_raw``, no conversion) and converts them with this file's table of the words
+(``ase.units.Bohr`` for the atomic unit, as the driver documents). With every ``--format``
+(none, ipi, xyz, extxyz, pdb, proteindatabank) ``devi`` gives the rows of deepmd-kit's
+``calc_model_devi_f`` / ``calc_model_devi_v`` on ``DeepPot.eval`` of those frames (1e-6);
+a unit or quantity it cannot take is one line and exit status 2."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.units import Bohr
+from conftest import IPI_INPUTS, tool
+
+from ensemble_driver.devi.command import DeviSettings, _warn_bead_order
+from ensemble_driver.devi.frames import Frame, read_frames
+from ensemble_driver.errors import ConfigError
+from ensemble_driver.wire import units
+from ensemble_driver.wire.template import read_template
+
+STEPS = (0, 10, 20)
+#: Angstrom per unit, the test's own table of i-PI's words
+ANGSTROM_PER = {"atomic_unit": Bohr, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0, "picometer": 0.01}
+#: name: (i-PI's mode, quantity, its units, cell units); the bead of each is its place here
+FILES = {
+    "au.xyz": ("xyz", "positions", "automatic", "automatic"),  # i-PI's default: atomic units
+    "mixed.xyz": ("xyz", "positions", "angstrom", "nanometer"),
+    "au.pdb": ("pdb", "positions", "atomic_unit", "atomic_unit"),
+    "report.pdb": ("pdb", "positions", "atomic_unit", "automatic"),  # the report's: the cell in Angstrom
+    "default.pdb": ("pdb", "positions", "automatic", "automatic"),  # pdb's default: Angstrom
+    "ase.extxyz": ("ase", "positions", "automatic", "automatic"),  # ASE's Angstrom
+}
+FORMATS = (None, "ipi", "xyz", "extxyz", "pdb", "proteindatabank")
+
+
+def structures(seed: int = 3):
+    """Three frames (Bohr, i-PI's upper-triangular h) of the shipped 32-atom Cu-Au
+    structure, in a strained triclinic cell, rattled."""
+    import ipi.utils.mathtools as mt
+
+    template = read_template(IPI_INPUTS / "init.xyz")
+    fractional = template.positions @ np.linalg.inv(template.cell)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, step in enumerate(STEPS):
+        a, b, c = (np.array([7.9, 7.7, 8.0]) + 0.05 * k) / Bohr
+        h = mt.abc2h(a, b, c, *np.radians([88.0, 93.0, 91.5]))
+        q = fractional @ h.T + rng.normal(0, 0.08 / Bohr, fractional.shape)
+        frames.append((step, h, q))
+    return list(template.labels), frames
+
+
+def write_ipi(path: Path, mode: str, key: str, unit: str, cell_unit: str, bead: int, seed: int = 3) -> None:
+    """The frames as i-PI's <trajectory> output writes them (ipi/engine/outputs.py: the title)."""
+    from ipi.engine.atoms import Atoms
+    from ipi.engine.cell import Cell
+    from ipi.utils.io import print_file
+
+    labels, frames = structures(seed)
+    stream = io.StringIO()
+    for step, h, q in frames:
+        atoms = Atoms(len(labels))
+        atoms.names[:] = labels
+        atoms.q[:] = q.ravel()
+        title = "Step:  %10d  Bead:   %5d " % (step, bead)
+        print_file(mode, atoms, Cell(h.copy()), stream, title=title, key=key, dimension="length", units=unit, cell_units=cell_unit)  # fmt: skip
+    path.write_text(stream.getvalue())
+
+
+def reference_frames(path: Path, mode: str) -> list[tuple[int, list[str], np.ndarray, np.ndarray]]:
+    """(step, labels, positions, cell) in Angstrom: the numbers i-PI's raw readers find,
+    converted by the words of each frame's comment (i-PI's read_pdb adds its Angstrom
+    words where a pdb has none); i-PI's extxyz through ASE."""
+    if mode == "ase":
+        import ase.io
+
+        return [
+            (
+                int(re.search(r"Step:\s*(\d+)", a.info["ipi_comment"]).group(1)),
+                a.get_chemical_symbols(),
+                a.positions,
+                a.cell.array,
+            )  # fmt: skip
+            for a in ase.io.read(path, index=":", format="extxyz")
+        ]
+    from ipi.utils.io import iter_file_raw
+
+    frames = []
+    with open(path) as stream:
+        for raw in iter_file_raw(mode, stream):
+            comment = raw["comment"]
+            words = dict(re.findall(r"(\w+)\{(\w+)\}", comment))
+            quantity = next(k for k in words if k != "cell")
+            positions = raw["data"].reshape(-1, 3) * ANGSTROM_PER[words[quantity]]
+            cell = np.asarray(raw["cell"]).T * ANGSTROM_PER[words.get("cell", "atomic_unit")]
+            step = int(re.search(r"Step:\s*(\d+)", comment).group(1))
+            frames.append((step, list(raw["names"]), positions, cell))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def ipi_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ipi_files")
+    for bead, (name, spec) in enumerate(FILES.items()):
+        write_ipi(folder / name, *spec, bead=bead)
+    return {name: folder / name for name in FILES}
+
+
+# the fast tier: reading
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", FILES)
+def test_ipi_files_are_read_in_their_units_with_any_format(ipi_files, name, fmt):
+    frames = read_frames(ipi_files[name], fmt)
+    expected = reference_frames(ipi_files[name], FILES[name][0])
+    assert [f.step for f in frames] == [e[0] for e in expected] == list(STEPS)
+    assert {f.bead for f in frames} == {list(FILES).index(name)}
+    for frame, (_, labels, positions, cell) in zip(frames, expected):
+        assert frame.symbols == labels
+        np.testing.assert_allclose(frame.positions, positions, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(frame.cell, cell, rtol=0, atol=1e-9)
+
+
+def test_the_report_cases_were_read_wrong_by_ase(ipi_files):
+    """The report: ASE takes the pdb's Bohr for Angstrom, and the xyz's too, without its
+    cell; what devi reads is ASE's numbers in Bohr, with a cell."""
+    import ase.io
+
+    pdb = ase.io.read(ipi_files["report.pdb"], index=0, format="proteindatabank")
+    frame = read_frames(ipi_files["report.pdb"], "proteindatabank")[0]
+    np.testing.assert_allclose(frame.positions, pdb.positions * Bohr)
+    np.testing.assert_allclose(frame.cell, pdb.cell.array)  # cell{angstrom}
+    for fmt in ("xyz", "extxyz"):
+        xyz = ase.io.read(ipi_files["au.xyz"], index=0, format=fmt)
+        assert not xyz.pbc.any()
+        frame = read_frames(ipi_files["au.xyz"], fmt)[0]
+        np.testing.assert_allclose(frame.positions, xyz.positions * Bohr)
+        assert frame.cell is not None and np.linalg.det(frame.cell) > 400
+
+
+def test_ipi_length_words():
+    assert units.ipi_length_angstrom("atomic_unit") == units.BOHR_ANGSTROM
+    assert units.ipi_length_angstrom("angstrom") == units.ipi_length_angstrom("Angstrom") == 1.0
+    assert units.ipi_length_angstrom("ase") == 1.0
+    assert units.ipi_length_angstrom("nanometer") == pytest.approx(10.0)
+    assert units.ipi_length_angstrom("picometer") == pytest.approx(0.01)
+    for word in ("radian", "degree", "automatic", "", "furlong", "nanofurlong"):
+        assert units.ipi_length_angstrom(word) is None
+
+
+def test_centroid_trajectories_are_positions(tmp_path):
+    """i-PI's x_centroid trajectory is positions too; in its extxyz the values are a column."""
+    write_ipi(tmp_path / "c.xyz", "xyz", "x_centroid", "picometer", "angstrom", bead=0)
+    write_ipi(tmp_path / "p.xyz", "xyz", "positions", "automatic", "automatic", bead=0)
+    write_ipi(tmp_path / "c.extxyz", "ase", "x_centroid", "automatic", "automatic", bead=0)
+    centroid, plain, ase_centroid = (read_frames(tmp_path / n) for n in ("c.xyz", "p.xyz", "c.extxyz"))
+    for a, b, c in zip(centroid, plain, ase_centroid):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)  # 6 digits in each unit
+        np.testing.assert_allclose(c.positions, b.positions, atol=1e-4)
+
+
+def refusal(path: Path, fmt=None, **kwargs) -> str:
+    with pytest.raises(ConfigError) as caught:
+        read_frames(path, fmt, **kwargs)
+    assert caught.value.exit_status == 2
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def widen_first_x(pdb: str) -> str:
+    """The pdb with its first x coordinate 12345.678: wider than i-PI's %8.3f column."""
+    lines = pdb.splitlines(keepends=True)
+    k = next(k for k, line in enumerate(lines) if line.startswith("ATOM"))
+    lines[k] = lines[k][:30] + "12345.678" + lines[k][38:]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_what_cannot_be_read_is_one_line(ipi_files, tmp_path, fmt):
+    pdb, xyz, ase_file = (ipi_files[n].read_text() for n in ("au.pdb", "au.xyz", "ase.extxyz"))
+    cases = {
+        "radian.pdb": (pdb.replace("cell{atomic_unit}", "cell{radian}"), "cell{radian} not supported"),
+        "furlong.xyz": (
+            xyz.replace("positions{atomic_unit}", "positions{furlong}"),
+            "positions{furlong} not supported",
+        ),
+        "forces.xyz": (xyz.replace("positions{", "forces{"), "forces{atomic_unit}: i-PI's trajectory of forces"),
+        "velocities.pdb": (pdb.replace("positions{", "velocities{"), "i-PI's trajectory of velocities"),
+        "furlong.extxyz": (
+            ase_file.replace("positions{ase}", "positions{furlong}"),
+            "positions{furlong} not supported",
+        ),
+        # a coordinate wider than i-PI's %8.3f shifts the columns after it
+        "wide.pdb": (widen_first_x(pdb), "not i-PI's columns"),
+        "cut.pdb": (pdb[: pdb.rindex("END")], "the last frame has no END line"),
+    }
+    for name, (text, words) in cases.items():
+        assert text != {"pdb": pdb, "xyz": xyz, "extxyz": ase_file}[name.split(".")[1]], name
+        (tmp_path / name).write_text(text)
+        assert words in refusal(tmp_path / name, fmt), name
+    assert "--aparam-array" in refusal(ipi_files["au.pdb"], fmt, aparam_array="q")
+    if fmt == "ipi":
+        (tmp_path / "plain.xyz").write_text("1\nnothing of i-PI's\nCu 0 0 0\n")
+        assert "not a file of i-PI's" in refusal(tmp_path / "plain.xyz", fmt)
+
+
+def test_beads_out_of_order_are_told(caplog):
+    def series(*beads):
+        return [[Frame(["Cu"], np.zeros((1, 3)), np.eye(3), 0, bead=b)] for b in beads]
+
+    settings = DeviSettings(trajectories=("a", "b", "c"), models=("m0", "m1"))
+    with caplog.at_level(logging.WARNING):
+        _warn_bead_order(settings, series(0, 1, 2), 0)
+        _warn_bead_order(settings, series(3, None, 1), 0)  # not all i-PI's
+        assert not caplog.records
+        _warn_bead_order(settings, series(0, 10, 2), 0)
+    assert len(caplog.records) == 1 and "beads 0 10 2" in caplog.records[0].getMessage()
+
+
+# with the models: the command line
+
+
+def expected_rows(frames, model_paths, reference) -> np.ndarray:
+    """The rows (step, 6 deviations) of deepmd-kit's calc_model_devi_v / calc_model_devi_f
+    on DeepPot.eval of each (step, labels, positions, cell) frame in Angstrom."""
+    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
+
+    rows = []
+    for step, labels, positions, cell in frames:
+        forces, virials = [], []
+        for path in model_paths:
+            dp = reference.deeppot(path)
+            atype = [dp.get_type_map().index(s) for s in labels]
+            _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
+            forces.append(np.asarray(f).reshape(-1, 3))
+            virials.append(np.asarray(v).reshape(9))
+        fmax, fmin, favg = (x[0] for x in calc_model_devi_f(np.array(forces)[:, None]))
+        vmax, vmin, vavg = (x[0] for x in calc_model_devi_v((np.array(virials) / len(labels))[:, None]))
+        rows.append([step, vmax, vmin, vavg, fmax, fmin, favg])
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def expected(ipi_files, model_paths, reference) -> dict[str, np.ndarray]:
+    return {
+        name: expected_rows(reference_frames(path, FILES[name][0]), model_paths, reference)
+        for name, path in ipi_files.items()
+    }
+
+
+def devi(*args, cwd) -> subprocess.CompletedProcess:
+    command = [tool("ensemble-driver"), "devi", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_devi_rows_on_ipi_files_equal_deepmd(tmp_path, ipi_files, model_paths, reference, expected, fmt):
+    """Every file in one call (one series each: model_devi1..6.out), with one --format."""
+    files = list(ipi_files.values())
+    proc = devi(*files, "--models", *model_paths, *(["--format", fmt] if fmt else []), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "beads" not in proc.stderr  # given in bead order: no warning
+    for k, name in enumerate(ipi_files):
+        rows = np.loadtxt(tmp_path / f"model_devi{k + 1}.out", ndmin=2)
+        np.testing.assert_array_equal(rows[:, 0], STEPS)
+        np.testing.assert_allclose(rows, expected[name], rtol=1e-6, atol=1e-9, err_msg=f"{name}, --format {fmt}")
+    if fmt is None:  # the report's pdb as ASE reads it (Bohr as Angstrom) gives other rows
+        import ase.io
+
+        wrong = [
+            (step, a.get_chemical_symbols(), a.positions, a.cell.array)
+            for step, a in zip(STEPS, ase.io.read(ipi_files["report.pdb"], index=":", format="proteindatabank"))
+        ]
+        assert np.abs(expected_rows(wrong, model_paths, reference)[:, 4] / expected["report.pdb"][:, 4] - 1).min() > 1
+
+
+def test_devi_refuses_with_one_line(tmp_path, ipi_files, model_paths):
+    """A unit or a quantity it cannot take: one line, status 2, before any row is written."""
+    (tmp_path / "radian.pdb").write_text(ipi_files["au.pdb"].read_text().replace("cell{atomic_unit}", "cell{radian}"))
+    (tmp_path / "forces.xyz").write_text(ipi_files["au.xyz"].read_text().replace("positions{", "forces{"))
+    for name, fmt, value in (("radian.pdb", "proteindatabank", "cell{radian}"), ("forces.xyz", "extxyz", "forces{atomic_unit}")):  # fmt: skip
+        proc = devi(ipi_files["au.xyz"], name, "--models", *model_paths, "--format", fmt, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and value in lines[0], proc.stderr[-2000:]
+        assert not list(tmp_path.glob("model_devi*")) and proc.stdout == ""
