@@ -288,17 +288,18 @@ def test_sigkill_then_the_same_command(tmp_path, address, model_paths, whole):
 
 @pytest.mark.timeout(900)
 def test_a_model_failing_mid_run_leaves_a_restart(tmp_path, address, model_paths):
-    """Model 1 returns NaN from its 6th evaluation on (rank 1): one line naming it, status
-    5, i-PI ended by its soft exit with a RESTART, nothing left."""
+    """Model 1 returns NaN from its 17th evaluation on (rank 1; 4 warm it up, then 2 per
+    deviation step): one line naming it, status 5, i-PI ended by its soft exit with a
+    RESTART past step 0, nothing left."""
     prepare(tmp_path, address)
     program = [sys.executable, str(HERE / "failing_model.py")]
-    env_command = ["env", f"FAIL_MODEL={model_paths[1]}", "FAIL_AFTER=5", *command(model_paths, program=program)]
+    env_command = ["env", f"FAIL_MODEL={model_paths[1]}", "FAIL_AFTER=16", *command(model_paths, program=program)]
     job = run_job(tmp_path, env_command, "job")
     assert job.popen.returncode == 5, job.log()[-4000:]
     errors = job.errors()
     assert len(errors) == 1 and f"model 1 ({model_paths[1]}) returned non-finite" in errors[0], job.log()[-3000:]
     chk = read_checkpoint(tmp_path / "RESTART")
-    assert 0 <= chk.step < STEPS
+    assert 0 < chk.step < STEPS
     assert "i-PI ended by its soft exit" in job.log()
 
 
@@ -384,14 +385,17 @@ def test_the_newest_valid_checkpoint_is_chosen(tmp_path, caplog):
 
 
 def test_checkpoints_of_an_input_without_outputs(tmp_path):
-    """i-PI's defaults: prefix 'i-pi', filename 'restart'; an input with no <step> is no
-    checkpoint."""
+    """i-PI's defaults: prefix 'i-pi', filename 'restart'; i-PI writes no <step> for step 0
+    (nor <total_steps> for 1000); a file that is not i-PI's is refused."""
     (tmp_path / "input.xml").write_text("<simulation><output><checkpoint/></output></simulation>")
     write_checkpoint(tmp_path / "i-pi.restart", 3, 10)
     chk, skipped = newest_checkpoint(checkpoint_files(tmp_path / "input.xml"))
     assert (chk.step, chk.total_steps, skipped) == (3, 10, ())
-    with pytest.raises(ValueError, match="no <step>"):
-        read_checkpoint(tmp_path / "input.xml")
+    (tmp_path / "RESTART").write_text("<simulation><output/></simulation>")
+    assert read_checkpoint(tmp_path / "RESTART").step == 0 and read_checkpoint(tmp_path / "RESTART").total_steps == 1000
+    (tmp_path / "RESTART").write_text("<html/>")
+    with pytest.raises(ValueError, match="no <simulation> element"):
+        read_checkpoint(tmp_path / "RESTART")
 
 
 def test_status_line_forms():

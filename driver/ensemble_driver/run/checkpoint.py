@@ -11,9 +11,9 @@ finished run is one i-PI refuses to bind):
   defaults to ``restart``, ``prefix`` to ``i-pi``), or with ``overwrite='false'`` the
   numbered ``<prefix>.<filename>_<k>``: what a hard kill leaves.
 
-Each says its ``<step>`` (the step i-PI continues from) and ``<total_steps>``. The newest
-is the one with the largest step; a file that does not parse (a kill during its write) or
-has no step is skipped, with a warning. At equal steps RESTART wins. A checkpoint whose
+Each says its ``<step>`` (the step i-PI continues from) and ``<total_steps>`` (i-PI leaves
+out either when it has its default, 0 and 1000). The newest is the one with the largest
+step; a file that does not parse (a kill during its write) is skipped, with a warning. At equal steps RESTART wins. A checkpoint whose
 step has reached its total steps is a finished run.
 """
 
@@ -82,13 +82,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"not whole XML ({exc})") from None
     if root.tag != "simulation":
         raise ValueError(f"no <simulation> element (found <{root.tag}>)")
+    # i-PI leaves out what has its default value: <step> 0, <total_steps> 1000
     step = _int_child(root, "step")
     total = _int_child(root, "total_steps")
-    if total is None:
-        total = 1000  # i-PI's default total_steps
-    if step is None:
-        raise ValueError("no <step>: not a checkpoint")
-    return Checkpoint(path, step, total)
+    return Checkpoint(path, 0 if step is None else step, 1000 if total is None else total)
 
 
 def checkpoint_files(input_path: str | Path) -> list[Path]:
