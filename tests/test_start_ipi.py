@@ -253,16 +253,18 @@ def start_and_stop(workdir: Path, model_paths, sig: int) -> Job:
 
 
 @pytest.mark.timeout(900)
-def test_sigterm_then_the_same_command(tmp_path, address, model_paths, whole):
-    """SIGTERM to the job's mpiexec mid-run (Slurm's time limit): i-PI's RESTART written,
-    the job's status 75, nothing left; the same command then completes the run, and every
-    file equals the uninterrupted run's, each step once."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_sigterm_then_the_same_command(tmp_path, address, model_paths, whole, signame):
+    """SIGTERM (Slurm's time limit) or SIGUSR1 (its early warning, --signal) to the job's
+    mpiexec mid-run: i-PI's RESTART written, the job's status 75, nothing left; the same
+    command then completes the run, and every file equals the uninterrupted run's, each
+    step once."""
     prepare(tmp_path, address)
-    job = start_and_stop(tmp_path, model_paths, signal.SIGTERM)
+    job = start_and_stop(tmp_path, model_paths, getattr(signal, signame))
     assert job.wait(120) == EXIT_RESTARTABLE, job.log()[-4000:]
     assert_none_left(tmp_path)
     errors = job.errors()
-    assert len(errors) == 1 and "stopped by SIGTERM; i-PI's RESTART is at step" in errors[0], job.log()[-3000:]
+    assert len(errors) == 1 and f"stopped by {signame}; i-PI's RESTART is at step" in errors[0], job.log()[-3000:]
     assert "run the same command to continue" in errors[0]
     stopped_at = read_checkpoint(tmp_path / "RESTART").step
     assert 4 <= stopped_at < STEPS
@@ -305,13 +307,13 @@ def test_a_model_failing_mid_run_leaves_a_restart(tmp_path, address, model_paths
 
 @pytest.mark.timeout(300)
 def test_inputs_ipi_cannot_use(tmp_path, address, model_paths):
-    """An input i-PI cannot read: one line with i-PI's message, status 2, before any
+    """An input i-PI cannot read: one line with i-PI's message, status 6, before any
     process starts. One it reads but cannot run (its output directory is missing): i-PI
     ends, one line quoting i-PI's own error, status 6. Nothing left either way."""
     bad = tmp_path / "bad"
     prepare(bad, address, xml=input_xml(address, 6).replace("<total_steps> 6 </total_steps>", "<total_steps> x"))
     job = run_job(bad, command(model_paths), "job")
-    assert job.popen.returncode == 2, job.log()[-4000:]
+    assert job.popen.returncode == EXIT_IPI_FAILED, job.log()[-4000:]
     errors = job.errors()
     assert len(errors) == 1 and "--ipi-input input.xml: i-PI cannot read it" in errors[0], job.log()[-3000:]
     assert not (bad / "ipi.log").exists()

@@ -33,7 +33,7 @@ from ..wire.template import Template, read_template, read_template_array
 from ..wire.transport import make_address
 from .checkpoint import Start, describe, plan_start
 from .config import RunConfig
-from .ipi_process import EXIT_RESTARTABLE, IpiProcess, clear_socket
+from .ipi_process import EXIT_RESTARTABLE, IpiFailed, IpiProcess, clear_socket
 from .outputs import close_outputs, open_outputs
 from .serving import Served, serve_connection, serve_rank0
 
@@ -221,7 +221,12 @@ def _run_inputs(config_source, comm, signals: StopSignals, started: list[IpiProc
         devices.bind(placement)  # before any backend is imported
         ipi = None
         if config.ipi_input is not None:
-            ipi = read_ipi_input(config.ipi_input, config.forcefield)
+            try:
+                ipi = read_ipi_input(config.ipi_input, config.forcefield)
+            except ConfigError as exc:
+                if start is not None and "i-PI cannot read it" in str(exc):
+                    raise IpiFailed(str(exc)) from None  # i-PI's own failure, before it is started: status 6
+                raise
             config = config.with_ipi_input(ipi).validated()
             if start is not None and rank == 0:
                 clear_socket(ipi.socket)
