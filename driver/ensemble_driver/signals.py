@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .errors import DriverError
@@ -45,21 +45,33 @@ class StopSignals:
         self.received_at: float | None = None  # time.monotonic() of the first signal
         self._raise_now = False
         self._previous: dict[int, object] = {}
+        self._installed = False
+        #: called with the signal's number as it arrives (rank 0 with --start-ipi: i-PI's soft exit)
+        self.on_signal: Callable[[int], None] | None = None
 
     def install(self) -> StopSignals:
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._handler)
+        self._installed = True
         return self
+
+    def handle(self, sig: int) -> None:
+        """Stop on ``sig`` too (SIGUSR1, a batch system's warning, with --start-ipi)."""
+        if self._installed and sig not in self._previous:
+            self._previous[sig] = signal.signal(sig, self._handler)
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
         self._previous.clear()
+        self._installed = False
 
     def _handler(self, signum: int, frame: object) -> None:
         if self.received is None:
             self.received_at = time.monotonic()
         self.received = signum
+        if self.on_signal is not None:
+            self.on_signal(signum)
         if self._raise_now:
             self._raise_now = False
             raise Stopped(signum)

@@ -1,9 +1,10 @@
 """``ensemble-driver demo``: a short i-PI path-integral run on the shipped ensemble.
 
 It runs the very files a user starts from (``ipi_inputs/pimd.xml`` and the four models
-in ``examples/models/``) with a private socket name and fewer steps, the driver under
-``mpiexec`` (model 0 drives, the others give the deviation every few steps), watches
-i-PI and the driver together, and prints where the outputs are.
+in ``examples/models/``) with a private socket name and fewer steps, by the one command a
+user runs: the driver under ``mpiexec`` with ``--start-ipi`` (rank 0 runs i-PI; model 0
+drives, the others give the deviation every few steps), watched with a deadline, and
+prints where the outputs are.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def run_demo(outdir: str | Path, *, steps: int, beads: int, ranks: int, out_freq
         *map(str, models),
         "--ipi-input",
         "pimd.xml",  # the atoms, the socket and the beads: i-PI's own input says them
+        "--start-ipi",  # and rank 0 runs i-PI on it
         "--connect-timeout",
         "120",
         "--out-freq",
@@ -78,7 +80,6 @@ def run_demo(outdir: str | Path, *, steps: int, beads: int, ranks: int, out_freq
     print(f"demo: driver: mpiexec -n {ranks} ensemble-driver {' '.join(driver_cmd[6:])}")
     try:
         with ProcessGroup(outdir / "logs") as group:
-            group.start("i-pi", [_find("i-pi"), "pimd.xml"], cwd=outdir)
             group.start("driver", driver_cmd, cwd=outdir)
             group.wait(timeout)
     except GroupFailed as exc:
@@ -130,7 +131,7 @@ def _summarise(outdir: Path, beads: int) -> None:
         "pimd.pos_*.extxyz": f"positions of each of the {beads} beads (extxyz, Angstrom), every 10 steps",
         "pimd.xml": "the i-PI input that ran (ipi_inputs/pimd.xml with this socket and step count)",
         "logs/driver.log": "the driver's log",
-        "logs/i-pi.log": "i-PI's log",
+        "ipi.log": "i-PI's log (i-PI started by the driver)",
     }
     for pattern, what in described.items():
         if any(outdir.glob(pattern)):

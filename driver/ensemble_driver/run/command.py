@@ -10,7 +10,10 @@ on rank 0 naming the rank, the file and the reason.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -28,7 +31,9 @@ from ..signals import Stopped, StopSignals
 from ..wire.ipi_input import IpiInput, read_ipi_input
 from ..wire.template import Template, read_template, read_template_array
 from ..wire.transport import make_address
+from .checkpoint import Start, describe, plan_start
 from .config import RunConfig
+from .ipi_process import EXIT_RESTARTABLE, IpiFailed, IpiProcess, clear_socket
 from .outputs import close_outputs, open_outputs
 from .serving import Served, serve_connection, serve_rank0
 
@@ -170,21 +175,61 @@ def run(config: RunConfig | Callable[[], RunConfig], comm=None, signals: StopSig
 
 
 def _run(config_source, comm, signals: StopSignals) -> int:
+    started: list[IpiProcess] = []
+    try:
+        return _run_inputs(config_source, comm, signals, started)
+    finally:
+        for ipi in started:  # whatever ended the run, i-PI ends restartably and never outlives it
+            if ipi.returncode is None:
+                ipi.stop()
+
+
+def _restartable(exc: DriverError) -> DriverError:
+    """With --start-ipi, a stop by a signal exits with the status that says 'run the same
+    command again' (75), on every rank."""
+    if exc.exit_status in tuple(128 + s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)):
+        exc.exit_status = EXIT_RESTARTABLE
+    return exc
+
+
+def _run_inputs(config_source, comm, signals: StopSignals, started: list[IpiProcess]) -> int:
     rank = comm.rank
     node_rank = ranks.node_share(comm)[0]  # collective, so before anything can fail
+    start_ipi = [False]
 
     def check_inputs():
         config = config_source() if callable(config_source) else config_source
         config.validated()
         if config.verbose:
             setup_logging(config.verbose)
+        start: Start | None = None
+        if config.start_ipi:
+            if config.resume:
+                raise ConfigError(
+                    "--start-ipi continues a stopped run by itself, from i-PI's newest checkpoint, and cuts the "
+                    "outputs to match: leave out --resume, --overwrite and --append"
+                )
+            start_ipi[0] = True
+            signals.handle(signal.SIGUSR1)
+            start = plan_start(config.ipi_input)
+            if start.complete:
+                return start
+            # i-PI's checkpoint is the input, and the outputs are continued from its step
+            config = replace(config, ipi_input=str(start.input), resume=True).validated()
         layout = deal_models(len(config.models), comm.size, config.model0_rank_count, config.connections)
         placement = devices.place(config.device, node_rank, devices.visible_gpus(), ranks.host_name())
         devices.bind(placement)  # before any backend is imported
         ipi = None
         if config.ipi_input is not None:
-            ipi = read_ipi_input(config.ipi_input, config.forcefield)
+            try:
+                ipi = read_ipi_input(config.ipi_input, config.forcefield)
+            except ConfigError as exc:
+                if start is not None and "i-PI cannot read it" in str(exc):
+                    raise IpiFailed(str(exc)) from None  # i-PI's own failure, before it is started: status 6
+                raise
             config = config.with_ipi_input(ipi).validated()
+            if start is not None and rank == 0:
+                clear_socket(ipi.socket)
         addresses = [make_address(config.unix, a, config.port, config.sockets_prefix) for a in config.addresses]
         address = addresses[rank] if len(addresses) > 1 and rank < len(addresses) else addresses[0]
         template = the_template(config, ipi)
@@ -193,29 +238,53 @@ def _run(config_source, comm, signals: StopSignals) -> int:
         ids = ipi.ids if ipi is not None else None
         outputs = open_outputs(config, ids, address, template.natoms) if rank == 0 else None
         opened.append(outputs)
-        return config, layout, address, template, outputs, placement, ids
+        total = ipi.total_steps if ipi is not None else None
+        return config, layout, address, template, outputs, placement, ids, total, start
 
     opened: list = []  # rank 0's outputs, to discard if another rank fails its checks
     try:
-        config, layout, address, template, outputs, placement, ids = collective(comm, check_inputs)
-    except BaseException:
+        checked = collective(comm, check_inputs)
+    except BaseException as exc:
         for sink in opened:
             if sink is not None:
                 sink.discard_unused()
                 close_outputs(sink)
+        if isinstance(exc, DriverError):
+            raise (_restartable(exc) if start_ipi[0] else exc) from None
         raise
+    if isinstance(checked, Start):
+        if rank == 0:
+            chk = checked.checkpoint
+            log.info(
+                "the run is complete: i-PI's %s is at step %d of %d; nothing to do",
+                chk.path.name,  # type: ignore[union-attr]
+                chk.step,  # type: ignore[union-attr]
+                chk.total_steps,  # type: ignore[union-attr]
+            )
+        return 0
+    config, layout, address, template, outputs, placement, ids, total, start = checked
+    if rank == 0 and start is not None:
+        for skipped in start.skipped:
+            log.warning("i-PI checkpoint not usable, skipped: %s", skipped)
+        log.info("%s", describe(start))
     hosts = log_layout(comm, layout, config.models, placement)
     try:
-        return _run_checked(config, comm, layout, address, template, outputs, signals, hosts, ids)
-    except BaseException:
+        return _run_checked(
+            config, comm, layout, address, template, outputs, signals, hosts, ids, total, start, started
+        )
+    except BaseException as exc:
         if outputs is not None:
             outputs.discard_unused()
+        if isinstance(exc, DriverError) and start is not None:
+            raise _restartable(exc) from None
         raise
     finally:
         close_outputs(outputs)
 
 
-def _run_checked(config, comm, layout, address, template, outputs, signals: StopSignals, hosts, ids=None) -> int:
+def _run_checked(
+    config, comm, layout, address, template, outputs, signals: StopSignals, hosts, ids, total, start, started
+) -> int:
     rank = comm.rank
     mine = layout.models_of[rank]
     if rank == 0 and len(config.models) > 1 and config.out_freq == 0:
@@ -242,11 +311,27 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
         ]
 
     members = collective(comm, match)
+    ipi_process = None
+    if start is not None:  # rank 0 starts i-PI now: it reads its input while the models warm up
+
+        def start_ipi():
+            if rank != 0:
+                return None
+            with signals.interruptible():
+                process = IpiProcess.start(start.input, Path(start.input).resolve().parent)
+            started.append(process)
+            signals.on_signal = lambda signum: process.stop_soon()
+            return process
+
+        ipi_process = collective(comm, start_ipi)
     periodic = template.periodic if config.pbc is None else config.pbc
     with signals.interruptible():
         warm_up(members, template, periodic)
     ids_size = max(ids.index) + 1 if ids is not None else config.nbeads  # the request ids counted
     counter = ranks.StepCounter(comm, ids_size) if config.connections > 1 else None  # collective
+    served = Served(
+        config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids, total, ipi_process
+    )
     if rank in layout.ensemble_ranks:
         status = follower_loop(
             comm, members, natoms=template.natoms, signals=signals, dispatchers=layout.connection_ranks
@@ -254,11 +339,8 @@ def _run_checked(config, comm, layout, address, template, outputs, signals: Stop
     elif rank in layout.batch_replicas:
         status = replica_loop(comm, members[0], natoms=template.natoms, signals=signals)
     elif rank != 0:
-        status = serve_connection(
-            Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids)
-        )
+        status = serve_connection(served)
     else:
-        served = Served(config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids)
         status = serve_rank0(served, elements, outputs)
     if counter is not None:
         counter.close()  # collective: every rank ends cleanly here (a failure raised above)

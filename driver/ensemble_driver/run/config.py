@@ -47,6 +47,8 @@ class RunConfig:
     ipi_input: str | None = None  # i-PI's input or RESTART: atoms, socket, beads and request ids
     forcefield: str | None = None  # the <ffsocket> served, when the input has several
     resume: bool = False  # with a RESTART as ipi_input: cut the outputs to its step, then append
+    start_ipi: bool = False  # rank 0 runs i-PI on ipi_input (or its newest checkpoint): run/ipi_process
+    status_every: float = 60.0  # rank 0's status line every this many seconds (0: none): run/progress
     unix: bool = False
     address: str | tuple[str, ...] = "localhost"  # several: one per connection
     port: int | None = None
@@ -185,6 +187,15 @@ class RunConfig:
             )
         if self.forcefield is not None and self.ipi_input is None:
             raise ConfigError("--forcefield names a forcefield of the i-PI input: it needs --ipi-input")
+        if self.start_ipi and self.ipi_input is None:
+            raise ConfigError("--start-ipi starts i-PI on its input: give it with --ipi-input INPUT")
+        if self.start_ipi and (self.overwrite or self.append):
+            raise ConfigError(
+                "--start-ipi continues a stopped run by itself, from i-PI's newest checkpoint, and cuts the outputs "
+                "to match: leave out --resume, --overwrite and --append"
+            )
+        if not (self.status_every >= 0 and math.isfinite(self.status_every)):
+            raise ConfigError(f"--status-every must be >= 0 seconds (0: no status lines), got {self.status_every}")
         if self.resume and self.ipi_input is None:
             raise ConfigError("--resume continues from the step of i-PI's RESTART: give it with --ipi-input RESTART")
         if self.resume and (self.overwrite or self.append):

@@ -79,7 +79,8 @@ def continuation(
     """Decide (see the module); ``cut``: resume_outputs' candidate_files, traj, levels."""
     written = [name for name in names if has_rows(name)]
     if config.resume and ids is not None:
-        if ids.first_step == 0 and written:
+        # (--start-ipi restarts i-PI itself: from its input at step 0 when no checkpoint exists)
+        if ids.first_step == 0 and written and not config.start_ipi:
             raise ConfigError(
                 f"--resume: --ipi-input {config.ipi_input} starts at step 0 (it is no RESTART), and {written[0]} "
                 "holds rows: give the RESTART or checkpoint i-PI restarts from, or --overwrite to start over"

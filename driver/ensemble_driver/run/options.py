@@ -10,7 +10,11 @@ from .config import DEFAULT_SOCKETS_PREFIX
 
 RUN_EPILOG = """\
 examples:
-  # under i-PI: its own input gives the atoms, the socket and which request is which bead
+  # one command runs i-PI too: its own input gives the atoms, the socket and which request
+  # is which bead; the same command continues the run after any stop
+  ensemble-driver run --models m0.pth --ipi-input input.xml --start-ipi
+
+  # i-PI started by hand instead:
   i-pi input.xml &
   ensemble-driver run --models m0.pth --ipi-input input.xml
 
@@ -29,10 +33,10 @@ examples:
   ensemble-driver run --models a.pth --template init.extxyz --unix --address cuau --aparam-array q
 
   # an ensemble of 4 models on 4 MPI ranks, path integrals with 8 beads: the deviation
-  # of every bead every 10 steps in model_devi1.out .. model_devi8.out; after a restart,
-  # the same with --ipi-input RESTART --resume
+  # of every bead every 10 steps in model_devi1.out .. model_devi8.out; stopped (status
+  # 75), the same command continues it
   mpiexec -n 4 ensemble-driver run --models m0.pth m1.pth m2.pth m3.pth \\
-      --ipi-input input.xml --out-freq 10
+      --ipi-input input.xml --start-ipi --out-freq 10
 
 what it does:
   Connects to the server (i-PI, ASE's SocketIOCalculator, or any i-PI protocol server),
@@ -53,6 +57,8 @@ exit status:
   0 the server ended the run (EXIT, or closed the connection between requests)
   2 bad option, configuration file, template or path    3 could not connect
   4 the server broke the protocol                         5 a model failed
+  6 i-PI started by --start-ipi failed (its own message quoted)
+  75 stopped restartably (--start-ipi: a signal, i-PI's soft exit): run the same command
 """
 
 
@@ -98,6 +104,23 @@ def run_parser(sub: argparse._SubParsersAction) -> None:
         help="with --ipi-input naming i-PI's RESTART: cut the deviation files, dumps, candidates and summary "
         "to the steps before the RESTART's step (each file replaced whole), then append the new rows from "
         "that step on: every step once in every file, as DP-GEN needs",
+    )
+    p.add_argument(
+        "--start-ipi",
+        action="store_true",
+        default=None,
+        help="with --ipi-input INPUT: rank 0 starts i-PI on INPUT, in INPUT's directory (its output in ipi.log "
+        "there), and ends it restartably whenever the run stops; run the same command again after any stop "
+        "(SIGTERM, SIGUSR1, a kill, a failure) and it continues from i-PI's newest checkpoint, every output "
+        "continued as --resume does; a finished run is left as it is (exit status 0) (default: off)",
+    )
+    p.add_argument(
+        "--status-every",
+        type=float,
+        metavar="SECONDS",
+        help="rank 0 logs a status line this often: i-PI's step and total steps, steps per second, the time "
+        "left, the largest max_devi_f since the last line and the candidate and failed rows so far; 0: none "
+        "(default: 60)",
     )
     p.add_argument(
         "--config",

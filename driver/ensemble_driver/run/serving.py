@@ -28,13 +28,15 @@ from ..ensemble.steps import ids_warning
 from ..errors import DriverError, ReportedError, one_line
 from ..outputs.sink import RowSink
 from ..signals import Stopped, StopSignals
-from ..wire.ipi_input import RequestIds
+from ..wire.ipi_input import RequestIds, system_names
 from ..wire.protocol import Wire
 from ..wire.session import EndReason, Session
 from ..wire.template import Template
 from ..wire.transport import Address, connect
 from .config import RunConfig
 from .continuation import record_peer
+from .ipi_process import IpiProcess, connect_to_started, ipi_outcome
+from .progress import Progress, WatchedHandler, WatchedSink, selection_counts
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Served:
     counter: ranks.StepCounter | None
     hosts: list[str]
     ids: RequestIds | None = None  # --ipi-input: which request id is which bead
+    total_steps: int | None = None  # --ipi-input: i-PI's total steps
+    ipi: IpiProcess | None = None  # --start-ipi, on rank 0: the i-PI it started
 
     def leader(self, **pieces) -> Leader:
         return Leader(
@@ -104,7 +108,7 @@ def journal_numbering(journal):
 
 
 def run_session(
-    served: Served, leader: Leader, idle=None
+    served: Served, leader: Leader, idle=None, progress: Progress | None = None
 ) -> tuple[Session | None, EndReason | None, DriverError | None]:
     """Connect and serve until the server ends the run; (session, how it ended, error).
     With a journal (rank 0, see run/continuation) the served i-PI process is named in it
@@ -113,12 +117,17 @@ def run_session(
     config, signals = served.config, served.signals
     try:
         with signals.interruptible():
-            sock = connect(served.address, config.connect_timeout, server_timeout=config.server_timeout)
+            if served.ipi is not None:  # the i-PI rank 0 started: given up on at once if it ends
+                sock = connect_to_started(
+                    served.ipi, served.address, config.connect_timeout, server_timeout=config.server_timeout
+                )
+            else:
+                sock = connect(served.address, config.connect_timeout, server_timeout=config.server_timeout)
         record_peer(leader.journal, served.address)
         with sock:
             session = Session(
                 Wire(sock, served.template.natoms),
-                leader,
+                leader if progress is None else WatchedHandler(leader, progress),
                 init_every_step=config.init_each,
                 after_reply=leader.after_reply,
                 signals=signals,
@@ -143,7 +152,9 @@ def serve_rank0(served: Served, elements, sink: RowSink | None) -> int:
     _log_start(served, elements, sink)
     if sink is not None:
         sink.set_atoms(elements, served.members[0].atom_types)
-    rows = BeadRows(sink, out_freq=config.out_freq if config.connections > 1 else None)
+    progress = status_lines(served, sink)
+    watched = WatchedSink(sink, progress) if progress is not None and sink is not None else sink
+    rows = BeadRows(watched, out_freq=config.out_freq if config.connections > 1 else None)
     hub = Hub(served.comm, layout.connection_ranks[1:], rows) if config.connections > 1 else None
     replicas = None
     if layout.batch_replicas:
@@ -167,14 +178,38 @@ def serve_rank0(served: Served, elements, sink: RowSink | None) -> int:
         }
     if sink is not None and sink.selection is not None and config.out_freq_near:
         sink.selection.extra_rows = leader.steps.extra_rows  # counted by the bead steps, reported with the classes
-    session, _, error = run_session(served, leader, idle=watch)
+    session, _, error = run_session(served, leader, idle=watch, progress=progress)
     error = leader.finish(error)
+    if served.ipi is not None:
+        fired = sink is not None and sink.stop_after_failed > 0 and sink.failed >= sink.stop_after_failed
+        error = ipi_outcome(served.ipi, error, served.signals.received, stop_rule=fired)
     if error is None and journal is not None:
         journal.remove()  # the server ended the run: nothing is left to continue
     _log_end(served, session, leader, hub, sink)
     if error is not None:
         raise error
     return 0
+
+
+def status_lines(served: Served, sink: RowSink | None) -> Progress | None:
+    """Rank 0's status lines (--status-every), or None when off."""
+    config, ids = served.config, served.ids
+    if not config.status_every:
+        return None
+    systems, system_of_bead = [""], None
+    if ids is not None and len(ids.systems) > 1:
+        systems = system_names(ids)
+        order = list(dict.fromkeys(s.system for s in ids.series))
+        system_of_bead = [order.index(s.system) for s in ids.series]
+    return Progress(
+        config.status_every,
+        total=served.total_steps,
+        ids=ids,
+        systems=systems,
+        system_of_bead=system_of_bead,
+        counts=selection_counts(sink),
+        deviation=sink is not None,
+    )
 
 
 def _log_start(served: Served, elements, files: RowSink | None) -> None:
