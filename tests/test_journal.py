@@ -92,3 +92,20 @@ def test_a_start_that_wrote_no_row_leaves_no_header_only_file(tmp_path, mode):
     kept.write(1, 0, ROW)
     kept.discard_unused()  # one bead has a row: the whole set stays
     assert all((tmp_path / f"model_devi{b}.out").exists() for b in (1, 2))
+
+
+def test_a_stale_unix_socket_file_is_named_in_the_connection_error(tmp_path):
+    """A server killed outright leaves its socket file: the driver's one line says so."""
+    import socket
+
+    from ensemble_driver.errors import ConnectError
+    from ensemble_driver.wire.transport import UnixAddress, connect
+
+    path = tmp_path / "ipi_stale"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))  # bound, never listening, closed: as a killed i-PI leaves it
+    with pytest.raises(ConnectError, match="stale socket file"):
+        connect(UnixAddress(str(path)), 0.2)
+    path.unlink()
+    with pytest.raises(ConnectError, match="is the server running"):
+        connect(UnixAddress(str(path)), 0.2)

@@ -131,7 +131,12 @@ def connect(
             reason = exc.strerror or str(exc)
             if time.monotonic() >= deadline:
                 hint = ""
-                if isinstance(address, UnixAddress):
+                if isinstance(address, UnixAddress) and isinstance(exc, ConnectionRefusedError):
+                    hint = (
+                        f" ({address.path} exists but no process listens on it: a stale socket file of a server "
+                        "that was killed; remove it before starting the server again)"
+                    )
+                elif isinstance(address, UnixAddress):
                     hint = " (is the server running with mode='unix' and this address and prefix?)"
                 raise ConnectError(
                     f"could not connect to {address.describe()} within {timeout:g} s "
