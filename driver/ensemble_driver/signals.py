@@ -8,7 +8,7 @@ session then finishes the request in hand, sends the whole reply, and stops at t
 safe point. Rows are always whole: each is one ``write`` (see :mod:`outputs.model_devi`).
 
 Under ``mpiexec`` every rank receives the signal. Followers keep serving the leader until
-it stops them (see :func:`workers.follower_loop`), so the leader writes what it can and
+it stops them (see :func:`ensemble.workers.follower_loop`), so the leader writes what it can and
 prints the one line that says why.
 """
 

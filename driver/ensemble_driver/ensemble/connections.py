@@ -1,7 +1,7 @@
 """Several connections from one job (``--connections K``): ranks 0..K-1 each serve one
 connection to the same server with model 0, and rank 0 writes every row and ends the job.
 
-Each connection rank runs its own session and :class:`ensemble.Leader` (its beads'
+Each connection rank runs its own session and :class:`ensemble.leader.Leader` (its beads'
 deviation jobs go to the ensemble ranks, which answer whichever connection rank sent
 them); the steps of each bead are counted across connections by
 :class:`ranks.StepCounter`. A connection rank other than 0 sends its rows to rank 0

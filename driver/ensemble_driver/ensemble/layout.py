@@ -53,12 +53,6 @@ class Layout:
             return "batch replica of model 0"
         return "ensemble"
 
-    def rank_of(self, model: int) -> int:
-        for rank, models in enumerate(self.models_of):
-            if model in models:
-                return rank
-        raise IndexError(model)
-
 
 def deal_models(n_models: int, n_ranks: int, model0_ranks: int = 1, connections: int = 1) -> Layout:
     """Model 0 on ranks 0..model0_ranks-1. With one rank, all models there (evaluated in

@@ -1,7 +1,7 @@
 """Which device each rank's models run on: ``--device auto|cpu|cuda``.
 
 Every rank binds at most one GPU, chosen by its node-local rank (the rank among the
-processes of its node, from an MPI shared-memory split: :func:`ranks.node_local`),
+processes of its node, from an MPI shared-memory split: :func:`ranks.node_share`),
 round-robin over the GPUs the node shows it. The choice must be made before a backend is
 imported: deepmd-kit's PyTorch backend picks its device once, at import
 (``deepmd/pt/utils/env.py``: ``cuda:$LOCAL_RANK`` when CUDA is available, the CPU when

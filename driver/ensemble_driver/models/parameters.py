@@ -1,7 +1,7 @@
 """Frame and atomic parameters (``numb_fparam``/``numb_aparam`` models): the values every
 model of a run is evaluated with, and their check against a model's dimensions, as
 LAMMPS's ``pair_style deepmd ... fparam V aparam V`` takes them. The models get them at
-construction (:class:`model.DeepPotModel`) and pass them to deepmd-kit on every call.
+construction (:class:`models.deepmd.DeepPotModel`) and pass them to deepmd-kit on every call.
 """
 
 from __future__ import annotations

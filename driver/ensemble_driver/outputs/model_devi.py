@@ -81,6 +81,15 @@ def bead_file_names(out_file: str, naming: str, nbeads: int) -> list[str]:
     return names
 
 
+def has_rows(path: str | Path) -> bool:
+    """Whether the deviation file on disk holds a row (a line that is no header)."""
+    try:
+        with open(path) as f:
+            return any(line.strip() and not line.startswith("#") for line in f)
+    except OSError:
+        return False
+
+
 class DeviationFile:
     """One deviation file, opened for appending rows."""
 
@@ -123,12 +132,7 @@ class DeviationFile:
             self._fd = -1
 
     def has_rows(self) -> bool:
-        """Whether the file on disk holds a row (a line that is no header)."""
-        try:
-            with open(self.path) as f:
-                return any(line.strip() and not line.startswith("#") for line in f)
-        except OSError:
-            return False
+        return has_rows(self.path)
 
 
 class BeadFiles:

@@ -18,12 +18,12 @@ restart's step and starts a new journal; it is refused when the input is no rest
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..outputs.journal import Journal, Pending, path_for
+from ..outputs.model_devi import has_rows
 from ..outputs.resume import resume_outputs
 from ..wire.ipi_input import RequestIds
 from ..wire.peer import listener
@@ -49,14 +49,6 @@ class Continuation:
     last_steps: dict[int, int] = field(default_factory=dict)
     counts: list[dict[str, int]] | None = None
     mode: str | None = None  # the files' mode when it is not the options' ("append": continued)
-
-
-def has_rows(path: str) -> bool:
-    try:
-        with open(path) as f:
-            return any(line.strip() and not line.startswith("#") for line in f)
-    except OSError:
-        return False
 
 
 def last_row_step(path: str) -> int | None:
@@ -184,11 +176,3 @@ def record_peer(journal: Journal | None, address: Address) -> None:
         )
         return
     journal.set_peer(found.pid, found.start)
-
-
-def remove_if_empty(names: list[str]) -> None:
-    """A run that wrote no row leaves no header-only deviation file behind."""
-    if not any(has_rows(name) for name in names):
-        for name in names:
-            if os.path.exists(name):
-                os.unlink(name)

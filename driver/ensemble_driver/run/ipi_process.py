@@ -1,6 +1,6 @@
 """``--start-ipi``: rank 0 runs i-PI as its child, and i-PI never outlives the job.
 
-i-PI runs on its input (or the checkpoint :mod:`.checkpoint` chose) in the input's
+i-PI runs on its input (or the checkpoint :mod:`checkpoint` chose) in the input's
 directory, its output appended to ``ipi.log`` there. It lives in a session of its own (a
 launcher's kill of rank 0's process group does not reach it) and is asked, by
 ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, to be sent SIGTERM when rank 0 dies, however it

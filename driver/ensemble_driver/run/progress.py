@@ -121,11 +121,6 @@ class Progress:
         if max_devi_f > self.top[k]:
             self.top[k] = max_devi_f
 
-    def tick(self) -> None:
-        """A clock check where no structure comes (the driver waiting for the server)."""
-        if self.clock() >= self.next_at:
-            self.line()
-
     # when a line is due
     def step(self) -> int | None:
         """i-PI's latest step seen, in i-PI's numbering where the ids say it."""
@@ -160,7 +155,7 @@ class Progress:
 
 
 class WatchedHandler:
-    """The session's handler (a :class:`ensemble.Leader`) with each request told to a
+    """The session's handler (a :class:`ensemble.leader.Leader`) with each request told to a
     :class:`Progress` first; everything else is the leader's."""
 
     def __init__(self, leader, progress: Progress):

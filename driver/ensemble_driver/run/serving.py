@@ -1,4 +1,4 @@
-"""The connection ranks' run: connect, serve the server with a :class:`ensemble.Leader`
+"""The connection ranks' run: connect, serve the server with a :class:`ensemble.leader.Leader`
 until the run ends, finish (the rank roles: see :mod:`ensemble.layout`; several connections:
 see :mod:`ensemble.connections`).
 
