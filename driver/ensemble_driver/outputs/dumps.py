@@ -155,8 +155,8 @@ class TrajFiles:
                 existing = sorted(parent.glob(Path(pattern).name.replace("{step}", "*")))
                 if existing:
                     raise ConfigError(
-                        f"trajectory file {existing[0]} exists; pass --overwrite to replace it, or --append "
-                        "(with --step-offset) to continue a restarted run"
+                        f"trajectory file {existing[0]} exists; pass --overwrite to replace it, or --append to add to it "
+                        "(to continue a run: docs/ensemble.md, 'Restarts and replacements')"
                     )
 
     def _flags(self) -> int:

@@ -108,8 +108,8 @@ class DeviationFile:
             self._fd = os.open(self.path, flags, 0o644)
         except FileExistsError:
             raise ConfigError(
-                f"deviation file {self.path} exists; pass --overwrite to replace it, or --append "
-                "(with --step-offset) to continue a restarted run"
+                f"deviation file {self.path} exists; pass --overwrite to replace it, or --append to add to it "
+                "(to continue a run: docs/ensemble.md, 'Restarts and replacements')"
             ) from None
         except OSError as exc:
             raise ConfigError(f"cannot open deviation file {self.path}: {exc.strerror}") from None
