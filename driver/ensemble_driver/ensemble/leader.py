@@ -200,7 +200,7 @@ class Leader:
                 self.layout.model0_ranks,
                 ", ".join(map(str, self.replicas.replicas)),
             )
-        where = self.steps.locate(request.rid, request.step)
+        where = self.steps.locate(request.rid, request.step, request.positions)
         if where is not None:
             request = replace(request, rid=where[0], step=where[1])
             if self.one_client is not None:
@@ -361,7 +361,7 @@ class Leader:
             request = batch.request
             parameters, server = self._parameters(request.init)
             for k, (rid, evaluation) in enumerate(batch.beads):
-                where = self.steps.locate(rid, evaluation)
+                where = self.steps.locate(rid, evaluation, request.positions[k])
                 if where is None:
                     continue
                 rid, step = where

@@ -58,14 +58,15 @@ class BeadSteps:
         self._warned_rids: set[int] = set()
         self.batches = BatchBeads(nbeads, ids)  # i-PI's batched transport
 
-    def locate(self, rid: int, evaluation: int) -> tuple[int, int] | None:
+    def locate(self, rid: int, evaluation: int, positions: np.ndarray | None = None) -> tuple[int, int] | None:
         """(bead, step) of the ``evaluation``-th structure of request ``rid``: with
         --ipi-input the series (system and bead) and i-PI's step, None for a request that
         is no bead (an estimator's clone) or an MTS inner level's intermediate structure;
-        without it the request id and the evaluation count."""
+        without it the request id and the evaluation count. ``positions``: the structure,
+        from which a geometry optimiser's step is told (every evaluation located once)."""
         if self.ids is None:
             return rid, evaluation
-        return self.ids.locate(rid, evaluation)
+        return self.ids.locate(rid, evaluation, positions)
 
     def row_due(self, rid: int, step: int, *, warn: bool = True) -> bool:
         """A deviation row for request ``rid`` at ``step``: a deviation step of a bead
@@ -242,10 +243,7 @@ class BatchBeads:
         batch's first id; None when every structure is the same and nothing else tells."""
         first, size = held.request.rid, len(held.results[0])
         if self.ids is not None:  # the ids i-PI queues for this forcefield: the rest is padding
-            real = 0
-            while real < size and first + real in self.ids.index:
-                real += 1
-            return max(real, 1)
+            return self.ids.batch_beads(first, size)
         if first >= self.nbeads:
             return self._before_padding(first, size)
         if next_rid is not None and next_rid > first:

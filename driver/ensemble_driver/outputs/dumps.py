@@ -145,6 +145,7 @@ class TrajFiles:
         self.step_offset = step_offset
         self.frames = [0] * len(layout.patterns)
         self._fds: dict[int, int] = {}
+        self._latest: dict[int, str] = {}  # per bead, the per-frame file written last (an optimiser repeats a step)
         for pattern in layout.patterns:
             parent = Path(pattern.format(step=0)).parent
             if layout.per_frame and parent.name == "traj" and not parent.exists():
@@ -159,9 +160,9 @@ class TrajFiles:
                         "(to continue a run: docs/ensemble.md, 'Restarts and replacements')"
                     )
 
-    def _flags(self) -> int:
-        if self.layout.per_frame:  # a file per frame: written whole, once
-            return os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_EXCL if self.mode == "new" else 0)
+    def _flags(self, again: bool = False) -> int:
+        if self.layout.per_frame:  # a file per frame: written whole; a step again (``again``) replaces it
+            return os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_EXCL if self.mode == "new" and not again else 0)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         if self.mode == "new":
             flags |= os.O_EXCL
@@ -179,7 +180,9 @@ class TrajFiles:
         data = frame_of(labelled).encode("ascii")
         if self.layout.per_frame:
             path = pattern.format(step=labelled)
-            fd = os.open(path, self._flags(), 0o644)
+            # an optimiser's line search repeats a step: its last structure stays, as DP-GEN keeps its last row
+            fd = os.open(path, self._flags(again=self._latest.get(bead) == path), 0o644)
+            self._latest[bead] = path
             try:
                 _write_all(fd, data, path)
             finally:

@@ -155,6 +155,11 @@ class RunConfig:
                 "transport, whose batches do not say which structure is whose: use <batch_size>1</batch_size>, or "
                 "one forcefield per system"
             )
+        if self.connections > 1 and ipi.ids.clones:
+            raise ConfigError(
+                f"{where}: a geometry optimiser evaluates one structure at a time, whose steps are told apart in "
+                f"the order they come: use one connection, not --connections {self.connections}"
+            )
         changes: dict[str, Any] = {"nbeads": beads}
         if not (self.unix or self.port is not None or self.addresses != ("localhost",)):
             socket = ipi.socket

@@ -11,6 +11,13 @@ RESTART file: the same format) is read and bound by i-PI's own code,
 hands out every id, without opening a socket or writing a file; the ids are then read off
 the bound force components. So the layout follows the installed i-PI, whatever version.
 
+A geometry optimiser (``<motion mode='minimize'>``) evaluates through a clone of the
+forces that its bind makes (``dforces`` in ipi/engine/motion/geop.py), so the clone's ids
+are bound too and are read off the same way; the system's own forces are evaluated once,
+on the first structure. Nothing on the wire says where one of the optimiser's steps ends
+(a line search evaluates a varying number of times per step): :class:`OptimiserSteps`
+tells it from the structures themselves (see there).
+
 The input's relative paths (``<initialize>``'s file) are taken from the input's own
 directory, where i-PI is normally started.
 """
@@ -22,7 +29,7 @@ import io
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +49,20 @@ class Series:
     prefix: str  # the system's prefix ('' when it has none)
     bead: int  # the bead of the forcefield's (possibly contracted) ring polymer
     per_step: int = 1  # evaluations of its request id per i-PI step (MTS inner levels: more)
+    # a geometry optimiser's line search ('approx', 'brent', 'single': see OptimiserSteps;
+    # 'unknown': one whose steps are not told apart): the system's own request id is
+    # evaluated on the first structure only, the optimiser's clone (RequestIds.clones) on
+    # every structure after it
+    optimiser: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Clone:
+    """A bead of an optimiser's clone of the forces: the series it files its rows in, and
+    the bead's positions at the first step (Angstrom; where the first line search starts)."""
+
+    series: int
+    start: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -51,18 +72,67 @@ class RequestIds:
     series: tuple[Series, ...]
     index: Mapping[int, int]  # request id -> index into series
     first_step: int = 0  # i-PI's step of the first evaluation (a RESTART's <step>)
+    clones: Mapping[int, Clone] = field(default_factory=dict)  # an optimiser's clone's request ids
+    _lines: dict = field(default_factory=dict, compare=False, repr=False)  # request id -> OptimiserSteps
+    _said: set = field(default_factory=set, compare=False, repr=False)  # what has been logged once
 
-    def locate(self, rid: int, evaluation: int) -> tuple[int, int] | None:
+    def locate(self, rid: int, evaluation: int, positions: np.ndarray | None = None) -> tuple[int, int] | None:
         """(series, i-PI step) of the ``evaluation``-th structure of request ``rid`` (from
-        0), or None when it is no bead of a system (an estimator's clone) or falls inside
-        a step (an MTS inner level's intermediate positions)."""
+        0), or None when it is no bead of a system's trajectory (an estimator's clone; said
+        once in the log) or falls inside a step (an MTS inner level's intermediate
+        positions). An optimiser's clone is labelled from its ``positions`` (Angstrom),
+        so every evaluation of its request ids is located once, in order."""
         k = self.index.get(rid)
-        if k is None:
+        if k is not None:
+            series = self.series[k]
+            if series.optimiser:  # the structure the optimiser starts from; later ones come through its clone
+                return (k, self.first_step) if evaluation == 0 else None
+            if evaluation % series.per_step:
+                return None
+            return k, self.first_step + evaluation // series.per_step
+        clone = self.clones.get(rid)
+        if clone is None:
+            self._say_once(
+                logging.INFO,
+                "unfiled",
+                "request id %d is no bead of a system's trajectory (a clone of the forces that i-PI evaluates for an "
+                "estimator, or for a motion other than dynamics and the bfgs, lbfgs, cg, sd and damped_bfgs "
+                "optimisers): no rows for it, nor for any other such id",
+                rid,
+            )
             return None
-        per_step = self.series[k].per_step
-        if evaluation % per_step:
+        if positions is None:
+            raise ValueError(f"request id {rid} is an optimiser's clone: its step is told from its positions")
+        line = self._lines.get(rid)
+        if line is None:
+            line = self._lines[rid] = OptimiserSteps(self.series[clone.series].optimiser, clone.start, self.first_step)
+        if evaluation != line.count:  # evaluations this process did not see (a replaced driver)
+            self._say_once(
+                logging.WARNING,
+                ("lost", rid),
+                "request id %d (the geometry optimiser's): evaluation %d, but %d were seen here; where its line "
+                "searches stand is unknown, so its structures get no rows from now on",
+                rid,
+                evaluation,
+                line.count,
+            )
             return None
-        return k, self.first_step + evaluation // per_step
+        return clone.series, line.place(positions)
+
+    def _say_once(self, level: int, key, message: str, *args) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.log(level, message, *args)
+
+    def batch_beads(self, first: int, size: int) -> int:
+        """How many structures of a batch starting at request id ``first`` are beads: the
+        ids from ``first`` on of the same forces (a system's, or an optimiser's clone);
+        at least one."""
+        ids = self.index if first in self.index else self.clones
+        real = 0
+        while real < size and first + real in ids:
+            real += 1
+        return max(real, 1)
 
     def beads_per_system(self) -> list[int]:
         """How many series each served system has, in order."""
@@ -78,6 +148,96 @@ class RequestIds:
         for s in self.series:
             seen.setdefault(s.system, s.prefix)
         return list(seen.values())
+
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+class OptimiserSteps:
+    """i-PI's step of each structure a geometry optimiser's clone of one bead is evaluated
+    on, told from the structures alone (ipi/engine/motion/geop.py, ipi/utils/mintools.py).
+
+    i-PI's optimiser step ``k`` starts from the structure of step ``k`` and evaluates
+    points on one straight line through it (its line search), and the last point it
+    evaluates becomes the structure of step ``k + 1`` (``beads.q = dbeads.q``). Every
+    evaluation of step ``k``'s line search is labelled ``k + 1``, so the last row of a step
+    is on i-PI's structure of that step, as LAMMPS labels the evaluations of its minimiser's
+    line search with the iteration's step and DP-GEN keeps the last row of a repeated step.
+
+    A structure opens the next step when it is not on the current step's line (the line
+    from the step's start through its structure farthest from it). For ``brent`` (sd, cg:
+    ``min_brent``) that is all: its search goes both ways along the line and can evaluate
+    a point twice. ``approx`` (bfgs, lbfgs: ``min_approx``) backtracks from the full step
+    towards the start, so a structure also opens a step when it is the previous one again
+    (a zero direction), the start (L-BFGS's skipped update, ``d = -d_x``), behind the
+    start, or farther out than the structure before it (L-BFGS's search restarted along the
+    same uphill direction, stuck) -- except the second structure of a step, which an
+    uphill search can put farther out. ``single`` (damped_bfgs): one evaluation per step.
+
+    Two structures are the same when every coordinate agrees to a few ulps of the
+    largest one; a structure is on the line when its distance from it is within rounding.
+    Not told apart: a new step along exactly the old step's line (a system whose forces
+    keep one direction, such as a dimer), and sd and cg steps once the optimiser no longer
+    moves the atoms (every structure the same, so are their rows: they keep one step)."""
+
+    def __init__(self, search: str, start: np.ndarray, first_step: int):
+        self.search = search
+        self.start = np.asarray(start, np.float64).reshape(-1)  # the structure of the step's start
+        self.step = first_step + 1  # the label of this step's evaluations
+        self.count = 0  # structures placed
+        self._last: np.ndarray | None = None  # the structure placed last
+        self._far: np.ndarray | None = None  # its structure farthest from the start
+        self._in_step = 0  # structures of this step so far
+
+    def place(self, positions: np.ndarray) -> int:
+        """The step label of the next structure the clone is evaluated on."""
+        x = np.asarray(positions, np.float64).reshape(-1)
+        if self._last is not None and self._opens_step(x):
+            self.start = self._last
+            self.step += 1
+            self._far, self._in_step = None, 0
+        self._last = x
+        self._in_step += 1
+        if self._far is None or _norm(x - self.start) > _norm(self._far - self.start):
+            self._far = x
+        self.count += 1
+        return self.step
+
+    def _opens_step(self, x: np.ndarray) -> bool:
+        if self.search == "single":
+            return True
+        if self.search == "approx" and (_same(x, self._last) or _same(x, self.start)):
+            return True
+        along = self._along_line(x)
+        if along is None:
+            return True
+        if self.search == "approx":  # backtracking: between the start and the structure before
+            last = self._along_line(self._last)  # type: ignore[arg-type]
+            ratio = along / last if last else 0.0
+            return not (0.0 < ratio < 1.0 or (ratio >= 1.0 and self._in_step == 1))
+        return False
+
+    def _along_line(self, x: np.ndarray) -> float | None:
+        """How far ``x`` is from the step's start along its line; None when it is off it."""
+        axis = self._far - self.start  # type: ignore[operator]
+        length = _norm(axis)
+        r = x - self.start
+        rounding = 64 * _EPS * float(np.max(np.abs(self.start))) * np.sqrt(len(x))
+        if length == 0.0:  # the step has not moved from its start (an optimiser that stopped): no line yet
+            return 0.0 if _norm(r) <= rounding else None
+        along = float(np.dot(r, axis)) / length
+        off = _norm(r - along * (axis / length))
+        return along if off <= 1e-9 * _norm(r) + rounding else None
+
+
+def _norm(v: np.ndarray) -> float:
+    return float(np.sqrt(np.dot(v, v)))
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same structure up to rounding: every coordinate within 16 ulps of the largest."""
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    return bool(np.all(np.abs(a - b) <= 16 * _EPS * scale))
 
 
 @dataclass(frozen=True)
@@ -195,6 +355,7 @@ def _request_ids(simulation, forcefield: str, base: int, where: str) -> tuple[Re
     process's first id for this input)."""
     series: list[Series] = []
     index: dict[int, int] = {}
+    clones: dict[int, Clone] = {}
     systems = []
     for k, system in enumerate(simulation.syslist):
         components = [c for c in system.forces.mforces if c.ffield == forcefield]
@@ -207,13 +368,53 @@ def _request_ids(simulation, forcefield: str, base: int, where: str) -> tuple[Re
             )
         component = components[0]
         per_step = _evaluations_per_step(system, component)
+        search, clone = _optimiser(system, k, forcefield, where)
         systems.append(system)
         for bead, force_bead in enumerate(component._forces):
             index[int(force_bead.uid) - base] = len(series)
-            series.append(Series(k, str(system.prefix or ""), bead, per_step))
+            if clone is not None:
+                copy = clone._forces[bead]
+                start = units.positions_from_wire(np.array(copy.atoms.q)).reshape(-1)
+                clones[int(copy.uid) - base] = Clone(len(series), start)
+            series.append(Series(k, str(system.prefix or ""), bead, per_step, search))
     if not series:
         raise ConfigError(f"{where}: no <force forcefield='{forcefield}'> in any system")
-    return RequestIds(tuple(series), index, int(simulation.step)), systems
+    return RequestIds(tuple(series), index, int(simulation.step), clones), systems
+
+
+#: i-PI's optimisers (<optimizer mode=...>) whose steps OptimiserSteps tells apart, by
+#: their line search; and the mapper (GradientMapper, LineMapper) whose clone they evaluate
+OPTIMISERS = {"bfgs": ("approx", "gm"), "lbfgs": ("approx", "gm"), "sd": ("brent", "lm"), "cg": ("brent", "lm")}
+OPTIMISERS["damped_bfgs"] = ("single", "gm")
+
+
+def _optimiser(system, k: int, forcefield: str, where: str) -> tuple[str, object | None]:
+    """A geometry optimiser's line search and its clone of the ``forcefield`` component,
+    bound with the system (ipi/engine/motion/geop.py: ``dforces``); ('', None) for any
+    other motion; ('unknown', None), said once, for an optimiser whose steps cannot be
+    told apart."""
+    motion = system.motion
+    optimizer = getattr(motion, "optimizer", None)
+    if type(motion).__name__ != "GeopMotion" or optimizer is None:
+        return "", None
+    mode = str(motion.mode)
+    if mode not in OPTIMISERS:
+        log.warning(
+            "%s: system %d%s minimises with <optimizer mode='%s'>, whose steps the driver cannot tell apart: "
+            "rows for its first structure only (supported: %s)",
+            where,
+            k,
+            f" ({system.prefix})" if system.prefix else "",
+            mode,
+            ", ".join(OPTIMISERS),
+        )
+        return "unknown", None
+    search, mapper = OPTIMISERS[mode]
+    forces = getattr(getattr(optimizer, mapper), "dforces", None)
+    clones = [c for c in getattr(forces, "mforces", []) if c.ffield == forcefield]
+    if len(clones) != 1:  # not bound as i-PI 3.3 binds it
+        raise ConfigError(f"{where}: cannot find the clone of forcefield {forcefield!r} that its optimiser evaluates")
+    return search, clones[0]
 
 
 def _evaluations_per_step(system, component) -> int:
