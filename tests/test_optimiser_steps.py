@@ -1,5 +1,5 @@
 """The step of each structure a geometry optimiser's clone is evaluated on
-(:class:`wire.ipi_input.OptimiserSteps`), told from the structures alone, against the true
+(:class:`wire.optimiser.OptimiserSteps`), told from the structures alone, against the true
 steps of i-PI's own line searches (``BFGS``, ``L_BFGS``, ``min_brent`` from
 ipi/utils/mintools.py) driven as ipi/engine/motion/geop.py drives them, on a Lennard-Jones
 cluster: every evaluation of the optimiser's step k is labelled k + 1, the last of them
@@ -19,7 +19,8 @@ from ipi.utils.mintools import BFGS, L_BFGS, min_brent
 
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.run.config import RunConfig
-from ensemble_driver.wire.ipi_input import Clone, OptimiserSteps, RequestIds, Series, read_ipi_input
+from ensemble_driver.wire.ipi_input import Clone, RequestIds, Series, read_ipi_input
+from ensemble_driver.wire.optimiser import OptimiserSteps
 
 TOL = 1e-4 * 1e-7  # i-PI's defaults: ls_options tolerance times the energy tolerance
 

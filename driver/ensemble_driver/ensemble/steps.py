@@ -127,12 +127,13 @@ class OneClient:
     soon as it shows, and again in the closing summary (``warning``)."""
 
     def __init__(self, ids: RequestIds):
-        self.system = [s.system for s in ids.series]
+        # an optimiser's beads are labelled by its line search, not once a step: not checked
+        self.system = [None if s.optimiser else s.system for s in ids.series]
         self.latest: dict[int, dict[int, int]] = {}  # system -> series -> latest step seen
         self.warning: str | None = None
 
     def seen(self, series: int, step: int) -> None:
-        if self.warning is not None:
+        if self.warning is not None or self.system[series] is None:
             return
         steps = self.latest.setdefault(self.system[series], {})
         steps[series] = step
