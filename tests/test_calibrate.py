@@ -425,3 +425,61 @@ def test_bad_input_one_line_each(tmp_path, labelled, model_paths):
         proc = calibrate(*args, cwd=tmp_path)
         assert proc.returncode == status, (args, proc.stderr[-2000:])
         assert text in error_line(proc), (args, proc.stderr[-2000:])
+
+
+# -- --alpha: the calibration applied as i-PI applies it (fast tier) -------------------------
+
+
+def ipi_rescaled(values, alpha):
+    """i-PI's own expression (ipi/engine/forcefields.py, FFCommittee.gather)."""
+    mean = np.mean(values, axis=0)
+    return np.asarray([mean + alpha * (v - mean) for v in values])
+
+
+def test_alpha_moves_the_committee_members_as_ipi_does():
+    from types import SimpleNamespace
+
+    from ensemble_driver.ensemble.extras import committee_extras
+    from ensemble_driver.wire import units
+
+    rng = np.random.default_rng(2)
+    job = SimpleNamespace(
+        energies=rng.normal(size=4) - 100, forces=rng.normal(size=(4, 5, 3)), virials=rng.normal(size=(4, 3, 3))
+    )
+    plain, scaled = (json.loads(committee_extras(job, a)) for a in (1.0, 2.5))
+    np.testing.assert_allclose(scaled["committee_pot"], ipi_rescaled(plain["committee_pot"], 2.5), rtol=1e-12)
+    np.testing.assert_allclose(scaled["committee_force"], ipi_rescaled(plain["committee_force"], 2.5), atol=1e-12)
+    np.testing.assert_allclose(scaled["committee_virial"], ipi_rescaled(plain["committee_virial"], 2.5), atol=1e-12)
+    # i-PI's committee_uncertainty: std(ddof=1) of the members it is sent (and moves again by its own <alpha>)
+    assert np.std(ipi_rescaled(scaled["committee_pot"], 1.0), ddof=1) == pytest.approx(
+        2.5 * np.std(job.energies, ddof=1) / units.HARTREE_EV, rel=1e-9
+    )
+    np.testing.assert_allclose(np.mean(scaled["committee_force"], axis=0), np.mean(plain["committee_force"], axis=0))
+
+
+def test_alpha_scales_the_spread_of_the_bias():
+    """E_0 - TAU sigma of the members moved by alpha (population form), its exact gradient:
+    the bias of TAU * alpha; model 0's own energy stays E_0."""
+    from ensemble_driver.deviation import uncertainty_bias
+
+    rng = np.random.default_rng(4)
+    e, f, v = rng.normal(size=4), rng.normal(size=(4, 6, 3)), rng.normal(size=(4, 3, 3))
+    energy, forces, virial, sigma = uncertainty_bias(e, f, v, 0.3, alpha=1.7)
+    assert sigma == pytest.approx(np.std(ipi_rescaled(e, 1.7)), rel=1e-12)
+    assert energy == pytest.approx(e[0] - 0.3 * sigma, rel=1e-12)
+    same = uncertainty_bias(e, f, v, 0.3 * 1.7)
+    np.testing.assert_allclose(forces, same[1], rtol=1e-12)
+    np.testing.assert_allclose(virial, same[2], rtol=1e-12)
+    assert uncertainty_bias(e, f, v, 0.3)[3] == pytest.approx(sigma / 1.7)
+
+
+def test_alpha_needs_the_committee_or_the_bias():
+    from ensemble_driver.run.config import RunConfig
+
+    base = {"models": ("a.pth", "b.pth"), "template": "t.xyz"}
+    with pytest.raises(ConfigError, match="--alpha scales the committee's spread"):
+        RunConfig(**base, alpha=2.0).validated()
+    with pytest.raises(ConfigError, match="--alpha must be a positive number"):
+        RunConfig(**base, committee_json=True, alpha=0.0).validated()
+    assert RunConfig(**base, committee_json=True, alpha=2.0).validated().alpha == 2.0
+    assert RunConfig(**base, bias_uncertainty=0.1, alpha=0.5).validated().alpha == 0.5
