@@ -49,6 +49,7 @@ PEER_TESTS = {
     "test_deviation.py::test_matches_deepmd_reference",  # deepmd-kit's own functions
     # pages whose command blocks name scripts, run with --help to check their options
     "test_docs.py::test_command_blocks_are_real[benchmarks/README.md]",
+    "test_docs.py::test_command_blocks_are_real[docs/active-learning.md]",
     "test_docs.py::test_command_blocks_are_real[docs/dp-ipi.md]",
     "test_docs.py::test_command_blocks_are_real[docs/models.md]",
     "test_docs.py::test_command_blocks_are_real[examples/active_learning/README.md]",

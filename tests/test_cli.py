@@ -22,11 +22,11 @@ def test_help_does_not_import_the_ml_stack():
     code = (
         "import sys, contextlib, io\n"
         "from ensemble_driver.cli import main\n"
-        "for argv in ([], ['run', '--help'], ['demo', '--help']):\n"
+        "for argv in ([], ['run', '--help'], ['demo', '--help'], ['calibrate', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try: main(argv)\n"
         "        except SystemExit: pass\n"
-        "print(sorted(m for m in ('deepmd', 'torch', 'ase', 'mpi4py') if m in sys.modules))\n"
+        "print(sorted(m for m in ('deepmd', 'torch', 'ase', 'mpi4py', 'dpdata') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

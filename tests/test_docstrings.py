@@ -37,7 +37,7 @@ def defined(path: Path) -> set[str]:
 
 
 def resolves(kind: str, target: str, module: str, known: dict[str, Path], names: dict[str, set[str]]) -> bool:
-    target = target.removeprefix("ensemble_driver.")
+    target = target.removeprefix("ensemble_driver.").lstrip(".")  # ".name": in the referring module's wing
     wing = module.rsplit(".", 1)[0] if "." in module else ""
     candidates = [target, f"{wing}.{target}"] if wing else [target]
     if kind == "mod":

@@ -83,7 +83,7 @@ def bias_reference(models, atoms, tau: float, reference):
     return energy, force, stress.ravel()[[0, 4, 8, 5, 2, 1]], sigma
 
 
-def run_biased(tmp_path, unixsocket, models, tau: str, check) -> str:
+def run_biased(tmp_path, unixsocket, models, tau: str, check, extra=()) -> str:
     """The driver (mpiexec -n len(models)) under ASE's server with --bias-uncertainty tau;
     ``check(atoms)`` is called with the server's calculator attached."""
     from ase.calculators.socketio import SocketIOCalculator
@@ -97,7 +97,7 @@ def run_biased(tmp_path, unixsocket, models, tau: str, check) -> str:
         len(models),
         [tool("ensemble-driver"), "run", "--models", *map(str, models), "--template", str(template)]
         + ["--unix", "--address", unix, "--connect-timeout", "120", "--bias-uncertainty", tau, "--out-freq", "1"]
-        + ["--out-file", str(tmp_path / "model_devi.out")],
+        + ["--out-file", str(tmp_path / "model_devi.out"), *extra],
     )
     launcher = Launcher(build, tmp_path / "driver.log")
     with SocketIOCalculator(launch_client=launcher, unixsocket=unixsocket, timeout=120) as calc:
@@ -135,6 +135,29 @@ def test_bias_uncertainty_is_the_exact_biased_answer(tmp_path, address, model_pa
 
     log = run_biased(tmp_path, address, models, str(tau), check)
     assert "--bias-uncertainty 0.2 eV:" in log
+
+
+@pytest.mark.timeout(600)
+def test_alpha_scales_the_bias(tmp_path, address, model_paths, reference):
+    """--bias-uncertainty 0.1 --alpha 2 (the committee's calibration, as i-PI applies it):
+    the answer of TAU 0.2 without alpha (1e-6); the row is the unbiased models' own."""
+    from harness import relative_error
+
+    from ensemble_driver.deviation import force_deviation
+
+    models = model_paths[:3]
+    rows = []
+
+    def check(atoms):
+        energy, forces, stress, sigma = bias_reference(models, atoms, 0.2, reference)
+        assert relative_error(atoms.get_potential_energy(), energy) <= 1e-6
+        assert relative_error(atoms.get_forces(), forces) <= 1e-6
+        assert relative_error(atoms.get_stress(), stress) <= 1e-6
+        rows.append(force_deviation(np.array([reference.eval(m, atoms)[1] for m in models])).max())
+
+    run_biased(tmp_path, address, models, "0.1", check, extra=("--alpha", "2"))
+    written = np.loadtxt(tmp_path / "model_devi.out", ndmin=2)
+    assert written[0, 4] == pytest.approx(rows[0], rel=1e-6)
 
 
 @pytest.mark.timeout(600)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import __version__
+from .calibrate.options import add_calibrate_parser
 from .demo.options import add_demo_parser
 from .devi.options import add_devi_parser, add_plot_parser
 from .errors import DriverError
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_plot_parser(sub)
     add_devi_parser(sub)
+    add_calibrate_parser(sub)
     return parser
 
 
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "devi":
         status, _ = _guarded(_cmd_devi, args)
         exit_now(status)
+    if args.command == "calibrate":
+        exit_now(_guarded(_cmd_calibrate, args)[0])
     if args.command == "plot":
         return _guarded(_cmd_plot, args)[0]
     return _guarded(_cmd_demo, args)[0]
@@ -111,6 +115,14 @@ def _cmd_devi(args: argparse.Namespace) -> int:
     given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
     settings = DeviSettings(**{**given, "trust": levels, "batch": None if args.batch is None else max(1, args.batch)})
     return run_devi(settings)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate.command import CalibrateSettings, run_calibrate
+
+    setup_logging(args.verbose)
+    given = {f.name: getattr(args, f.name) for f in fields(CalibrateSettings) if hasattr(args, f.name)}
+    return run_calibrate(CalibrateSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}))
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

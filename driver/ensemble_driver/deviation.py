@@ -96,8 +96,21 @@ def model_deviation(
     )
 
 
+def rescale_committee(values: np.ndarray, alpha: float) -> np.ndarray:
+    """The members moved to ``mean + alpha (member - mean)`` (axis 0: the members), as
+    i-PI's ``<ffcommittee>`` applies its calibration ``alpha`` (ipi/engine/forcefields.py,
+    FFCommittee.gather): the mean stays, every spread is multiplied by alpha (Musil et
+    al., J. Chem. Theory Comput. 15, 906 (2019); Imbalzano et al., J. Chem. Phys. 154,
+    074102 (2021))."""
+    values = np.asarray(values, dtype=np.float64)
+    if alpha == 1.0:
+        return values
+    mean = values.mean(axis=0)
+    return mean + alpha * (values - mean)
+
+
 def uncertainty_bias(
-    energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, tau: float
+    energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, tau: float, alpha: float = 1.0
 ) -> tuple[float, np.ndarray, np.ndarray, float]:
     """Uncertainty-biased energy (Kulichenko et al., Nat. Comput. Sci. 3, 230 (2023);
     Zaverkin et al., npj Comput. Mater. 10, 83 (2024)): E = E_0 - tau * sigma_E, with
@@ -106,17 +119,23 @@ def uncertainty_bias(
     so F = F_0 - tau sum_i w_i F_i and W = W_0 - tau sum_i w_i W_i with
     w_i = (E_i - mean) / (M sigma_E) (forces and virials are linear in the energy).
 
+    ``alpha``: the committee's calibration, applied as i-PI applies it (``rescale_committee``:
+    the members moved away from their mean by alpha), so the spread, and with it the bias
+    and its gradient, is alpha times the models' own: the same as ``tau * alpha``. E_0 is
+    model 0's own energy.
+
     energies (M,), forces (M, nat, 3), virials (M, 3, 3), model 0 first; tau in eV.
-    Returns (energy, forces, virial, sigma_E); sigma_E = 0 (identical models) or tau = 0
-    gives model 0's answer, never NaN."""
+    Returns (energy, forces, virial, sigma_E), sigma_E with alpha applied; sigma_E = 0
+    (identical models) or tau = 0 gives model 0's answer, never NaN."""
     energies = np.asarray(energies, dtype=np.float64)
     forces = np.asarray(forces, dtype=np.float64)
     virials = np.asarray(virials, dtype=np.float64)
     deviations = energies - energies.mean()
     sigma = float(np.sqrt(np.mean(deviations**2)))
     if sigma == 0.0 or tau == 0.0:
-        return float(energies[0]), forces[0], virials[0], sigma
+        return float(energies[0]), forces[0], virials[0], alpha * sigma
     weights = deviations / (len(energies) * sigma)
-    biased_forces = forces[0] - tau * np.tensordot(weights, forces, axes=1)
-    biased_virial = virials[0] - tau * np.tensordot(weights, virials, axes=1)
-    return float(energies[0] - tau * sigma), biased_forces, biased_virial, sigma
+    scale = tau * alpha
+    biased_forces = forces[0] - scale * np.tensordot(weights, forces, axes=1)
+    biased_virial = virials[0] - scale * np.tensordot(weights, virials, axes=1)
+    return float(energies[0] - scale * sigma), biased_forces, biased_virial, alpha * sigma

@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -83,6 +83,7 @@ class DeviSettings:
     aparam_array: str | None = None  # per-atom values: this array of every frame
     charge_spin: tuple[float, float] | None = None  # --charge-spin Q S
     traj_files: str | None = None  # as run's --traj-files: every row's frame as a LAMMPS dump
+    source: str = "trajectory"  # what a series is called in messages
 
     def validated(self) -> DeviSettings:
         if len(self.models) < 2:
@@ -190,6 +191,21 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
             raise ConfigError(f"trajectory {path}: no frames")
     _warn_bead_order(settings, series, comm.rank)
     clock.append(("reading", time.monotonic()))
+    rows, type_map = evaluate_series(settings, series, partial(_keep_rows, settings), comm, clock)
+    if rows is not None:
+        _write(settings, series, rows, type_map, clock)
+    return 0
+
+
+def evaluate_series(
+    settings: DeviSettings, series: Sequence[list[Frame]], keep: Callable, comm, clock: list
+) -> tuple[dict | None, list[str]]:
+    """Every model on every frame of ``series`` (one list of frames per entry of
+    ``settings.trajectories``), split over the ranks of ``comm`` (``DeviLayout``).
+    ``keep(chunk, results, rows)`` turns a chunk's results (model index ->
+    ``BatchEvaluation``, every model's) into ``rows[(series, frame)]``. Returns the rows
+    of every frame on rank 0 (None on the other ranks) and model 0's type map; appends
+    its steps to ``clock``."""
     typed = any(f.types is not None for frames in series for f in frames)
     if not typed:
         _check_same_atoms(settings, series)  # before the models load: a bad file fails fast
@@ -208,17 +224,16 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
         name_dump_types(series, type_map, settings.trajectories)
         _check_same_atoms(settings, series)
     try:
-        rows = _evaluate(settings, series, layout, group, threads, models)
+        rows = _evaluate(settings, series, layout, group, threads, models, keep)
     except DriverError as exc:
         raise (_on_rank(exc, comm.rank) if comm.size > 1 else exc) from None
     clock.append(("evaluating", time.monotonic()))
     gathered = comm.gather(rows, root=0) if comm.size > 1 else [rows]
     if comm.rank != 0:
-        return 0
+        return None, list(type_map)
     for part in gathered:
         rows.update(part)
-    _write(settings, series, rows, type_map, clock)
-    return 0
+    return rows, list(type_map)
 
 
 def _warn_bead_order(settings: DeviSettings, series: Sequence[list[Frame]], rank: int) -> None:
@@ -238,7 +253,7 @@ def _check_same_atoms(settings: DeviSettings, series: Sequence[list[Frame]]) -> 
     for path, frames in zip(settings.trajectories, series):
         for k, f in enumerate(frames):
             if f.symbols != frames[0].symbols:
-                raise ConfigError(f"trajectory {path}: frame {k} has other atoms than frame 0")
+                raise ConfigError(f"{settings.source} {path}: frame {k} has other atoms than frame 0")
 
 
 def _load_models(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> dict:
@@ -312,13 +327,13 @@ def worker_threads(settings: DeviSettings, layout: DeviLayout, local_ranks: int,
 
 
 def _evaluate(
-    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int, models: dict
+    settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout, group, threads: int, models: dict, keep
 ) -> dict:
     """This rank's share: its models on its group's chunks of frames; the group's first
-    rank gathers the chunk's forces and virials of all models and keeps the rows. A rank
+    rank gathers the chunk's results of all models and keeps the rows (``keep``). A rank
     that holds every model evaluates several chunks at once in threads (``worker_threads``)."""
     types = {
-        (s, m): models[m].atom_types(frames[0].symbols, template=f"trajectory {settings.trajectories[s]}")
+        (s, m): models[m].atom_types(frames[0].symbols, template=f"{settings.source} {settings.trajectories[s]}")
         for s, frames in enumerate(series)
         for m in models
     }
@@ -331,15 +346,14 @@ def _evaluate(
     call = partial(_call, settings, series, types)
     if threads == 1:
         for chunk in chunks:
-            forces, virials = call(models, chunk)
+            results = call(models, chunk)
             if layout.size > 1:
-                parts = group.gather((forces, virials), root=0)
+                parts = group.gather(results, root=0)
                 if layout.position != 0:
                     continue
-                for f, v in parts:
-                    forces.update(f)
-                    virials.update(v)
-            _keep_rows(settings, chunk, forces, virials, rows)
+                for part in parts:
+                    results.update(part)
+            keep(chunk, results, rows)
             done += len(chunk)
             if shown:
                 _progress(done, total, started)
@@ -351,14 +365,12 @@ def _evaluate(
         # each model's first calls (TorchScript profiles its graph, the driver checks its
         # direct path) on the first chunk, the models in parallel
         first = list(pool.map(lambda m: call({m: models[m]}, chunks[0]), models))
-        forces = {m: f[m] for f, _ in first for m in f}
-        virials = {m: v[m] for _, v in first for m in v}
-        _keep_rows(settings, chunks[0], forces, virials, rows)
+        keep(chunks[0], {m: r[m] for r in first for m in r}, rows)
         done = len(chunks[0])
         if shown:
             _progress(done, total, started)
-        for chunk, (forces, virials) in zip(chunks[1:], pool.map(partial(call, models), chunks[1:])):
-            _keep_rows(settings, chunk, forces, virials, rows)
+        for chunk, results in zip(chunks[1:], pool.map(partial(call, models), chunks[1:])):
+            keep(chunk, results, rows)
             done += len(chunk)
             if shown:
                 _progress(done, total, started)
@@ -367,14 +379,14 @@ def _evaluate(
     return rows
 
 
-def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, models: dict, chunk: list) -> tuple:
-    """Forces and virials of ``models`` (index -> model) on the frames of ``chunk``."""
+def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, models: dict, chunk: list) -> dict:
+    """Each of ``models`` (index -> model) on the frames of ``chunk``: index -> its ``BatchEvaluation``."""
     s = chunk[0][0]
     frames = [series[s][i] for _, i in chunk]
     positions = np.stack([f.positions for f in frames])
     cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
     aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
-    forces, virials = {}, {}
+    results = {}
     shared: dict = {}  # neighbour lists the models of this rank can share on these frames
     for m, model in models.items():
         result = model.evaluate_batch(positions, cells, types[(s, m)], aparam=aparam, shared=shared)
@@ -383,15 +395,15 @@ def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, mo
                 f"model {settings.models[m]} returned non-finite forces or virial on "
                 f"{settings.trajectories[s]} frames {chunk[0][1]}..{chunk[-1][1]}"
             )
-        forces[m], virials[m] = result.forces, result.virial
-    return forces, virials
+        results[m] = result
+    return results
 
 
-def _keep_rows(settings: DeviSettings, chunk: list, forces: dict, virials: dict, rows: dict) -> None:
+def _keep_rows(settings: DeviSettings, chunk: list, results: dict, rows: dict) -> None:
     """The deviation rows of a chunk's frames, from every model's forces and virials."""
     n_models = len(settings.models)
-    stacked_f = np.stack([forces[m] for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
-    stacked_v = np.stack([virials[m] for m in range(n_models)], axis=1)
+    stacked_f = np.stack([results[m].forces for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
+    stacked_v = np.stack([results[m].virial for m in range(n_models)], axis=1)
     for j, task in enumerate(chunk):
         row = model_deviation(
             stacked_f[j],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from ..deviation import Deviation
+from ..deviation import Deviation, rescale_committee
 from ..wire import units
 from .jobs import Job
 
@@ -42,15 +42,18 @@ def bias_extras(sigma_e: float, bias_energy: float, deviation: dict | None = Non
     return json.dumps({**(deviation or {}), "sigma_e": sigma_e, "bias_energy": bias_energy}).encode()
 
 
-def committee_extras(job: Job) -> bytes:
+def committee_extras(job: Job, alpha: float = 1.0) -> bytes:
     """i-PI's committee JSON (``<ffcommittee>`` with ``<parse_json>``, ipi/engine/
     forcefields.py FFCommittee.gather): every model's energy, forces (3N, flat) and virial
-    (9, flat, i-PI's orientation), in atomic units, which i-PI takes as they are."""
+    (9, flat, i-PI's orientation), in atomic units, which i-PI takes as they are; with
+    ``alpha`` (--alpha) the members moved away from their mean as i-PI's own ``<alpha>``
+    moves them (the mean, and so i-PI's dynamics, unchanged)."""
     n = len(job.energies)
+    energies, forces, virials = (rescale_committee(x, alpha) for x in (job.energies, job.forces, job.virials))
     return json.dumps(
         {
-            "committee_pot": units.energy_to_wire(job.energies).tolist(),
-            "committee_force": units.forces_to_wire(job.forces).reshape(n, -1).tolist(),
-            "committee_virial": units.virial_to_wire(job.virials).reshape(n, 9).tolist(),
+            "committee_pot": units.energy_to_wire(energies).tolist(),
+            "committee_force": units.forces_to_wire(forces).reshape(n, -1).tolist(),
+            "committee_virial": units.virial_to_wire(virials).reshape(n, 9).tolist(),
         }
     ).encode()

@@ -71,6 +71,7 @@ class DeviationSettings:
     trust_lo: float | None = None
     ids: RequestIds | None = None  # --ipi-input: which request id is which bead, at which i-PI step
     bias_uncertainty: float | None = None  # --bias-uncertainty TAU (eV)
+    alpha: float = 1.0  # --alpha: the committee's calibration, for --committee-json and --bias-uncertainty
 
 
 def check_cell(cell: np.ndarray | None, where: str) -> None:
@@ -235,7 +236,9 @@ class Leader:
         if self.jobs.fatal is not None:
             return Reply(result.energy, result.forces, result.virial, b"")
         tau = self.settings.bias_uncertainty
-        energy, forces, virial, sigma = uncertainty_bias(job.energies, job.forces, job.virials, tau)
+        energy, forces, virial, sigma = uncertainty_bias(
+            job.energies, job.forces, job.virials, tau, self.settings.alpha
+        )
         self.bias_log.append((sigma, energy - result.energy))
         deviation = None
         if self.settings.extras:
@@ -264,7 +267,7 @@ class Leader:
         if self.settings.committee_json:
             self.jobs.complete_until(job)  # the answer needs every model's result for this structure
             # after a failure the answer goes without the committee; after_reply raises it
-            return committee_extras(job) if self.jobs.fatal is None else b""
+            return committee_extras(job, self.settings.alpha) if self.jobs.fatal is None else b""
         if self.settings.extras:
             # --extras needs this step's row now
             row = self.jobs.complete_until(job) if job is not None else None

@@ -93,7 +93,7 @@ class TorchDirect(Direct):
         self._de = deep_eval
         self._torch = torch
         self._device = device
-        self._types: dict[tuple[int, int], object] = {}
+        self._types: dict[tuple[int, bytes], object] = {}
         # the neighbour list's size per type, asked of the model once, for its builder (as
         # DeepEval._eval_lower_strategy asks it on every call); none without a builder
         builder = deep_eval._nlist_builder is not None
@@ -149,10 +149,13 @@ class TorchDirect(Direct):
         ``neighbour_key`` leave their neighbour list for each other."""
         torch = self._torch
         nframes, nat = positions.shape[:2]
-        types = self._types.get((nframes, nat))
+        # the types of a batch, kept while batches of these atoms come (devi and calibrate
+        # give one model frames of several systems: the key holds the types, not only the shape)
+        shape = (nframes, np.asarray(atom_types).tobytes())
+        types = self._types.get(shape)
         if types is None:
             types = torch.as_tensor(np.tile(atom_types, (nframes, 1)), dtype=torch.long, device=self._device)
-            self._types = {(nframes, nat): types}  # one shape at a time: batches keep theirs
+            self._types = {shape: types}  # one at a time: batches keep theirs
         coord = torch.as_tensor(np.ascontiguousarray(positions, dtype=np.float64), device=self._device)
         box = None
         if cells is not None:

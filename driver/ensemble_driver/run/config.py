@@ -86,6 +86,7 @@ class RunConfig:
     extras: bool = False
     committee_json: bool = False
     bias_uncertainty: float | None = None  # TAU (eV): answer E_0 - TAU sigma_E
+    alpha: float = 1.0  # the committee's calibration (ensemble-driver calibrate), as i-PI's <alpha>
     overwrite: bool = False
     append: bool = False
     step_offset: int = 0
@@ -263,6 +264,13 @@ class RunConfig:
                 )
             if self.committee_json:
                 raise ConfigError("--bias-uncertainty and --committee-json exclude each other (both set the answer)")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"--alpha must be a positive number, got {self.alpha:g}")
+        if self.alpha != 1.0 and not (self.committee_json or self.bias_uncertainty is not None):
+            raise ConfigError(
+                "--alpha scales the committee's spread for --committee-json or --bias-uncertainty: "
+                "without either it would change nothing (the deviation rows never change)"
+            )
         self._check_monitoring()
         if self.traj_files is not None and (self.out_freq == 0 or len(self.models) < 2):
             raise ConfigError(

@@ -337,6 +337,15 @@ def _deviation_kind_options(dev) -> None:
         "sigma_E the models' energy spread, population form) with its exact forces and virial; the rows "
         "stay the unbiased models'; sigma_e and bias_energy go to the extras (default: off)",
     )
+    dev.add_argument(
+        "--alpha",
+        type=float,
+        metavar="A",
+        help="the committee's calibration (ensemble-driver calibrate's alpha), applied as i-PI's <ffcommittee> "
+        "applies its own: the members moved to mean + A (member - mean) in the --committee-json extras (leave "
+        "i-PI's <alpha> at 1), and the spread of --bias-uncertainty multiplied by A; the deviation rows never "
+        "change (default: 1.0)",
+    )
     dev.add_argument("--overwrite", action="store_true", default=None, help="replace existing deviation files")
     dev.add_argument(
         "--append", action="store_true", default=None, help="append to existing deviation files (a restarted run)"
