@@ -10,7 +10,8 @@ from conftest import IPI_INPUTS
 
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.run.command import template_elements
-from ensemble_driver.run.config import RunConfig, build_config, load_config_file
+from ensemble_driver.run.config import RunConfig
+from ensemble_driver.run.settings import build_config, load_config_file
 from ensemble_driver.wire.template import read_template
 from ensemble_driver.wire.transport import InetAddress, UnixAddress, make_address
 
@@ -77,7 +78,7 @@ def test_ase_templates(tmp_path):
 )
 def test_init_each_default_follows_the_models(models, argv, expected):
     from ensemble_driver.cli import build_parser
-    from ensemble_driver.run.config import settings_from_options
+    from ensemble_driver.run.settings import settings_from_options
 
     args = build_parser().parse_args(["run", "--models", *models, "--template", "t.xyz", *argv])
     assert build_config({}, settings_from_options(args)).init_each is expected
@@ -89,7 +90,8 @@ def test_every_setting_has_an_option_and_a_json_type():
     import dataclasses
 
     from ensemble_driver.cli import build_parser
-    from ensemble_driver.run.config import _ANNOTATIONS, FILE_ONLY, JSON_TYPES, RunConfig
+    from ensemble_driver.run.config import RunConfig
+    from ensemble_driver.run.settings import _ANNOTATIONS, FILE_ONLY, JSON_TYPES
 
     run = build_parser()._subparsers._group_actions[0].choices["run"]
     dests = {a.dest for a in run._actions}

@@ -25,8 +25,9 @@ import pytest
 from ase.units import Bohr
 from conftest import IPI_INPUTS, tool
 
-from ensemble_driver.devi.command import DeviSettings, _warn_bead_order
+from ensemble_driver.devi.command import _warn_bead_order
 from ensemble_driver.devi.frames import Frame, read_frames
+from ensemble_driver.devi.settings import DeviSettings
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.wire import units
 from ensemble_driver.wire.template import read_template

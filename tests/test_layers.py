@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "driver" / "ensemble_driver"
 BACKENDS = ("models.deepmd", "models.direct", "models.backends")
 ONLY_IN = {"mpi4py": ("ranks",), "deepmd": BACKENDS, "torch": BACKENDS, "tensorflow": BACKENDS}
-MAX_LINES = 450
+MAX_LINES = 400
 
 
 def groups() -> dict[str, tuple[set[str], list[str]]]:

@@ -226,7 +226,7 @@ def test_parameters_in_a_config_file(tmp_path):
     import json
 
     from ensemble_driver.errors import ConfigError
-    from ensemble_driver.run.config import build_config, load_config_file
+    from ensemble_driver.run.settings import build_config, load_config_file
 
     (tmp_path / "c.json").write_text(
         json.dumps({"models": "a.pth", "template": "t.xyz", "fparam": 0.5, "aparam": [1, 2]})

@@ -16,7 +16,7 @@ from harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_devi_ipi_files import expected_rows, reference_frames
 from test_ensemble import bead_file, mpiexec
 
-from ensemble_driver.devi.command import DeviLayout
+from ensemble_driver.devi.evaluation import DeviLayout
 from ensemble_driver.devi.frames import read_frames
 from ensemble_driver.outputs.dumps import lammps_frame
 

@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_devi(args: argparse.Namespace) -> int:
-    from .devi.command import DeviSettings, run_devi
+    from .devi.command import run_devi
+    from .devi.settings import DeviSettings
     from .outputs.selection import trust_levels
 
     setup_logging(args.verbose)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import ranks
-from ..devi.command import DeviSettings, evaluate_series
+from ..devi.evaluation import evaluate_series
+from ..devi.settings import DeviSettings
 from ..errors import ConfigError, ModelError
 from ..models.deepmd import check_model_file
 from .data import Labelled, read_labelled

@@ -349,7 +349,7 @@ def _run_checked(
 
 def run_command(args) -> int:
     """``ensemble-driver run``: its options (parsed by :mod:`options`) to a run."""
-    from .config import build_config, load_config_file, settings_from_options
+    from .settings import build_config, load_config_file, settings_from_options
 
     cli_settings = settings_from_options(args)
     setup_logging(args.verbose or 0, args.quiet)
