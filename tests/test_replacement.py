@@ -54,9 +54,12 @@ def prepare(workdir: Path, address: str) -> None:
 
 
 def wait_for(condition, what: str, group: ProcessGroup, timeout: float = 300) -> None:
+    """Wait for ``condition``; fail at once when a process of the group ends unexpectedly."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, group._report(f"waited {timeout} s for {what}")
+        ended = [m.name for m in group.members if m.popen.poll() not in (None, *m.ok_status)]
+        assert not ended, group._report(f"{', '.join(ended)} ended while waiting for {what}")
         time.sleep(0.05)
 
 
