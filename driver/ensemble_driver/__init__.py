@@ -1,3 +1,3 @@
 """ensemble-driver: an i-PI protocol client for DeePMD-kit models and their ensembles."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
