@@ -127,3 +127,22 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = np.abs(expected).max()
     return float(np.abs(actual - expected).max() / scale) if scale else float(np.abs(actual).max())
+
+
+def deepmd_deviation(reference, model_paths, labels, positions, cell) -> tuple[float, ...]:
+    """(max_devi_v, min_devi_v, avg_devi_v, max_devi_f, min_devi_f, avg_devi_f) of one
+    structure (Angstrom, lattice vectors as rows) by deepmd-kit's own calc_model_devi_v
+    and calc_model_devi_f on DeepPot.eval of every model (the virial per atom, as the
+    rows)."""
+    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
+
+    forces, virials = [], []
+    for path in model_paths:
+        dp = reference.deeppot(path)
+        atype = [dp.get_type_map().index(s) for s in labels]
+        _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
+        forces.append(np.asarray(f).reshape(-1, 3))
+        virials.append(np.asarray(v).reshape(9))
+    fmax, fmin, favg = (x[0] for x in calc_model_devi_f(np.array(forces)[:, None]))
+    vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(np.array(virials)[:, None] / len(labels)))
+    return vmax, vmin, vavg, fmax, fmin, favg

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from ase.units import Bohr
 from conftest import IPI_INPUTS, tool
+from harness import deepmd_deviation
 
 from ensemble_driver.devi.command import _warn_bead_order
 from ensemble_driver.devi.frames import Frame, read_frames
@@ -239,20 +240,10 @@ def test_beads_out_of_order_are_told(caplog):
 def expected_rows(frames, model_paths, reference) -> np.ndarray:
     """The rows (step, 6 deviations) of deepmd-kit's calc_model_devi_v / calc_model_devi_f
     on DeepPot.eval of each (step, labels, positions, cell) frame in Angstrom."""
-    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
-
-    rows = []
-    for step, labels, positions, cell in frames:
-        forces, virials = [], []
-        for path in model_paths:
-            dp = reference.deeppot(path)
-            atype = [dp.get_type_map().index(s) for s in labels]
-            _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
-            forces.append(np.asarray(f).reshape(-1, 3))
-            virials.append(np.asarray(v).reshape(9))
-        fmax, fmin, favg = (x[0] for x in calc_model_devi_f(np.array(forces)[:, None]))
-        vmax, vmin, vavg = (x[0] for x in calc_model_devi_v((np.array(virials) / len(labels))[:, None]))
-        rows.append([step, vmax, vmin, vavg, fmax, fmin, favg])
+    rows = [
+        [step, *deepmd_deviation(reference, model_paths, labels, positions, cell)]
+        for step, labels, positions, cell in frames
+    ]
     return np.array(rows)
 
 

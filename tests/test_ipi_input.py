@@ -19,6 +19,7 @@ import ase.io
 import numpy as np
 import pytest
 from conftest import IPI_INPUTS, tool
+from harness import deepmd_deviation
 from test_ensemble import mpiexec, read_ipi_binary
 
 from ensemble_driver.demo.launch import ProcessGroup
@@ -86,23 +87,13 @@ def run(tmp_path, xml: str, model_paths, *extra: str, nranks: int = 2) -> list[s
 
 def expected_rows(frames, model_paths, reference, symbols, per_step: int = 1) -> list[str]:
     """Rows from i-PI's frames [(step, h, q)] (q: the bead's positions, Bohr)."""
-    from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
-
     rows = []
     for step, h, q in frames:
         if step % OUT_FREQ:
             continue
         cell, positions = units.cell_from_wire(h), units.positions_from_wire(q)
-        forces, virials = [], []
-        for path in model_paths:
-            dp = reference.deeppot(path)
-            atype = [dp.get_type_map().index(s) for s in symbols]
-            _, f, v = dp.eval(positions.reshape(1, -1), cell.reshape(1, 9), atype)[:3]
-            forces.append(np.asarray(f).reshape(-1, 3))
-            virials.append(np.asarray(v).reshape(9))
-        fmax, fmin, favg = calc_model_devi_f(np.array(forces)[:, None])
-        vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(np.array(virials)[:, None] / len(positions)))
-        rows.append(format_row(step, Deviation(vmax, vmin, vavg, fmax[0], fmin[0], favg[0])).rstrip("\n"))
+        row = Deviation(*deepmd_deviation(reference, model_paths, symbols, positions, cell))
+        rows.append(format_row(step, row).rstrip("\n"))
     return rows
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..devi.plot import SHADES
-from ..errors import ConfigError
+from ..devi.plot import SHADES, save_figure
 from .statistics import FrameNumbers, classes, reliability
 
 POINTS = {"accurate": "#2e7d32", "candidate": "#e0a100", "failed": "#c62828"}
@@ -32,14 +31,7 @@ def plot_calibration(report: dict, numbers: Sequence[FrameNumbers], output: str 
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.6))
     _scatter(ax, report, numbers)
     _reliability(rel, report, numbers)
-    fig.tight_layout()
-    output = Path(output)
-    try:
-        fig.savefig(output, dpi=130)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, output)
 
 
 def _positive(values: np.ndarray) -> np.ndarray:

@@ -138,6 +138,15 @@ def plot_deviation(
         bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
     )
     hist.set_title("distribution")
+    save_figure(fig, output)
+    return counts
+
+
+def save_figure(fig, output: str | Path) -> None:
+    """Lay out ``fig``, write it to ``output`` (the suffix picks the format) and close it;
+    a path that cannot be written is one line."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     output = Path(output)
     try:
@@ -146,4 +155,3 @@ def plot_deviation(
         raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
     finally:
         plt.close(fig)
-    return counts
