@@ -1,4 +1,4 @@
-"""What the journal (outputs/journal.py) costs a step, against model 0's evaluation of
+"""What the journal (ensemble/journal.py) costs a step, against model 0's evaluation of
 the same 32-atom structure, measured side by side in one process.
 
 The journal is what makes a replacement driver exact: per structure received, the
@@ -35,8 +35,8 @@ def main() -> None:
 
     import ase.io
 
+    from ensemble_driver.ensemble.journal import Journal
     from ensemble_driver.models.deepmd import DeepPotModel
-    from ensemble_driver.outputs.journal import Journal
     from ensemble_driver.wire import units
 
     with tempfile.TemporaryDirectory() as tmp:

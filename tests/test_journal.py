@@ -1,4 +1,4 @@
-"""The journal a replacement driver continues from (outputs/journal.py), the per-bead
+"""The journal a replacement driver continues from (ensemble/journal.py), the per-bead
 cut it needs (outputs/resume.py), and no header-only deviation file after a failed start."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ensemble_driver.deviation import Deviation
+from ensemble_driver.ensemble.journal import Journal
 from ensemble_driver.errors import ConfigError
-from ensemble_driver.outputs.journal import Journal
 from ensemble_driver.outputs.model_devi import BeadFiles
 from ensemble_driver.outputs.resume import resume_outputs
 

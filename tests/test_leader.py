@@ -14,9 +14,11 @@ import pytest
 
 from ensemble_driver.ensemble.layout import Layout
 from ensemble_driver.ensemble.leader import DeviationSettings, Leader, LocalModel, messages
+from ensemble_driver.ensemble.rows import BeadRows
 from ensemble_driver.errors import ModelError
 from ensemble_driver.models.results import Evaluation
 from ensemble_driver.outputs.model_devi import BeadFiles
+from ensemble_driver.outputs.sink import RowSink
 from ensemble_driver.wire.session import Request
 
 NAT = 2
@@ -87,10 +89,8 @@ class FakeModel:
 def make_leader(tmp_path, events, layout, local_scales, **settings):
     comm = FakeComm(events)
     local = [LocalModel(i, FakeModel(events, f"m{i}", s), np.zeros(NAT, np.int32)) for i, s in local_scales]
-    files = BeadFiles([str(tmp_path / "devi.out")], atomic=False, mode="new")
-    leader = Leader(
-        comm, layout, local, natoms=NAT, periodic=False, settings=DeviationSettings(**settings), files=files
-    )
+    sink = BeadRows(RowSink(BeadFiles([str(tmp_path / "devi.out")], atomic=False, mode="new")))
+    leader = Leader(comm, layout, local, natoms=NAT, periodic=False, settings=DeviationSettings(**settings), sink=sink)
     return leader, comm
 
 

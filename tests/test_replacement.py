@@ -25,7 +25,7 @@ from test_ensemble import mpiexec
 from test_ipi_input import ipi_input, system, written_rows
 
 from ensemble_driver.demo.launch import ProcessGroup
-from ensemble_driver.outputs.journal import NAME as JOURNAL
+from ensemble_driver.ensemble.journal import NAME as JOURNAL
 
 STEPS = 40
 OPTIONS = ["--out-freq", "1", "--traj-files", "dpgen", "--trust-lo", "0.02", "--trust-hi", "10"]

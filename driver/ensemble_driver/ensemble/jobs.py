@@ -72,7 +72,7 @@ class Job:
     parameters: Parameters | None = None  # with the server's frame/atomic parameters, if it sent any
     server_parameters: tuple = (None, None, None)  # the server's (fparam, aparam, charge_spin), for the followers
     dispatched: float = field(default_factory=time.monotonic)
-    slot: int | None = None  # its place in the journal until its row is written (outputs.journal)
+    slot: int | None = None  # its place in the journal until its row is written (ensemble.journal)
 
     def put(self, model: int, energy: float, forces: np.ndarray, virial: np.ndarray) -> None:
         """Model ``model``'s result for this structure."""

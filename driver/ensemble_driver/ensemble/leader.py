@@ -39,10 +39,6 @@ import numpy as np
 from ..deviation import uncertainty_bias
 from ..errors import ConfigError, DriverError
 from ..models.parameters import SERVER_KEYS, Parameters, from_server
-from ..outputs.journal import Journal, Pending
-from ..outputs.model_devi import BeadFiles
-from ..outputs.selection import Selection
-from ..outputs.sink import RowSink
 from ..wire.ipi_input import RequestIds
 from ..wire.session import Reply, Request
 from ..wire.template import Template, order_mismatch
@@ -51,6 +47,7 @@ from .batches import BatchedTransport, check_cell
 from .connections import Hub
 from .extras import bias_extras, committee_extras, deviation_extras, deviation_values
 from .jobs import Job, JobPipeline, LocalModel
+from .journal import Journal, Pending
 from .layout import Layout
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows, RowWriter
@@ -87,8 +84,6 @@ class Leader(BatchedTransport):
         natoms: int,
         periodic: bool,
         settings: DeviationSettings,
-        files: BeadFiles | None = None,
-        selection: Selection | None = None,
         sink: BeadRows | RemoteRows | None = None,
         replicas: Model0Replicas | None = None,
         hub: Hub | None = None,
@@ -99,7 +94,7 @@ class Leader(BatchedTransport):
         journal: Journal | None = None,
     ):
         self.model0 = local[0]
-        self.journal = journal  # what a driver replacing this one needs (outputs.journal)
+        self.journal = journal  # what a driver replacing this one needs (ensemble.journal)
         self._unchecked_template = template  # its atom order, checked on the first structure
         self.periodic = periodic
         self.settings = settings
@@ -123,7 +118,7 @@ class Leader(BatchedTransport):
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
         if sink is None:
-            sink = BeadRows(RowSink(files, selection=selection) if files is not None else None)
+            sink = BeadRows(None)
         self.sink = sink
         self.rows = RowWriter(
             self.sink,

@@ -15,16 +15,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from .. import ranks
 from ..deviation import Deviation, model_deviation
-from ..outputs.sink import RowSink
 from . import messages
 from .jobs import Job
 
 log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where rank 0's rows go (``outputs.sink.RowSink``): each row with its frame."""
+
+    rows_by_bead: dict[int, int]
+
+    def write(self, bead: int, step: int, row: Deviation, positions: np.ndarray, cell, forces) -> bool: ...
+
+    def close(self) -> str | None: ...
 
 
 class BeadRows:
@@ -34,7 +44,7 @@ class BeadRows:
     held until the one ``out_freq`` steps before it is written. None: rows are written as
     they come (one connection, whose rows come in step order)."""
 
-    def __init__(self, sink: RowSink | None, *, out_freq: int | None = None):
+    def __init__(self, sink: Sink | None, *, out_freq: int | None = None):
         self.sink = sink
         self.out_freq = out_freq
         self._held: dict[int, dict[int, tuple]] = {}

@@ -10,7 +10,7 @@ their ``step=``), the LAMMPS dumps (frames by their TIMESTEP; files of one frame
 name carries the step are removed) and, from what remains, the counts every bead starts
 with in ``devi_summary.json``.
 
-A replacement driver (:mod:`journal`) cuts the same way, each bead at its own step: the
+A replacement driver (:mod:`ensemble.journal`) cuts the same way, each bead at its own step: the
 first row its predecessor left unwritten (None: the bead's files are kept whole).
 """
 

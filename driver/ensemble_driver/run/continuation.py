@@ -1,6 +1,6 @@
 """Which run the files in the output directory continue, decided before anything connects.
 
-With ``--ipi-input`` and one connection, rank 0 keeps a journal (:mod:`outputs.journal`)
+With ``--ipi-input`` and one connection, rank 0 keeps a journal (:mod:`ensemble.journal`)
 beside the deviation files. When the same command runs again in the same directory
 while the i-PI it served is still running (a driver replaced mid-run: a node lost, a job
 killed, an allocation ended), the replacement continues every file exactly: each bead is
@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ensemble.journal import Journal, Pending, path_for
 from ..errors import ConfigError
-from ..outputs.journal import Journal, Pending, path_for
 from ..outputs.model_devi import has_rows
 from ..outputs.resume import resume_outputs
 from ..wire.ipi_input import RequestIds

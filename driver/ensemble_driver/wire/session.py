@@ -106,7 +106,7 @@ class Session:
     ``next_step(rid)``, if given, numbers each evaluation of a request id (a counter
     shared by several connections); ``numbering(rid, h, positions)``, if given, numbers it
     from the structure as it came off the wire (a journal that knows what was sent before
-    this process, see outputs.journal); by default the session counts them itself. ``idle``,
+    this process, see ensemble.journal); by default the session counts them itself. ``idle``,
     if given, is called every IDLE_POLL_S while the session waits for the server between
     requests (it may raise to end the session: another connection ended the run).
     """
