@@ -90,3 +90,27 @@ def add_trust_options(group, virial: bool = True) -> None:
             help="low virial trust level, eV per atom (default: the virial is not used)",
         )
         group.add_argument("--trust-hi-v", type=float, metavar="V_HI", help="high virial trust level, eV per atom")
+
+
+def add_deviation_kind_options(group, *, atomic_default: bool | None = False) -> None:
+    """What a deviation row holds (LAMMPS's 'atomic', 'relative', 'relative_v'), for run
+    and devi alike."""
+    group.add_argument(
+        "--atomic",
+        action="store_true",
+        default=atomic_default,
+        help="also write the force deviation of every atom (LAMMPS's 'atomic')",
+    )
+    group.add_argument(
+        "--relative",
+        type=float,
+        metavar="NU",
+        help="relative force deviation: e_i / (|<F_i>| + NU) (LAMMPS's 'relative')",
+    )
+    group.add_argument(
+        "--relative-v",
+        type=float,
+        metavar="NU",
+        help="relative virial deviation, per "
+        "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)",
+    )

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..arguments import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options
+from ..arguments import (
+    ParagraphFormatter,
+    add_deviation_kind_options,
+    add_head_option,
+    add_parameter_options,
+    add_trust_options,
+)
 
 
 def add_devi_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,9 +72,7 @@ def add_devi_parser(sub: argparse._SubParsersAction) -> None:
         help="also write every row's frame as a LAMMPS dump, as run does: 'dpgen', 'dpgen2' or a pattern "
         "(default: none)",
     )
-    p.add_argument("--atomic", action="store_true", help="also write the force deviation of every atom")
-    p.add_argument("--relative", type=float, metavar="NU", help="relative force deviation (as run)")
-    p.add_argument("--relative-v", type=float, metavar="NU", help="relative virial deviation (as run)")
+    add_deviation_kind_options(p)
     add_trust_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--append", action="store_true", help="append to existing output files")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..arguments import ParagraphFormatter, add_head_option, add_parameter_options, add_trust_options
+from ..arguments import (
+    ParagraphFormatter,
+    add_deviation_kind_options,
+    add_head_option,
+    add_parameter_options,
+    add_trust_options,
+)
 from .config import DEFAULT_SOCKETS_PREFIX
 
 RUN_EPILOG = """\
@@ -292,25 +298,7 @@ def _deviation_output_options(dev) -> None:
 
 def _deviation_kind_options(dev) -> None:
     """run's options for what the deviation holds, what the server gets of it, and existing files."""
-    dev.add_argument(
-        "--atomic",
-        action="store_true",
-        default=None,
-        help="also write the force deviation of every atom (LAMMPS's 'atomic')",
-    )
-    dev.add_argument(
-        "--relative",
-        type=float,
-        metavar="NU",
-        help="relative force deviation: e_i / (|<F_i>| + NU) (LAMMPS's 'relative')",
-    )
-    dev.add_argument(
-        "--relative-v",
-        type=float,
-        metavar="NU",
-        help="relative virial deviation, per "
-        "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)",
-    )
+    add_deviation_kind_options(dev, atomic_default=None)  # None: a --config file may set it
     dev.add_argument(
         "--extras",
         action="store_true",
