@@ -33,6 +33,14 @@ def test_a_replacement_numbers_a_resent_structure_as_the_one_it_is(tmp_path):
     again.close()
 
 
+def test_request_ids_the_input_does_not_file_are_counted_but_not_kept(tmp_path):
+    """An estimator's clone, bound as i-PI runs: beyond the journal's ids, no rows."""
+    journal = Journal.create(tmp_path / "j", natoms=4, ids=2, ring=2, first_step=0)
+    assert [journal.number(5, *structure(k)) for k in range(3)] == [0, 1, 2]
+    assert journal.received() == {}
+    journal.close()
+
+
 def test_held_structures_are_pending_until_released(tmp_path):
     journal = Journal.create(tmp_path / "j", natoms=4, ids=2, ring=2, first_step=7)
     cell, positions = structure(1)

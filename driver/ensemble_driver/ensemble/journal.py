@@ -86,6 +86,9 @@ class Journal:
         at += 9 * ring
         self._positions = floats[at : at + 3 * natoms * ring].reshape(ring, natoms, 3)
         self._fresh = set(range(ids))  # request ids not yet received by this process
+        # ids beyond those the input files (an estimator's clone made as i-PI runs): they
+        # get no rows, so they are counted here only, not kept for a replacement
+        self._unfiled: dict[int, int] = {}
 
     # -- opening -----------------------------------------------------------------------
     @staticmethod
@@ -169,6 +172,10 @@ class Journal:
     def number(self, rid: int, h: np.ndarray, positions: np.ndarray) -> int:
         """The evaluation number of a structure of request ``rid`` as it came off the wire
         (from 0): the last one again when it is the lost driver's last structure resent."""
+        if rid >= self.ids:
+            count = self._unfiled.get(rid, 0)
+            self._unfiled[rid] = count + 1
+            return count
         digest = np.frombuffer(hashlib.blake2b(h.tobytes() + positions.tobytes(), digest_size=16).digest(), np.int64)
         which = int(self._which[rid])
         count = int(self._records[rid, which, 0])

@@ -236,7 +236,8 @@ def _run_inputs(config_source, comm, signals: StopSignals, started: list[IpiProc
         for index in layout.models_of[rank]:
             check_model_file(config.models[index])
         ids = ipi.ids if ipi is not None else None
-        outputs = open_outputs(config, ids, address, template.natoms) if rank == 0 else None
+        batch = ipi.socket.batch_size if ipi is not None else 1
+        outputs = open_outputs(config, ids, address, template.natoms, batch) if rank == 0 else None
         opened.append(outputs)
         total = ipi.total_steps if ipi is not None else None
         return config, layout, address, template, outputs, placement, ids, total, start
@@ -327,7 +328,7 @@ def _run_checked(
     periodic = template.periodic if config.pbc is None else config.pbc
     with signals.interruptible():
         warm_up(members, template, periodic)
-    ids_size = max(ids.index) + 1 if ids is not None else config.nbeads  # the request ids counted
+    ids_size = ids.size if ids is not None else config.nbeads  # the request ids counted
     counter = ranks.StepCounter(comm, ids_size) if config.connections > 1 else None  # collective
     served = Served(
         config, comm, layout, address, template, members, periodic, signals, counter, hosts, ids, total, ipi_process

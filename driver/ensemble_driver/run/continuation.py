@@ -60,15 +60,24 @@ def last_row_step(path: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def journal_kept(config: RunConfig, ids: RequestIds | None) -> bool:
-    """A journal is kept with --ipi-input, one connection and one structure a message."""
-    return ids is not None and config.connections == 1 and getattr(ids, "batch_size", 1) == 1
+def journal_kept(config: RunConfig, ids: RequestIds | None, batch_size: int = 1) -> bool:
+    """A journal is kept with --ipi-input, one connection and one structure a message
+    (i-PI's <batch_size> 1)."""
+    return ids is not None and config.connections == 1 and batch_size == 1
 
 
 def continuation(
-    config: RunConfig, ids: RequestIds | None, address: Address | None, names: list[str], natoms: int, **cut
+    config: RunConfig,
+    ids: RequestIds | None,
+    address: Address | None,
+    names: list[str],
+    natoms: int,
+    batch_size: int = 1,
+    **cut,
 ) -> Continuation:
-    """Decide (see the module); ``cut``: resume_outputs' candidate_files, traj, levels."""
+    """Decide (see the module); ``batch_size``: i-PI's, from its input; ``cut``:
+    resume_outputs' candidate_files, traj, levels."""
+    kept = journal_kept(config, ids, batch_size)
     written = [name for name in names if has_rows(name)]
     if config.resume and ids is not None:
         # (--start-ipi restarts i-PI itself: from its input at step 0 when no checkpoint exists)
@@ -78,8 +87,8 @@ def continuation(
                 "holds rows: give the RESTART or checkpoint i-PI restarts from, or --overwrite to start over"
             )
         counts = resume_outputs(ids.first_step, names, **cut)
-        return Continuation(_new_journal(config, ids, natoms), counts=counts)
-    if not journal_kept(config, ids):
+        return Continuation(_new_journal(config, ids, natoms) if kept else None, counts=counts)
+    if not kept:
         return Continuation()
     assert ids is not None
     path = path_for(config.out_file)
@@ -94,16 +103,13 @@ def continuation(
     return _replace(config, ids, address, names, natoms, path, cut)
 
 
-def _new_journal(config: RunConfig, ids: RequestIds, natoms: int) -> Journal | None:
-    if not journal_kept(config, ids):
-        return None
-    size = max(ids.index) + 1
-    return Journal.create(path_for(config.out_file), natoms=natoms, ids=size, ring=RING, first_step=ids.first_step)
+def _new_journal(config: RunConfig, ids: RequestIds, natoms: int) -> Journal:
+    return Journal.create(path_for(config.out_file), natoms=natoms, ids=ids.size, ring=RING, first_step=ids.first_step)
 
 
 def _replace(config, ids: RequestIds, address, names, natoms, path: Path, cut) -> Continuation:
     """The same command again beside a journal: a replacement, if it can be sure."""
-    journal = Journal.reopen(path, natoms=natoms, ids=max(ids.index) + 1)
+    journal = Journal.reopen(path, natoms=natoms, ids=ids.size)
     try:
         _check_same_run(config, ids, address, journal)
     except ConfigError:

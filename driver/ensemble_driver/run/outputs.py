@@ -48,7 +48,11 @@ def traj_file_layout(config: RunConfig, systems: list[tuple[str, int]]) -> TrajL
 
 
 def open_outputs(
-    config: RunConfig, ids: RequestIds | None = None, address: Address | None = None, natoms: int = 0
+    config: RunConfig,
+    ids: RequestIds | None = None,
+    address: Address | None = None,
+    natoms: int = 0,
+    batch_size: int = 1,
 ) -> RowSink | None:
     """Rank 0's outputs, None when no deviation is written. The checks that can fail come
     before the deviation files are made; --resume, or a driver replacing one that stopped,
@@ -68,7 +72,7 @@ def open_outputs(
         )
     candidates = candidate_file_names(names) if options.trust is not None else ()
     going_on = continuation(
-        config, ids, address, names, natoms, candidate_files=candidates, traj=traj, levels=options.trust
+        config, ids, address, names, natoms, batch_size, candidate_files=candidates, traj=traj, levels=options.trust
     )
     if going_on.mode is not None:
         options = replace(options, append=True, overwrite=False)

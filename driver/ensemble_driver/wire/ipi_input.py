@@ -135,6 +135,11 @@ class RequestIds:
             real += 1
         return max(real, 1)
 
+    @property
+    def size(self) -> int:
+        """One more than the highest request id filed (a system's bead or an optimiser's clone)."""
+        return max([*self.index, *self.clones]) + 1
+
     def beads_per_system(self) -> list[int]:
         """How many series each served system has, in order."""
         counts: dict[int, int] = {}
