@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import IPI_INPUTS, tool
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
@@ -146,3 +148,12 @@ def deepmd_deviation(reference, model_paths, labels, positions, cell) -> tuple[f
     fmax, fmin, favg = (x[0] for x in calc_model_devi_f(np.array(forces)[:, None]))
     vmax, vmin, vavg = (x[0] for x in calc_model_devi_v(np.array(virials)[:, None] / len(labels)))
     return vmax, vmin, vavg, fmax, fmin, favg
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Wait for ``condition`` with a deadline: a test fails, naming ``what``, past it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -9,27 +9,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import IPI_INPUTS, tool
-from harness import driver_command
+from harness import driver_command, wait_until
 from tap import KillAtPosdata
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def processes_with(marker: str) -> list[int]:

@@ -21,6 +21,7 @@ import ase.io
 import numpy as np
 import pytest
 from conftest import IPI_INPUTS, tool
+from harness import wait_until
 from test_ensemble import mpiexec
 from test_ipi_input import ipi_input, system, written_rows
 
@@ -68,19 +69,25 @@ def rows_of(path: Path) -> int:
 
 
 def kill_job(member) -> None:
-    """SIGKILL to the job's mpiexec, as a batch system ends a job; then its ranks must go."""
+    """SIGKILL to the job's mpiexec, as a batch system ends a job; then its ranks must go
+    (a rank left behind after 60 s is killed: it must not serve i-PI on)."""
     pgid = member.popen.pid
     member.popen.send_signal(signal.SIGKILL)
     member.popen.wait(30)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
+            return True
+        return False
+
+    deadline = time.monotonic() + 60
+    while not gone() and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.killpg(pgid, signal.SIGKILL)  # a rank left behind must not serve i-PI on
-    time.sleep(0.5)
+    if not gone():
+        os.killpg(pgid, signal.SIGKILL)
+        wait_until(gone, 30, f"the ranks of {member.name} to end")
 
 
 def outputs(workdir: Path) -> dict[str, object]:

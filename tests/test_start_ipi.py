@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import IPI_INPUTS, tool
+from harness import wait_until
 
 from ensemble_driver.run.checkpoint import Start, checkpoint_files, newest_checkpoint, plan_start, read_checkpoint
 from ensemble_driver.run.ipi_process import (
@@ -115,14 +116,6 @@ def processes_in(directory: Path) -> list[str]:
         if (cwd == target or cwd.startswith(target + "/")) and state != "Z":
             found.append(f"{entry.name} {cmdline}")
     return found
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def assert_none_left(directory: Path, timeout: float = 30.0) -> None:

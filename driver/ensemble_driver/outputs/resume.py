@@ -20,6 +20,7 @@ import glob
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -106,6 +107,19 @@ def _per_file(first_step: int | Sequence[int | None], n: int) -> list[int | None
     return [first_step] * n if isinstance(first_step, int) else list(first_step)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What the cut left: each deviation file's rows, and with trust levels each bead's
+    counts per class of them (the summary starts from them)."""
+
+    rows: list[list[str]]
+    counts: list[dict[str, int]] | None
+
+    def last_steps(self) -> dict[int, int]:
+        """Each bead's last step kept (beads with rows only)."""
+        return {k: int(rows[-1].split()[0]) for k, rows in enumerate(self.rows) if rows}
+
+
 def resume_outputs(
     first_step: int | Sequence[int | None],
     deviation_files: Sequence[str],
@@ -113,10 +127,9 @@ def resume_outputs(
     candidate_files: Sequence[str] = (),
     traj: TrajLayout | None = None,
     levels: TrustLevels | None = None,
-) -> list[dict[str, int]] | None:
+) -> Kept:
     """Cut every output to the steps before ``first_step``: one step for every bead, or
-    one per bead (None: keep the bead's files whole). Returns, with trust levels, each
-    bead's counts per class of the rows kept (the summary starts from them)."""
+    one per bead (None: keep the bead's files whole); return what was kept."""
     steps = _per_file(first_step, len(deviation_files))
     kept = [cut_deviation_file(name, step) for name, step in zip(deviation_files, steps)]
     for name, step in zip(candidate_files, steps):
@@ -125,7 +138,7 @@ def resume_outputs(
     if traj is not None:
         cut_traj(traj, first_step)
     if levels is None:
-        return None
+        return Kept(kept, None)
     counts = []
     for rows in kept:
         bead = dict.fromkeys(CLASSES, 0)
@@ -134,4 +147,4 @@ def resume_outputs(
             values = row.split()
             bead[levels.classify(float(values[4]), float(values[1]))] += 1
         counts.append(bead)
-    return counts
+    return Kept(kept, counts)

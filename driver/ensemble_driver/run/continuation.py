@@ -51,15 +51,6 @@ class Continuation:
     mode: str | None = None  # the files' mode when it is not the options' ("append": continued)
 
 
-def last_row_step(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            steps = [int(line.split()[0]) for line in f if line.strip() and not line.startswith("#")]
-    except OSError:
-        return None
-    return steps[-1] if steps else None
-
-
 def journal_kept(config: RunConfig, ids: RequestIds | None, batch_size: int = 1) -> bool:
     """A journal is kept with --ipi-input, one connection and one structure a message
     (i-PI's <batch_size> 1)."""
@@ -86,7 +77,7 @@ def continuation(
                 f"--resume: --ipi-input {config.ipi_input} starts at step 0 (it is no RESTART), and {written[0]} "
                 "holds rows: give the RESTART or checkpoint i-PI restarts from, or --overwrite to start over"
             )
-        counts = resume_outputs(ids.first_step, names, **cut)
+        counts = resume_outputs(ids.first_step, names, **cut).counts
         return Continuation(_new_journal(config, ids, natoms) if kept else None, counts=counts)
     if not kept:
         return Continuation()
@@ -120,8 +111,7 @@ def _replace(config, ids: RequestIds, address, names, natoms, path: Path, cut) -
     for p in replay:
         first.setdefault(p.series, p.step)
     steps = [first.get(k) for k in range(len(names))]
-    counts = resume_outputs(steps, names, **cut)
-    last = {k: s for k, name in enumerate(names) if (s := last_row_step(name)) is not None}
+    kept = resume_outputs(steps, names, **cut)
     received = journal.received()
     log.info(
         "continuing the rows of the driver that stopped: i-PI (%s) had sent %d structures; %d rows to recompute%s",
@@ -130,7 +120,7 @@ def _replace(config, ids: RequestIds, address, names, natoms, path: Path, cut) -
         len(replay),
         "" if not replay else " (" + ", ".join(f"bead {p.series} step {p.step}" for p in replay) + ")",
     )
-    return Continuation(journal, replay, last, counts, mode="append")
+    return Continuation(journal, replay, kept.last_steps(), kept.counts, mode="append")
 
 
 def _check_same_run(config, ids: RequestIds, address, journal: Journal) -> None:

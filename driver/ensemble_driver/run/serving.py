@@ -86,8 +86,11 @@ def deviation_settings(config: RunConfig, ids: RequestIds | None = None) -> Devi
 STALL_VARIABLE = "ENSEMBLE_DRIVER_TEST_STALL"
 
 
-def journal_numbering(journal):
-    """The journal's numbering of every structure (None without a journal)."""
+def numbering(counter, journal):
+    """How every structure is numbered: by the bead step counter that several connections
+    share, by the journal (one connection, --ipi-input), or by the session itself (None)."""
+    if counter is not None:
+        return lambda rid, h, positions: counter.next_step(rid)
     if journal is None:
         return None
     stall = os.environ.get(STALL_VARIABLE)
@@ -131,8 +134,7 @@ def run_session(
                 init_every_step=config.init_each,
                 after_reply=leader.after_reply,
                 signals=signals,
-                next_step=served.counter.next_step if served.counter is not None else None,
-                numbering=journal_numbering(leader.journal),
+                numbering=numbering(served.counter, leader.journal),
                 idle=idle,
                 server_timeout=config.server_timeout,
             )

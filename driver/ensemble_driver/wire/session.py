@@ -103,10 +103,10 @@ class Session:
     (work that must not delay the server). ``init_every_step`` makes the client answer
     NEEDINIT after every evaluation so that every structure is labelled with its request id.
     ``signals`` may stop the session while it waits for the server, or after a reply.
-    ``next_step(rid)``, if given, numbers each evaluation of a request id (a counter
-    shared by several connections); ``numbering(rid, h, positions)``, if given, numbers it
-    from the structure as it came off the wire (a journal that knows what was sent before
-    this process, see ensemble.journal); by default the session counts them itself. ``idle``,
+    ``numbering(rid, h, positions)``, if given, numbers each evaluation of a request id
+    from the structure as it came off the wire (a counter shared by several connections,
+    or a journal that knows what was sent before this process, see ensemble.journal); by
+    default the session counts them itself. ``idle``,
     if given, is called every IDLE_POLL_S while the session waits for the server between
     requests (it may raise to end the session: another connection ended the run).
     """
@@ -119,14 +119,12 @@ class Session:
         init_every_step: bool = True,
         after_reply: Callable[[], None] | None = None,
         signals: StopSignals | None = None,
-        next_step: Callable[[int], int] | None = None,
         numbering: Callable[[int, np.ndarray, np.ndarray], int] | None = None,
         idle: Callable[[], None] | None = None,
         server_timeout: float | None = None,
     ):
         self.wire = wire
         self.server_timeout = server_timeout
-        self.next_step = next_step
         self.numbering = numbering
         self.idle = idle
         self.signals = signals if signals is not None else NoSignals()
@@ -215,12 +213,7 @@ class Session:
                 f"step {self.stats.steps_by_rid[self._rid]})"
             )
         rid = self._rid
-        if self.numbering is not None:
-            step = self.numbering(rid, h, positions)
-        elif self.next_step is not None:
-            step = self.next_step(rid)
-        else:
-            step = self.stats.steps_by_rid[rid]
+        step = self.stats.steps_by_rid[rid] if self.numbering is None else self.numbering(rid, h, positions)
         log.debug("structure received: step %d of request id %d", step, rid)
         request = Request(
             rid=rid,
