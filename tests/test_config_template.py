@@ -85,23 +85,19 @@ def test_init_each_default_follows_the_models(models, argv, expected):
 
 
 def test_every_setting_has_an_option_and_a_json_type():
-    """The option surface is one table: each RunConfig field is a command-line option of
-    run (argparse dest = the field's name) or a file-only key, and has a JSON type."""
-    import dataclasses
-
+    """The option surface is one table: each setting of RunConfig (a group's, such as
+    DeviationKind's, in its place) is a command-line option of run (argparse dest = the
+    setting's name) or a file-only key, and has a JSON type."""
     from ensemble_driver.cli import build_parser
-    from ensemble_driver.run.config import RunConfig
-    from ensemble_driver.run.settings import _ANNOTATIONS, FILE_ONLY, JSON_TYPES
+    from ensemble_driver.run.settings import _ANNOTATIONS, FILE_ONLY, JSON_TYPES, SETTINGS
 
     run = build_parser()._subparsers._group_actions[0].choices["run"]
     dests = {a.dest for a in run._actions}
-    for f in dataclasses.fields(RunConfig):
+    for f in SETTINGS.values():
         assert f.name in dests or f.name in FILE_ONLY, f"{f.name}: no option of run"
         assert _ANNOTATIONS[f.name] in JSON_TYPES, f"{f.name}: no JSON type for {_ANNOTATIONS[f.name]}"
     options = {a.dest for a in run._actions if a.option_strings} - {"help", "config", "quiet"}
-    assert options <= {f.name for f in dataclasses.fields(RunConfig)}, options - {
-        f.name for f in dataclasses.fields(RunConfig)
-    }
+    assert options <= set(SETTINGS), options - set(SETTINGS)
 
 
 @pytest.mark.parametrize(
@@ -175,13 +171,15 @@ def test_bad_config_files(tmp_path, content, message):
 
 
 def test_missing_settings():
+    from ensemble_driver.models.parameters import ParameterOptions
+
     with pytest.raises(ConfigError, match="no model given"):
         RunConfig(template="t").validated()
     with pytest.raises(ConfigError, match="no template given"):
         RunConfig(models=("m",)).validated()
     # i-PI's input gives the atoms but no per-atom arrays: those come from a template
     with pytest.raises(ConfigError, match="--aparam-array q reads the per-atom values .* give --template FILE"):
-        RunConfig(models=("m",), ipi_input="input.xml", aparam_array="q").validated()
+        RunConfig(models=("m",), ipi_input="input.xml", parameters=ParameterOptions(aparam_array="q")).validated()
 
 
 def test_atom_type_maps_labels_through_model0_type_map():

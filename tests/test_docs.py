@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import shlex
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from ensemble_driver import __version__
 from ensemble_driver.cli import build_parser
-from ensemble_driver.run.config import RunConfig
+from ensemble_driver.run.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(
@@ -146,9 +145,8 @@ def effective_default(command: str, action: argparse.Action):
     """What the program uses when the option is not given: for run, RunConfig's default
     (its argparse defaults are None so that a --config file can fill them)."""
     if command == "ensemble-driver run":
-        fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-        if action.dest in fields:
-            return fields[action.dest].default
+        if action.dest in SETTINGS:
+            return SETTINGS[action.dest].default
     return action.default
 
 

@@ -242,8 +242,8 @@ def test_nan_is_never_sent(tmp_path, address, model_paths):
 
 def test_nan_in_rows_is_impossible():
     """The guard the NaN test relies on, for every model of the ensemble."""
-    from ensemble_driver.ensemble.leader import LocalModel
     from ensemble_driver.errors import ModelError
+    from ensemble_driver.models.local import LocalModel
     from ensemble_driver.models.results import Evaluation
 
     class Bad:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ensemble_driver.ensemble import messages
+from ensemble_driver.ensemble.jobs import JobPipeline
 from ensemble_driver.ensemble.layout import Layout
-from ensemble_driver.ensemble.leader import DeviationSettings, Leader, LocalModel, messages
+from ensemble_driver.ensemble.leader import DeviationSettings, Leader
 from ensemble_driver.ensemble.rows import BeadRows
 from ensemble_driver.errors import ModelError
+from ensemble_driver.models.local import LocalModel
 from ensemble_driver.models.results import Evaluation
 from ensemble_driver.outputs.model_devi import BeadFiles
 from ensemble_driver.outputs.sink import RowSink
@@ -90,7 +93,8 @@ def make_leader(tmp_path, events, layout, local_scales, **settings):
     comm = FakeComm(events)
     local = [LocalModel(i, FakeModel(events, f"m{i}", s), np.zeros(NAT, np.int32)) for i, s in local_scales]
     sink = BeadRows(RowSink(BeadFiles([str(tmp_path / "devi.out")], atomic=False, mode="new")))
-    leader = Leader(comm, layout, local, natoms=NAT, periodic=False, settings=DeviationSettings(**settings), sink=sink)
+    jobs = JobPipeline(comm, layout, local[1:], natoms=NAT)
+    leader = Leader(jobs, local[0], DeviationSettings(**settings), sink, periodic=False)
     return leader, comm
 
 

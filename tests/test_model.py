@@ -232,7 +232,7 @@ def test_parameters_in_a_config_file(tmp_path):
         json.dumps({"models": "a.pth", "template": "t.xyz", "fparam": 0.5, "aparam": [1, 2]})
     )
     config = build_config(load_config_file(tmp_path / "c.json"), {})
-    assert config.fparam == (0.5,) and config.aparam == (1.0, 2.0)
+    assert config.parameters.fparam == (0.5,) and config.parameters.aparam == (1.0, 2.0)
     (tmp_path / "bad.json").write_text(json.dumps({"fparam": ["x"]}))
     with pytest.raises(ConfigError, match="'fparam' must be a number or a non-empty list of numbers"):
         load_config_file(tmp_path / "bad.json")

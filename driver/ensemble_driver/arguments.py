@@ -1,11 +1,17 @@
-"""The command-line pieces several commands share: the help formatter, and the model
-parameter, head and trust options of ``run``, ``devi`` and ``plot`` (each command's own
-parser is in its wing: ``run/options``, ``devi/options``, ``demo/command``)."""
+"""The command-line pieces several commands share: the help formatter, the model
+parameter, head, trust and deviation-kind options of ``run``, ``devi`` and ``plot``
+(each command's own parser is in its wing: ``run/options``, ``devi/options``,
+``demo/command``), and the settings records' flat view (:func:`setting_fields`,
+:func:`folded`): a record's group of settings, such as ``deviation.DeviationKind``, is
+one field of the record but its options and ``--config`` keys are its own fields."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import textwrap
+from collections.abc import Mapping
+from typing import Any
 
 
 class ParagraphFormatter(argparse.RawDescriptionHelpFormatter):
@@ -114,3 +120,31 @@ def add_deviation_kind_options(group, *, atomic_default: bool | None = False) ->
         help="relative virial deviation, per "
         "component: d_ab / (|<W_ab>|/N + NU) (LAMMPS's 'relative_v'; dp model-devi differs)",
     )
+
+
+def _group(f: dataclasses.Field) -> type | None:
+    """The record class of a field that groups settings (``field(default_factory=Record)``)."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
+def setting_fields(record: type) -> list[dataclasses.Field]:
+    """The settings of a record as its options name them: its fields, each group's
+    fields in place of the group."""
+    flat = []
+    for f in dataclasses.fields(record):
+        group = _group(f)
+        flat += dataclasses.fields(group) if group is not None else [f]
+    return flat
+
+
+def folded(record: type, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings (option or key names, as :func:`setting_fields`) as the record's
+    keyword arguments: each group made of its fields' values (defaults where absent)."""
+    out = dict(flat)
+    for f in dataclasses.fields(record):
+        group = _group(f)
+        if group is not None:
+            names = [g.name for g in dataclasses.fields(group)]
+            out[f.name] = group(**{name: out.pop(name) for name in names if name in out})
+    return out

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import __version__
+from .arguments import folded, setting_fields
 from .calibrate.options import add_calibrate_parser
 from .demo.options import add_demo_parser
 from .devi.options import add_devi_parser, add_plot_parser
@@ -111,10 +112,11 @@ def _cmd_devi(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     levels = trust_levels(args.trust_lo, args.trust_hi, args.trust_lo_v, args.trust_hi_v)
-    # the options of devi carry the names of DeviSettings' fields (argparse dest)
-    given = {f.name: getattr(args, f.name) for f in fields(DeviSettings) if hasattr(args, f.name)}
+    # the options of devi carry the names of DeviSettings' settings (argparse dest)
+    given = {f.name: getattr(args, f.name) for f in setting_fields(DeviSettings) if hasattr(args, f.name)}
     given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
-    settings = DeviSettings(**{**given, "trust": levels, "batch": None if args.batch is None else max(1, args.batch)})
+    given.update(trust=levels, batch=None if args.batch is None else max(1, args.batch))
+    settings = DeviSettings(**folded(DeviSettings, given))
     return run_devi(settings)
 
 

@@ -20,6 +20,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviationKind:
+    """What a deviation row holds: LAMMPS's ``pair_style deepmd`` keywords ``atomic``
+    (the per-atom force deviations as extra columns), ``relative`` and ``relative_v``
+    (the nu of the relative deviations). The one record of them for ``run`` and ``devi``
+    (their options: ``arguments.add_deviation_kind_options``)."""
+
+    atomic: bool = False
+    relative: float | None = None
+    relative_v: float | None = None
+
+    def validated(self) -> DeviationKind:
+        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        return self
+
+    def row(self, forces: np.ndarray, virials: np.ndarray, *, per_atom: bool = True) -> Deviation:
+        """The row of one structure (see :func:`model_deviation`)."""
+        return model_deviation(
+            forces, virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic, per_atom=per_atom
+        )
+
 
 @dataclass(frozen=True)
 class Deviation:

@@ -43,7 +43,6 @@ from functools import partial
 import numpy as np
 
 from .. import ranks
-from ..deviation import model_deviation
 from ..errors import ConfigError
 from ..models.deepmd import check_model_file
 from ..outputs.dumps import traj_layout
@@ -64,7 +63,7 @@ def run_devi(settings: DeviSettings, comm=None) -> int:
     comm = comm if comm is not None else ranks.world()
     for path in settings.models:
         check_model_file(path)
-    series = [read_frames(t, settings.fmt, settings.aparam_array) for t in settings.trajectories]
+    series = [read_frames(t, settings.fmt, settings.parameters.aparam_array) for t in settings.trajectories]
     for path, frames in zip(settings.trajectories, series):
         if not frames:
             raise ConfigError(f"trajectory {path}: no frames")
@@ -95,15 +94,9 @@ def _keep_rows(settings: DeviSettings, chunk: list, results: dict, rows: dict) -
     stacked_f = np.stack([results[m].forces for m in range(n_models)], axis=1)  # (frames, models, nat, 3)
     stacked_v = np.stack([results[m].virial for m in range(n_models)], axis=1)
     for j, task in enumerate(chunk):
-        row = model_deviation(
-            stacked_f[j],
-            stacked_v[j],
-            relative=settings.relative,
-            relative_v=settings.relative_v,
-            atomic=settings.atomic,
-            # each atom's deviation is written only with candidates or --atomic; every row is held till the end
-            per_atom=settings.trust is not None or settings.atomic,
-        )
+        # each atom's deviation is written only with candidates or --atomic; every row is held till the end
+        per_atom = settings.trust is not None or settings.kind.atomic
+        row = settings.kind.row(stacked_f[j], stacked_v[j], per_atom=per_atom)
         rows[task] = (row, stacked_f[j][0]) if settings.traj_files else (row, None)  # model 0's, for frames
 
 

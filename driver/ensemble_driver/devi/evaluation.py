@@ -126,7 +126,7 @@ def _check_same_atoms(settings: DeviSettings, series: Sequence[list[Frame]]) -> 
 
 def _load_models(settings: DeviSettings, series: Sequence[list[Frame]], layout: DeviLayout) -> dict:
     """This rank's models (index -> model), each loaded once."""
-    parameters = settings.parameters(series)
+    parameters = settings.model_parameters(series)
     return {
         m: DeepPotModel(settings.models[m], type_map=settings.type_map, parameters=parameters, head=settings.head)
         for m in layout.models
@@ -253,7 +253,7 @@ def _call(settings: DeviSettings, series: Sequence[list[Frame]], types: dict, mo
     frames = [series[s][i] for _, i in chunk]
     positions = np.stack([f.positions for f in frames])
     cells = None if frames[0].cell is None else np.stack([f.cell for f in frames])
-    aparam = None if settings.aparam_array is None else np.stack([f.aparam for f in frames])
+    aparam = None if settings.parameters.aparam_array is None else np.stack([f.aparam for f in frames])
     results = {}
     shared: dict = {}  # neighbour lists the models of this rank can share on these frames
     for m, model in models.items():

@@ -44,7 +44,7 @@ def finish(
     rows: RowWriter,
     error: DriverError | None,
     *,
-    before_drain: Callable[[], None],
+    drain: Callable[[float], None],
     others: Callable[[DriverError | None], DriverError | None] | None = None,
     stop: Sequence[int] = (),
 ) -> DriverError | None:
@@ -53,16 +53,16 @@ def finish(
 
     The rows in flight are completed and written: within STOP_DEADLINE_S after a
     clean end, ABORT_DRAIN_S after an error (a signal, a lost server), not at all
-    after a follower failed. What is left is abandoned. ``before_drain`` (the last
-    batch's deviation) runs first, unless a follower failed. ``others`` (rank 0 with
+    after a follower failed, by ``drain(deadline)`` (the leader's: the last batch's
+    deviation dispatched, every job completed and its row written until the monotonic
+    ``deadline``). What is left is abandoned. ``others`` (rank 0 with
     several connections: :meth:`connections.Hub.finish`) then ends the other
     connections and collects their rows, before anything is stopped.
     """
     try:
         if jobs.fatal is None:
-            before_drain()
             wait = STOP_DEADLINE_S if error is None else abort_drain_s(rows.latest_row_s)
-            jobs.complete_until(None, deadline=time.monotonic() + wait)
+            drain(time.monotonic() + wait)
             if jobs.queue and jobs.fatal is None:
                 log.warning("%d deviation row(s) in flight abandoned after %.0f s", len(jobs.queue), wait)
         error = error or jobs.fatal

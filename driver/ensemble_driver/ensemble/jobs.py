@@ -14,44 +14,21 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import ranks
-from ..deviation import Deviation
 from ..errors import DriverError, ModelError, RankLost
-from ..models.deepmd import DeepPotModel
+from ..models.local import LocalModel
 from ..models.parameters import Parameters
-from ..models.results import Evaluation
 from ..wire.session import Request
 from . import messages
 from .layout import Layout
 
 #: Deviation jobs the leader lets run ahead of the followers before it waits for them.
 MAX_PENDING_JOBS = 16
-
-
-@dataclass
-class LocalModel:
-    index: int
-    model: DeepPotModel
-    atom_types: np.ndarray
-
-    def evaluate(
-        self, positions: np.ndarray, cell: np.ndarray | None, rid: int, step: int, parameters: Parameters | None = None
-    ) -> Evaluation:
-        if parameters is None:  # the model's own
-            result = self.model.evaluate(positions, cell, self.atom_types)
-        else:
-            result = self.model.evaluate(positions, cell, self.atom_types, parameters)
-        if not (np.isfinite(result.energy) and np.isfinite(result.forces).all() and np.isfinite(result.virial).all()):
-            raise ModelError(
-                f"model {self.index} ({self.model.path}) returned non-finite energy, forces or virial "
-                f"at step {step} of bead {rid}"
-            )
-        return result
 
 
 @dataclass
@@ -88,7 +65,7 @@ class Job:
 
 
 class JobPipeline:
-    """Deviation jobs from dispatch to complete, handed to ``sink`` in dispatch order."""
+    """Deviation jobs from dispatch to finished, returned in dispatch order."""
 
     def __init__(
         self,
@@ -97,7 +74,6 @@ class JobPipeline:
         local_extra: Sequence[LocalModel],
         *,
         natoms: int,
-        sink: Callable[[Job], Deviation | None],
         rank_timeout: float | None = None,
         hosts: Sequence[str] = (),
         slots: tuple[int, ...] = (),
@@ -109,10 +85,10 @@ class JobPipeline:
         self.layout = layout
         self.local_extra = list(local_extra)
         self.natoms = natoms
-        self.sink = sink
         self.n_models = layout.n_models
         self.followers = layout.ensemble_ranks
         self.queue: deque[Job] = deque()
+        self._finished: list[Job] = []  # finished while dispatch waited, returned by the next collect
         self._seq = 0
         self.fatal: DriverError | None = None
 
@@ -133,7 +109,7 @@ class JobPipeline:
             # the followers are behind: let them catch up before adding work
             self.run_local()
             ranks.wait_for(self._oldest_job_ready_or_failed)
-            self.collect()
+            self._finished += self.collect()
         seq = self._seq
         self._seq += 1
         n = self.n_models
@@ -213,30 +189,32 @@ class JobPipeline:
             if (message := self.talk.error_from(rank)) is not None:
                 self._fail(ModelError(f"rank {rank}: {message}"))
 
-    def collect(self) -> None:
-        """Take in what has arrived; hand on every finished job at the head of the queue."""
+    def collect(self) -> list[Job]:
+        """Take in what has arrived; return the finished jobs at the head of the queue."""
+        finished, self._finished = self._finished, []
         self._collect_receives()
         while self.queue and self.queue[0].complete() and self.fatal is None:
-            self.sink(self.queue.popleft())
+            finished.append(self.queue.popleft())
+        return finished
 
-    def complete_until(self, target: Job | None, deadline: float | None = None) -> Deviation | None:
-        """Wait for the jobs at the head of the queue and hand them on, up to and
-        including ``target`` (every job if None); return what the sink made of
-        ``target``. Stops early at a failure or when ``deadline`` (monotonic) passes;
-        returns at once if ``target`` has been handed on already."""
+    def complete_until(self, target: Job | None, deadline: float | None = None) -> list[Job]:
+        """Wait for the jobs at the head of the queue, up to and including ``target``
+        (every job if None), and return the finished ones in dispatch order: ``target``
+        is the last when it finished now. Stops early at a failure or when ``deadline``
+        (monotonic) passes; waits for nothing if ``target`` has finished already."""
+        finished, self._finished = self._finished, []
         if target is not None and target not in self.queue:
-            return None
+            return finished
         self.run_local()
         while self.queue and self.fatal is None:
             if not ranks.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):
-                return None
+                break
             if self.fatal is not None:
                 break
-            head = self.queue.popleft()
-            row = self.sink(head)
-            if head is target:
-                return row
-        return None
+            finished.append(self.queue.popleft())
+            if finished[-1] is target:
+                break
+        return finished
 
     def _oldest_job_ready_or_failed(self) -> bool:
         self._collect_receives()

@@ -22,33 +22,35 @@ failure's status; the leader never leaves a follower waiting.
 The leader (:class:`Leader`, the session's handler) answers with model 0 and composes
 pieces with one job each, the data going one way: :mod:`steps` says which request is
 which bead and step and whether it gets a deviation; :mod:`jobs` dispatches the
-deviation jobs to the followers, runs the leader's own extra models and collects the
-results; :mod:`rows` writes the finished jobs' rows in step order; :mod:`extras` makes the
-answers' committee or deviation JSON; :mod:`ending` drains, stops the followers and closes
-the files. The followers' side is :func:`workers.follower_loop`.
+deviation jobs to the followers, runs the leader's own extra models, collects the
+results and returns the finished jobs; the leader hands each to :mod:`rows`, which
+writes its row (in step order), then tells the bead steps the row and releases its
+structure from the journal (:meth:`Leader._hand_on`); :mod:`extras` makes the answers'
+committee or deviation JSON; :mod:`ending` drains, stops the followers and closes the
+files. The followers' side is :func:`workers.follower_loop`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..deviation import uncertainty_bias
+from ..deviation import Deviation, DeviationKind, uncertainty_bias
 from ..errors import ConfigError, DriverError
+from ..models.local import LocalModel
 from ..models.parameters import SERVER_KEYS, Parameters, from_server
 from ..wire.ipi_input import RequestIds
 from ..wire.session import Reply, Request
 from ..wire.template import Template, order_mismatch
-from . import ending, messages
+from . import ending
 from .batches import BatchedTransport, check_cell
 from .connections import Hub
 from .extras import bias_extras, committee_extras, deviation_extras, deviation_values
-from .jobs import Job, JobPipeline, LocalModel
+from .jobs import Job, JobPipeline
 from .journal import Journal, Pending
-from .layout import Layout
 from .replicas import Model0Replicas
 from .rows import BeadRows, RemoteRows, RowWriter
 from .steps import BeadSteps, OneClient
@@ -60,9 +62,7 @@ log = logging.getLogger(__name__)
 class DeviationSettings:
     out_freq: int = 100
     nbeads: int = 1
-    relative: float | None = None
-    relative_v: float | None = None
-    atomic: bool = False
+    kind: DeviationKind = field(default_factory=DeviationKind)  # what a row holds
     extras: bool = False
     committee_json: bool = False  # --committee-json
     out_freq_near: int = 0  # --out-freq-near (0: off)
@@ -72,79 +72,78 @@ class DeviationSettings:
     alpha: float = 1.0  # --alpha: the committee's calibration, for --committee-json and --bias-uncertainty
 
 
+@dataclass(frozen=True)
+class RankZero:
+    """What only rank 0's leader has: the batch replicas of model 0 (--model0-ranks with
+    i-PI's batched transport), the hub of the other connections (--connections), and the
+    journal a driver replacing this one continues from (run/continuation)."""
+
+    replicas: Model0Replicas | None = None
+    hub: Hub | None = None
+    journal: Journal | None = None
+
+
 class Leader(BatchedTransport):
-    """The session handler of rank 0: answers with model 0, runs the ensemble beside it."""
+    """The session handler of a connection rank: answers with model 0, runs the ensemble
+    beside it through ``jobs`` and writes the finished jobs' rows into ``sink``."""
 
     def __init__(
         self,
-        comm,
-        layout: Layout,
-        local: Sequence[LocalModel],
-        *,
-        natoms: int,
-        periodic: bool,
+        jobs: JobPipeline,
+        model0: LocalModel,
         settings: DeviationSettings,
-        sink: BeadRows | RemoteRows | None = None,
-        replicas: Model0Replicas | None = None,
-        hub: Hub | None = None,
-        watch: Callable[[], None] | None = None,
-        rank_timeout: float | None = None,
-        hosts: Sequence[str] = (),
+        sink: BeadRows | RemoteRows,
+        *,
+        periodic: bool,
         template: Template | None = None,
-        journal: Journal | None = None,
+        watch: Callable[[], None] | None = None,
+        rank0: RankZero | None = None,
     ):
-        self.model0 = local[0]
-        self.journal = journal  # what a driver replacing this one needs (ensemble.journal)
-        self._unchecked_template = template  # its atom order, checked on the first structure
-        self.periodic = periodic
+        self.jobs = jobs
+        self.model0 = model0
         self.settings = settings
-        self.layout = layout
-        self.replicas = replicas
-        self.hub = hub
+        self.sink = sink
+        self.rows = RowWriter(sink, settings.kind)
+        self.periodic = periodic
+        self._unchecked_template = template  # its atom order, checked on the first structure
         self.watch = watch  # after each reply: has another connection ended the run? (may raise)
+        self.layout = jobs.layout
+        rank0 = rank0 or RankZero()
+        self.replicas, self.hub, self.journal = rank0.replicas, rank0.hub, rank0.journal
         self._warned_idle_replicas = False
-        deviation_on = settings.out_freq > 0 and layout.n_models > 1
         self.steps = BeadSteps(
             out_freq=settings.out_freq,
             nbeads=settings.nbeads,
-            deviation_on=deviation_on,
+            deviation_on=settings.out_freq > 0 and self.layout.n_models > 1,
             near_freq=settings.out_freq_near,
             trust_lo=settings.trust_lo,
             ids=settings.ids,
         )
         # --ipi-input, one connection: a second job on the same socket is told (steps.OneClient)
-        self.one_client = OneClient(settings.ids) if settings.ids is not None and layout.connections == 1 else None
+        one = settings.ids is not None and self.layout.connections == 1
+        self.one_client = OneClient(settings.ids) if one else None
         self.bias_log: list[tuple[float, float]] = []  # --bias-uncertainty: (sigma_E, bias energy) per answer
         self._last_job: dict[int, Job] = {}  # per bead, its latest deviation job (--out-freq-near)
         self._server_parameters: dict = {}  # i-PI's <parameters> texts -> (Parameters, arrays)
-        if sink is None:
-            sink = BeadRows(None)
-        self.sink = sink
-        self.rows = RowWriter(
-            self.sink,
-            relative=settings.relative,
-            relative_v=settings.relative_v,
-            atomic=settings.atomic,
-            on_row=lambda rid, row: self.steps.observe(rid, row.max_devi_f),
-        )
-        model0 = self.model0.model
-        self.jobs = JobPipeline(
-            comm,
-            layout,
-            local[1:],
-            natoms=natoms,
-            sink=self._write_row,
-            rank_timeout=rank_timeout,
-            hosts=hosts,
-            slots=messages.parameter_slots(model0),
-        )
 
-    def _write_row(self, job: Job):
-        """A finished job's row, written; then its structure leaves the journal."""
-        row = self.rows.write(job)
-        if self.journal is not None:
-            self.journal.release(job.slot)
-        return row
+    def _hand_on(self, finished: Sequence[Job], target: Job | None = None) -> Deviation | None:
+        """The finished jobs' rows, written in order; each row told to the bead steps
+        (--out-freq-near) and its structure released from the journal. Returns
+        ``target``'s row, if it is among them and has one."""
+        wanted = None
+        for job in finished:
+            row = self.rows.write(job)
+            if row is not None:
+                self.steps.observe(job.rid, row.max_devi_f)
+            if self.journal is not None:
+                self.journal.release(job.slot)
+            if job is target:
+                wanted = row
+        return wanted
+
+    def _complete(self, target: Job | None) -> Deviation | None:
+        """Wait for ``target`` (and the jobs before it) and write their rows; its row."""
+        return self._hand_on(self.jobs.complete_until(target), target)
 
     def replay(self, pending: Sequence[Pending]) -> None:
         """The rows a stopped driver left unwritten, recomputed by every model from the
@@ -157,7 +156,7 @@ class Leader(BatchedTransport):
             result = self.model0.evaluate(p.positions, cell, p.series, p.step, None)
             job.put(0, result.energy, result.forces, result.virial)
         if pending:
-            self.jobs.complete_until(job)
+            self._complete(job)
 
     @property
     def batch_steps(self) -> dict[int, int]:
@@ -196,7 +195,7 @@ class Leader(BatchedTransport):
                 self.one_client.seen(*where)
         if where is not None and self.steps.needs_latest_row(request.rid, request.step):
             # --out-freq-near: whether this step gets a row depends on the bead's latest row
-            self.jobs.complete_until(self._last_job.get(request.rid))
+            self._complete(self._last_job.get(request.rid))
         parameters, server = self._parameters(request.init)
         if self.settings.committee_json or self.settings.bias_uncertainty is not None:  # every model, every structure
             row = where is not None and self.steps.row_due(request.rid, request.step, warn=False)
@@ -220,7 +219,7 @@ class Leader(BatchedTransport):
         """--bias-uncertainty: the answer for E_0 - TAU sigma_E from every model's results
         on this structure (deviation.uncertainty_bias); model 0's own answer if a model
         failed (after_reply then ends the run)."""
-        row = self.jobs.complete_until(job)
+        row = self._complete(job)
         if self.jobs.fatal is not None:
             return Reply(result.energy, result.forces, result.virial, b"")
         tau = self.settings.bias_uncertainty
@@ -230,7 +229,7 @@ class Leader(BatchedTransport):
         self.bias_log.append((sigma, energy - result.energy))
         deviation = None
         if self.settings.extras:
-            deviation = deviation_values(row if job.row else None, self.jobs.natoms, self.settings.atomic)
+            deviation = deviation_values(row if job.row else None, self.jobs.natoms, self.settings.kind.atomic)
         return Reply(energy, forces, virial, bias_extras(sigma, energy - result.energy, deviation))
 
     def _parameters(self, init) -> tuple[Parameters | None, tuple]:
@@ -253,19 +252,19 @@ class Leader(BatchedTransport):
 
     def _extras(self, job: Job | None) -> bytes:
         if self.settings.committee_json:
-            self.jobs.complete_until(job)  # the answer needs every model's result for this structure
+            self._complete(job)  # the answer needs every model's result for this structure
             # after a failure the answer goes without the committee; after_reply raises it
             return committee_extras(job, self.settings.alpha) if self.jobs.fatal is None else b""
         if self.settings.extras:
             # --extras needs this step's row now
-            row = self.jobs.complete_until(job) if job is not None else None
-            return deviation_extras(row, self.jobs.natoms, self.settings.atomic)
+            row = self._complete(job) if job is not None else None
+            return deviation_extras(row, self.jobs.natoms, self.settings.kind.atomic)
         return b""
 
     def after_reply(self) -> None:
         """Called once the answer is on its way: local extra models, then collect."""
         self.jobs.run_local()
-        self.jobs.collect()
+        self._hand_on(self.jobs.collect())
         if self.jobs.fatal is not None:
             raise self.jobs.fatal
         if self.watch is not None:
@@ -281,10 +280,16 @@ class Leader(BatchedTransport):
             self.jobs,
             self.rows,
             error,
-            before_drain=lambda: self._resolve_batch(next_rid=None),
+            drain=self._drain,
             others=self.hub.finish if self.hub is not None else None,
             stop=stop,
         )
+
+    def _drain(self, deadline: float) -> None:
+        """The rows in flight at the end: the last batch's deviation dispatched, then
+        every job completed and written, until ``deadline`` (monotonic)."""
+        self._resolve_batch(next_rid=None)
+        self._hand_on(self.jobs.complete_until(None, deadline=deadline))
 
     def abort_drain_s(self) -> float:
         """How long to wait for the rows in flight after an error (see ending.ABORT_DRAIN_S)."""

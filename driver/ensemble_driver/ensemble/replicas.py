@@ -19,9 +19,9 @@ import numpy as np
 
 from .. import ranks
 from ..errors import ModelError, RankLost
+from ..models.local import LocalModel
 from ..models.results import BatchEvaluation
 from . import messages
-from .jobs import LocalModel
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 written by rank 0 alone, to its bead's file in step order, and offered to the selection
 (the rank roles: see :mod:`layout`).
 
-:class:`RowWriter` takes the jobs as :class:`jobs.JobPipeline` hands them on, in dispatch
-order, computes each row and puts it into a sink: :class:`BeadRows` on rank 0 (the files
+:class:`RowWriter` takes the finished jobs as the leader hands them on from
+:class:`jobs.JobPipeline`, in dispatch order, computes each row and puts it into a sink: :class:`BeadRows` on rank 0 (the files
 and the selection), :class:`RemoteRows` on the other connection ranks (a message to rank
 0, whose :mod:`connections` hub puts it into its BeadRows). With one connection the rows
 arrive in step order; with several, one bead's rows may come from different connections
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from .. import ranks
-from ..deviation import Deviation, model_deviation
+from ..deviation import Deviation, DeviationKind
 from . import messages
 from .jobs import Job
 
@@ -119,20 +118,9 @@ class RemoteRows:
 class RowWriter:
     """Computes the rows of finished deviation jobs and puts them into ``sink``."""
 
-    def __init__(
-        self,
-        sink: BeadRows | RemoteRows,
-        *,
-        relative: float | None,
-        relative_v: float | None,
-        atomic: bool,
-        on_row: Callable[[int, Deviation], None] | None = None,
-    ):
+    def __init__(self, sink: BeadRows | RemoteRows, kind: DeviationKind):
         self.sink = sink
-        self.on_row = on_row  # told every row, in order (the bead steps' --out-freq-near)
-        self.relative = relative
-        self.relative_v = relative_v
-        self.atomic = atomic
+        self.kind = kind
         self.latest_row_s = 0.0  # dispatch to written, of the latest deviation job
 
     def write(self, job: Job) -> Deviation | None:
@@ -140,11 +128,7 @@ class RowWriter:
         self.latest_row_s = time.monotonic() - job.dispatched
         if not job.row:
             return None
-        row = model_deviation(
-            job.forces, job.virials, relative=self.relative, relative_v=self.relative_v, atomic=self.atomic
-        )
-        if self.on_row is not None:
-            self.on_row(job.rid, row)
+        row = self.kind.row(job.forces, job.virials)
         self.sink.put(job.rid, job.step, row, job.positions, job.cell, job.forces[0])
         return row
 

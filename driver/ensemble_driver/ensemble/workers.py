@@ -28,10 +28,10 @@ import numpy as np
 
 from .. import ranks
 from ..errors import ModelError, ReportedError, failure_text
+from ..models.local import LocalModel
 from ..models.parameters import Parameters, merged
 from ..signals import NoSignals, Stopped, StopSignals
 from . import messages
-from .jobs import LocalModel
 
 log = logging.getLogger(__name__)
 

@@ -151,6 +151,40 @@ def check_charge_spin(values) -> None:
 NO_PARAMETERS = Parameters()
 
 
+@dataclass(frozen=True)
+class ParameterOptions:
+    """The parameters as a user gives them to ``run`` and ``devi``: ``--fparam``,
+    ``--aparam`` (the same for every atom) or ``--aparam-array`` (per atom, an
+    extended-XYZ array: of ``run``'s template, of each ``devi`` frame), and
+    ``--charge-spin``. The one record of them for both commands (their options:
+    ``arguments.add_parameter_options``)."""
+
+    fparam: tuple[float, ...] | None = None
+    aparam: tuple[float, ...] | None = None
+    aparam_array: str | None = None  # per-atom values: this extended-XYZ array
+    charge_spin: tuple[float, ...] | None = None  # (charge, spin) of a charge/spin-conditioned model
+
+    def validated(self) -> ParameterOptions:
+        if self.aparam is not None and self.aparam_array is not None:
+            raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
+        for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
+            if values is not None and not np.isfinite(values).all():
+                raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
+        check_charge_spin(self.charge_spin)
+        return self
+
+    def parameters(self, per_atom: np.ndarray | None = None, source: str = "") -> Parameters:
+        """The values every model is made with; ``per_atom``: the ``--aparam-array``
+        values read from ``source`` (a template or a trajectory)."""
+        fparam = None if self.fparam is None else np.array(self.fparam, dtype=np.float64)
+        charge_spin = None if self.charge_spin is None else (self.charge_spin[0], self.charge_spin[1])
+        if per_atom is not None:
+            source = f"--aparam-array {self.aparam_array} of {source}"
+            return Parameters(fparam=fparam, aparam=per_atom, aparam_from=source, charge_spin=charge_spin)
+        aparam = None if self.aparam is None else np.array(self.aparam, dtype=np.float64)
+        return Parameters(fparam=fparam, aparam=aparam, charge_spin=charge_spin)
+
+
 def _init_numbers(key: str, text: str | None) -> np.ndarray | None:
     if text is None:
         return None

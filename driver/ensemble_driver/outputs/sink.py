@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..deviation import Deviation
+from ..deviation import Deviation, DeviationKind
 from ..errors import ConfigError
 from .dumps import TrajFiles, TrajLayout, lammps_frame
 from .model_devi import BeadFiles
@@ -33,9 +33,7 @@ class DeviationOptions:
     out_file: str = "model_devi.out"
     bead_files: str = "dpgen"
     traj_files: str | None = None
-    atomic: bool = False
-    relative: float | None = None
-    relative_v: float | None = None
+    kind: DeviationKind = field(default_factory=DeviationKind)
     trust: TrustLevels | None = None
     overwrite: bool = False
     append: bool = False
@@ -48,9 +46,7 @@ class DeviationOptions:
         return cls(**{**values, **named_otherwise})
 
     def validated(self) -> DeviationOptions:
-        for name, value in (("--relative", self.relative), ("--relative-v", self.relative_v)):
-            if value is not None and not value >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+        self.kind.validated()
         if self.overwrite and self.append:
             raise ConfigError("--overwrite and --append exclude each other")
         return self
@@ -106,8 +102,9 @@ class RowSink:
             candidates = candidate_file_names(names)
             selection = Selection(options.trust, candidates, summary, mode=mode, step_offset=step_offset, counts=counts)
         dumps = TrajFiles(traj, mode=mode, step_offset=step_offset) if traj is not None else None
-        files = BeadFiles(names, atomic=options.atomic, mode=mode, step_offset=step_offset)
-        return cls(files, selection=selection, traj=dumps, atomic=options.atomic, **stop_rule)
+        atomic = options.kind.atomic
+        files = BeadFiles(names, atomic=atomic, mode=mode, step_offset=step_offset)
+        return cls(files, selection=selection, traj=dumps, atomic=atomic, **stop_rule)
 
     @property
     def names(self) -> list[str]:

@@ -20,12 +20,12 @@ import numpy as np
 
 from .. import ranks
 from ..ensemble.layout import Layout, deal_models
-from ..ensemble.leader import LocalModel
 from ..ensemble.workers import follower_loop, replica_loop
 from ..errors import ConfigError, DriverError, ReportedError, one_line
 from ..logs import setup_logging
 from ..models import devices
 from ..models.deepmd import DeepPotModel, check_model_file
+from ..models.local import LocalModel
 from ..models.parameters import Parameters
 from ..signals import Stopped, StopSignals
 from ..wire.ipi_input import IpiInput, read_ipi_input
@@ -89,14 +89,11 @@ def model_parameters(config: RunConfig) -> Parameters:
     """The frame and atomic parameters of every model: --fparam, and --aparam (the same
     for every atom) or --aparam-array (per atom, a column of the extended-XYZ template);
     and --charge-spin."""
-    fparam = None if config.fparam is None else np.array(config.fparam, dtype=np.float64)
-    charge_spin = None if config.charge_spin is None else (config.charge_spin[0], config.charge_spin[1])
-    if config.aparam_array is not None:
-        aparam = read_template_array(config.template, config.aparam_array)
-        source = f"--aparam-array {config.aparam_array} of template {config.template}"
-        return Parameters(fparam=fparam, aparam=aparam, aparam_from=source, charge_spin=charge_spin)
-    aparam = None if config.aparam is None else np.array(config.aparam, dtype=np.float64)
-    return Parameters(fparam=fparam, aparam=aparam, charge_spin=charge_spin)
+    options = config.parameters
+    if options.aparam_array is None:
+        return options.parameters()
+    per_atom = read_template_array(config.template, options.aparam_array)
+    return options.parameters(per_atom, f"template {config.template}")
 
 
 def warm_up(members: Sequence[LocalModel], template: Template, periodic: bool) -> None:

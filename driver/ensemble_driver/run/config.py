@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..deviation import DeviationKind
 from ..errors import ConfigError
 from ..models.devices import CHOICES
-from ..models.parameters import check_charge_spin
+from ..models.parameters import ParameterOptions
 from ..outputs.sink import DeviationOptions
 
 DEFAULT_SOCKETS_PREFIX = "/tmp/ipi_"
@@ -47,11 +48,9 @@ class RunConfig:
     # scale-out: connections to the server, and ranks holding model 0
     connections: int = 1
     model0_ranks: int | None = None  # None: one per connection
-    # frame and atomic parameters of every model (LAMMPS's fparam/aparam)
-    fparam: tuple[float, ...] | None = None
-    aparam: tuple[float, ...] | None = None
-    aparam_array: str | None = None  # per-atom values: this extended-XYZ array of the template
-    charge_spin: tuple[float, ...] | None = None  # (charge, spin) of a charge/spin-conditioned model
+    # frame and atomic parameters of every model (LAMMPS's fparam/aparam), --charge-spin;
+    # --aparam-array names an extended-XYZ array of the template
+    parameters: ParameterOptions = field(default_factory=ParameterOptions)
     # the ensemble's deviation output
     out_file: str = "model_devi.out"
     out_freq: int = 100
@@ -59,9 +58,7 @@ class RunConfig:
     nbeads: int = 1
     bead_files: str = "dpgen"
     traj_files: str | None = None  # dumps.PRESETS or a pattern: a LAMMPS dump frame beside every row
-    atomic: bool = False
-    relative: float | None = None
-    relative_v: float | None = None
+    kind: DeviationKind = field(default_factory=DeviationKind)  # --atomic, --relative, --relative-v
     extras: bool = False
     committee_json: bool = False
     bias_uncertainty: float | None = None  # TAU (eV): answer E_0 - TAU sigma_E
@@ -216,17 +213,12 @@ class RunConfig:
                 "leave --model0-ranks out"
             )
         self.deviation_options().validated()
-        if self.aparam is not None and self.aparam_array is not None:
-            raise ConfigError("--aparam and --aparam-array exclude each other (both give the atomic parameters)")
-        if self.aparam_array is not None and self.template is None:
+        self.parameters.validated()
+        if self.parameters.aparam_array is not None and self.template is None:
             raise ConfigError(
-                f"--aparam-array {self.aparam_array} reads the per-atom values from the extended-XYZ template: "
-                "give --template FILE (with --ipi-input too)"
+                f"--aparam-array {self.parameters.aparam_array} reads the per-atom values from the extended-XYZ "
+                "template: give --template FILE (with --ipi-input too)"
             )
-        for name, values in (("--fparam", self.fparam), ("--aparam", self.aparam)):
-            if values is not None and not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"{name} must be finite numbers, got {' '.join(map(str, values))}")
-        check_charge_spin(self.charge_spin)
         if self.step_offset < 0:
             raise ConfigError(f"--step-offset must be >= 0, got {self.step_offset}")
         if self.step_offset and not self.append:

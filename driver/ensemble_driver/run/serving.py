@@ -19,13 +19,16 @@ from typing import Any
 import numpy as np
 
 from .. import ranks
+from ..ensemble import messages
 from ..ensemble.connections import Done, Hub, Link, StoppedByRank0
+from ..ensemble.jobs import JobPipeline
 from ..ensemble.layout import Layout
-from ..ensemble.leader import DeviationSettings, Leader, LocalModel
+from ..ensemble.leader import DeviationSettings, Leader, RankZero
 from ..ensemble.replicas import Model0Replicas
 from ..ensemble.rows import BeadRows, RemoteRows
 from ..ensemble.steps import ids_warning
 from ..errors import DriverError, ReportedError, one_line
+from ..models.local import LocalModel
 from ..outputs.sink import RowSink
 from ..signals import Stopped, StopSignals
 from ..wire.ipi_input import RequestIds, system_names
@@ -59,18 +62,21 @@ class Served:
     total_steps: int | None = None  # --ipi-input: i-PI's total steps
     ipi: IpiProcess | None = None  # --start-ipi, on rank 0: the i-PI it started
 
-    def leader(self, **pieces) -> Leader:
-        return Leader(
+    def leader(self, sink: BeadRows | RemoteRows, watch=None, rank0: RankZero | None = None) -> Leader:
+        """This rank's leader: model 0 here, the other models through a job pipeline."""
+        model0 = self.members[0]
+        jobs = JobPipeline(
             self.comm,
             self.layout,
-            self.members,
+            self.members[1:],
             natoms=self.template.natoms,
-            periodic=self.periodic,
-            settings=deviation_settings(self.config, self.ids),
             rank_timeout=self.config.server_timeout or None,
             hosts=self.hosts,
-            template=self.template,
-            **pieces,
+            slots=messages.parameter_slots(model0.model),
+        )
+        settings = deviation_settings(self.config, self.ids)
+        return Leader(
+            jobs, model0, settings, sink, periodic=self.periodic, template=self.template, watch=watch, rank0=rank0
         )
 
 
@@ -171,7 +177,7 @@ def serve_rank0(served: Served, elements, sink: RowSink | None) -> int:
     watch = hub.idle if hub is not None else None
     going_on = sink.continuation if sink is not None else None
     journal = going_on.journal if going_on is not None else None
-    leader = served.leader(sink=rows, replicas=replicas, hub=hub, watch=watch, journal=journal)
+    leader = served.leader(rows, watch, RankZero(replicas, hub, journal))
     if going_on is not None and going_on.mode is not None:  # a driver replacing one that stopped
         leader.replay(going_on.replay)
         replayed = {p.series: p.step for p in going_on.replay}
@@ -276,7 +282,7 @@ def serve_connection(served: Served) -> int:
     """A connection rank other than 0: its connection, its rows sent to rank 0, then how
     it ended (see :mod:`ensemble.connections`). Its errors are printed by rank 0."""
     link = Link(served.comm)
-    leader = served.leader(sink=RemoteRows(served.comm), watch=link.idle)
+    leader = served.leader(RemoteRows(served.comm), watch=link.idle)
     session, reason, error = run_session(served, leader, idle=link.idle)
     error = leader.finish(error)
     evaluations = dict(session.stats.steps_by_rid) if session is not None else {}

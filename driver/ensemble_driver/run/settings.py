@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..arguments import folded, setting_fields
 from ..errors import ConfigError
 from .config import RunConfig
 
@@ -38,8 +39,10 @@ _DP_IPI_KEYS = {
     "use_unix": "unix",
     "host": "address",
 }
-_FIELDS = {f.name for f in fields(RunConfig)}
-_ANNOTATIONS = {f.name: str(f.type) for f in fields(RunConfig)}  # as written (postponed annotations)
+#: every setting, a group's (DeviationKind's) fields in its place: the options and keys
+SETTINGS = {f.name: f for f in setting_fields(RunConfig)}
+_FIELDS = set(SETTINGS)
+_ANNOTATIONS = {name: str(f.type) for name, f in SETTINGS.items()}  # as written (postponed annotations)
 
 
 #: fields that only a file sets (no command-line option): dp_ipi's atom_type
@@ -54,8 +57,8 @@ def _strings(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
-#: how a JSON value of each field type is read: (accepts, converts, what it must be). One
-#: entry per annotation of RunConfig; a field whose annotation is not here fails the test
+#: how a JSON value of each setting's type is read: (accepts, converts, what it must be). One
+#: entry per annotation of the settings; a setting whose annotation is not here fails the test
 #: that every field has a JSON type (tests/test_config_template.py).
 JSON_TYPES: dict[str, tuple[Any, Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), bool, "true or false"),
@@ -114,16 +117,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def settings_from_options(args: Any) -> dict[str, Any]:
-    """The command line's values of RunConfig's fields (argparse ``dest`` = field name),
+    """The command line's values of the settings (argparse ``dest`` = setting name),
     lists as tuples, one --address as a string; None where an option was not given."""
     settings: dict[str, Any] = {}
-    for f in fields(RunConfig):
-        if f.name in FILE_ONLY:
+    for name in SETTINGS:
+        if name in FILE_ONLY:
             continue
-        value = getattr(args, f.name)
+        value = getattr(args, name)
         if isinstance(value, list):
-            value = value[0] if f.name == "address" and len(value) == 1 else tuple(value)
-        settings[f.name] = value
+            value = value[0] if name == "address" and len(value) == 1 else tuple(value)
+        settings[name] = value
     return settings
 
 
@@ -162,4 +165,4 @@ def build_config(file_settings: Mapping[str, Any], cli_settings: Mapping[str, An
     """Merge: defaults, then the file, then every command-line value that was given (not None)."""
     merged = dict(file_settings)
     merged.update({k: v for k, v in cli_settings.items() if v is not None})
-    return replace(RunConfig(), **merged).validated()
+    return replace(RunConfig(), **folded(RunConfig, merged)).validated()
