@@ -143,3 +143,34 @@ def test_messages_between_ranks_move_only_through_the_conversation():
             if calls.search(line) and "comm" in line:
                 found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_the_leader_takes_few_parameters():
+    """Leader's constructor takes what every connection rank has and one record of what
+    only rank 0 has (RankZero): 8 parameters or fewer, none only for tests."""
+    import inspect
+
+    from ensemble_driver.ensemble.leader import Leader
+
+    parameters = list(inspect.signature(Leader.__init__).parameters)[1:]
+    assert len(parameters) <= 8, parameters
+
+
+def test_a_group_of_settings_is_declared_in_one_record():
+    """What a row holds and the model parameters are each one record (deviation.DeviationKind,
+    models.parameters.ParameterOptions) that run's and devi's settings hold as a field."""
+    declared: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        declared.setdefault(item.target.id, []).append(f"{name}.{node.name}")
+    assert declared["relative_v"] == ["deviation.DeviationKind"]
+    records = {"deviation.DeviationKind": ("atomic", "relative"), "models.parameters.ParameterOptions": ("fparam", "aparam", "aparam_array", "charge_spin")}  # fmt: skip
+    for record, settings in records.items():
+        for setting in settings:
+            assert record in declared[setting], (setting, declared[setting])
+            # the commands' settings records (RunConfig, DeviSettings, ...) hold the record, not the setting
+            again = [c for c in declared[setting] if c != record and c.endswith(("Settings", "Config", "Options"))]
+            assert not again, (setting, again)
