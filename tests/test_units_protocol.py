@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from ensemble_driver.errors import ProtocolError, UnsupportedTransport
+from ensemble_driver.errors import ProtocolError, ServerLost, UnsupportedTransport
 from ensemble_driver.wire import units
 from ensemble_driver.wire.protocol import HEADER_LEN, Wire, encode_header, parse_init_text
 from ensemble_driver.wire.session import EndReason, Reply, Request, Session
@@ -237,6 +237,73 @@ class BatchRecorder(Recorder):
     def batch(self, request):
         self.batches.append(request)
         return [Reply(float(p.sum()), -p, np.eye(3) * k) for k, p in enumerate(request.positions)]
+
+
+def _ended_while_answering(before_close, handler) -> dict:
+    """A session whose server, like i-PI's close(), sends EXIT and shuts the socket while
+    the driver still answers: ``before_close(peer)`` runs the exchange up to there."""
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(10)
+    result: dict = {}
+
+    def target():
+        try:
+            result["reason"] = Session(Wire(client_sock, NAT), handler).run()
+        except Exception as exc:  # handed to the test thread
+            result["error"] = exc
+        finally:
+            client_sock.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    peer = Peer(server_sock)
+    before_close(peer)
+    peer.send(encode_header("EXIT"))
+    server_sock.close()
+    handler.closed.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "session did not end"
+    return result
+
+
+class HeldRecorder(Recorder):
+    """Answers only once the server has closed (the answer then finds the socket closed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.closed = threading.Event()
+
+    def __call__(self, request: Request) -> Reply:
+        assert self.closed.wait(10)
+        return super().__call__(request)
+
+
+def test_exit_behind_a_closed_socket_is_a_clean_end():
+    """i-PI's close() (its soft exit, the end of a run) sends EXIT to every client and shuts
+    the socket whatever the client was doing: a driver whose answer to GETFORCE finds the
+    socket closed reads the EXIT waiting behind it and ends cleanly, as if it had read it
+    first (two jobs on one socket met this at i-PI's soft exit); without an EXIT waiting
+    it is the server lost."""
+
+    def up_to_getforce(peer):
+        assert peer.status() == "NEEDINIT"
+        peer.send(init(0))
+        assert peer.status() == "READY"
+        peer.send(posdata(H, POS) + encode_header("GETFORCE"))
+
+    result = _ended_while_answering(up_to_getforce, HeldRecorder())
+    assert "error" not in result, result.get("error")
+    assert result["reason"] is EndReason.EXIT
+
+    # the same without the EXIT: the server is lost
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(10)
+    peer = Peer(server_sock)
+    peer.send(encode_header("STATUS"))
+    server_sock.close()
+    with pytest.raises(ServerLost, match="closed the connection while the driver sent its status"):
+        Session(Wire(client_sock, NAT), Recorder()).run()
+    client_sock.close()
 
 
 def test_batched_transport_wire_layout():

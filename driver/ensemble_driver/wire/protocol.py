@@ -238,6 +238,14 @@ class Wire:
         self._recv_part(memoryview(positions).cast("B"), "a batched POSDATA message")
         return np.ascontiguousarray(cells[:, 0]), positions
 
+    def exit_pending(self) -> bool:
+        """After an answer found the connection closed: whether the server's next message,
+        already received, is EXIT (it ended the run, then closed)."""
+        try:
+            return self.readable(0.0) and self.read_header() == "EXIT"
+        except (ProtocolError, OSError):
+            return False
+
     # -- writing -------------------------------------------------------------------
     def _send(self, data: bytes, what: str) -> None:
         try:

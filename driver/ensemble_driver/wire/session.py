@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ProtocolError, ServerSilent, UnsupportedTransport
+from ..errors import ProtocolError, ServerLost, ServerSilent, UnsupportedTransport
 from ..signals import NoSignals, StopSignals
 from . import units
 from .protocol import InitParameters, Wire, check_transport, parse_init_text, silence_message
@@ -153,17 +153,35 @@ class Session:
             if header is None:
                 log.info("server closed the connection after %d evaluations", self.stats.evaluations)
                 return EndReason.EOF
-            if header == "STATUS":
-                wire.send_status(self._status)
+            if header in ("STATUS", "GETFORCE"):
+                if not self._answer(header):
+                    return EndReason.EXIT
             elif header == "POSDATA":
                 self._on_posdata()
-            elif header == "GETFORCE":
-                self._on_getforce()
             elif header == "INIT":
                 self._on_init()
             elif header == "EXIT":
                 log.info("server sent EXIT after %d evaluations", self.stats.evaluations)
                 return EndReason.EXIT
+
+    def _answer(self, header: str) -> bool:
+        """Answer STATUS or GETFORCE; False if the server ended the run instead: i-PI's
+        close() sends EXIT to every client and shuts its socket, whatever the client was
+        doing (ipi/interfaces/sockets.py, InterfaceSocket.close), so an answer that finds
+        the connection closed may have an EXIT waiting behind it."""
+        try:
+            if header == "STATUS":
+                self.wire.send_status(self._status)
+            else:
+                self._on_getforce()
+        except ServerLost:
+            if not self.wire.exit_pending():
+                raise
+            log.info(
+                "server sent EXIT and closed while the driver answered, after %d evaluations", self.stats.evaluations
+            )
+            return False
+        return True
 
     def _wait_idle(self) -> None:
         """Wait for the server's next message, calling ``idle`` every IDLE_POLL_S; the
