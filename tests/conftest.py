@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from support.models import Reference, convert_backend
+from support.paths import IPI_INPUTS, MODELS, tool
 
 #: fixtures that bring a real peer: a trained model, i-PI's socket, the hosts' test bed
 PEER_FIXTURES = {
@@ -105,21 +104,7 @@ def _peers_only_where_marked(request, monkeypatch):
         sys.meta_path.remove(guard)
 
 
-MODELS = ROOT / "examples" / "models"
-IPI_INPUTS = ROOT / "ipi_inputs"
-BIN = Path(sys.executable).parent
 _counter = itertools.count()
-
-
-def tool(name: str) -> str:
-    """A command installed beside the test interpreter (i-pi, mpiexec, dp, ensemble-driver)."""
-    candidate = BIN / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed (run ./setup.sh test)")
-    return found
 
 
 @pytest.fixture
@@ -140,32 +125,6 @@ def model_paths() -> list[Path]:
     return paths
 
 
-class Reference:
-    """In-process DeepPot evaluation, the ground truth the driver is compared with."""
-
-    def __init__(self):
-        self._cache: dict[str, object] = {}
-
-    def deeppot(self, path: Path):
-        key = str(path)
-        if key not in self._cache:
-            from deepmd.infer import DeepPot
-
-            self._cache[key] = DeepPot(key)
-        return self._cache[key]
-
-    def eval(self, path: Path, atoms, periodic: bool = True):
-        """(energy eV, forces (nat,3), virial (3,3) DeePMD layout) of an ASE Atoms."""
-        import numpy as np
-
-        dp = self.deeppot(path)
-        type_map = dp.get_type_map()
-        atype = [type_map.index(s) for s in atoms.get_chemical_symbols()]
-        cell = atoms.cell.array.reshape(1, 9) if periodic else None
-        e, f, v = dp.eval(atoms.positions.reshape(1, -1), cell, atype)[:3]
-        return float(np.ravel(e)[0]), np.asarray(f).reshape(-1, 3), np.asarray(v).reshape(3, 3)
-
-
 @pytest.fixture(scope="session")
 def reference() -> Reference:
     return Reference()
@@ -183,21 +142,6 @@ def compressed_model(tmp_path_factory, model_paths) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
-
-
-def convert_backend(tmp_path_factory, source: Path, name: str) -> Path:
-    """``source`` converted by deepmd-kit's `dp convert-backend` to ``name`` (its suffix
-    picks the backend), in a directory of its own."""
-    out = tmp_path_factory.mktemp(Path(name).suffix.lstrip(".")) / name
-    proc = subprocess.run(
-        [tool("dp"), "convert-backend", str(source), str(out)],
-        cwd=out.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
     return out
 
 
@@ -224,9 +168,9 @@ def symbols():
 
 @pytest.fixture
 def testbed():
-    """Hosts a, b and c on one switch, made of network namespaces (tests/netns.py), removed
+    """Hosts a, b and c on one switch, made of network namespaces (tests/support/netns.py), removed
     after the test whatever its outcome; skipped where namespaces cannot be made."""
-    from netns import TestBed, Unavailable
+    from support.netns import TestBed, Unavailable
 
     bed = TestBed()
     try:
@@ -237,12 +181,3 @@ def testbed():
         yield bed
     finally:
         bed.destroy()
-
-
-def free_port() -> int:
-    """A TCP port no one listens on now, for a test's own INET server."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

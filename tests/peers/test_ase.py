@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS, convert_backend, free_port, tool
-from harness import relative_error
+from support.harness import relative_error
+from support.models import convert_backend
+from support.paths import MODELS, tool
+from support.sockets import free_port
 
 TOL = 1e-6
 

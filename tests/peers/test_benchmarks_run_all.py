@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support.paths import ROOT
 
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 PAGE = ROOT / "benchmarks" / "README.md"
@@ -104,7 +104,7 @@ def test_quick_run_writes_every_table(tmp_path):
 
 @pytest.mark.parametrize("script", ["page_faults.py", "direct_vs_eval.py"])
 def test_hot_path_scripts_parse_their_options(script):
-    """run_all.py runs these too (tests/test_cli.py checks the other scripts' --help)."""
+    """run_all.py runs these too (tests/peers/test_cli.py checks the other scripts' --help)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=120
     )

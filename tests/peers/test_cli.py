@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import IPI_INPUTS, tool
+from support.paths import IPI_INPUTS, tool
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -203,7 +203,7 @@ def test_benchmark_scripts_parse_their_options(script):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from support.paths import ROOT
 
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=120

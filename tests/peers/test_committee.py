@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tool
-from harness import driver_command, run_ipi
+from support.harness import driver_command, run_ipi
+from support.paths import tool
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
 from ensemble_driver.deviation import force_deviation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import tool
+from support.paths import tool
 
 
 def test_demo_runs_and_says_where_outputs_are(tmp_path):

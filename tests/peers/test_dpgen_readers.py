@@ -13,12 +13,12 @@ import subprocess
 import ase.io
 import numpy as np
 import pytest
-from conftest import ROOT
-from harness import driver_command, run_ipi
+from support.harness import driver_command, run_ipi
+from support.paths import SUPPORT
+from support.venvs import CACHE, venv_with
 from test_ensemble import mpiexec
-from venvs import CACHE, venv_with
 
-# made once per machine, outside the checkout (tests/venvs.py; a new machine makes them, ~3 min)
+# made once per machine, outside the checkout (tests/support/venvs.py; a new machine makes them, ~3 min)
 DPGEN2_VENV = CACHE / "venv-dpgen2"
 DPGEN2 = ("dpgen2==0.1.0", "dpdata==1.1.0")
 DPGEN_VENV = CACHE / "venv-dpgen"
@@ -94,8 +94,7 @@ def test_dpgen_selects_the_driver_candidates(tmp_path, address, model_paths, ref
     elsewhere = tmp_path / "cwd"  # importing dpgen writes dpdispatcher.log where it runs
     elsewhere.mkdir()
     proc = subprocess.run(
-        [dpgen_python, str(ROOT / "tests" / "dpgen_select.py"), str(tmp_path), str(F_LO), str(F_HI)]
-        + [",".join(type_map)],
+        [dpgen_python, str(SUPPORT / "dpgen_select.py"), str(tmp_path), str(F_LO), str(F_HI)] + [",".join(type_map)],
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -122,7 +121,7 @@ def test_dpgen2_selects_the_driver_candidates(tmp_path, address, model_paths, re
     work = tmp_path / "dpgen2"
     work.mkdir()
     proc = subprocess.run(
-        [dpgen2_python, str(ROOT / "tests" / "dpgen2_select.py"), str(tmp_path), str(NBEADS), str(F_LO), str(F_HI)]
+        [dpgen2_python, str(SUPPORT / "dpgen2_select.py"), str(tmp_path), str(NBEADS), str(F_LO), str(F_HI)]
         + [",".join(type_map), str(work)],
         cwd=work,
         capture_output=True,

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.paths import IPI_INPUTS, tool
 from test_ipi import check_run_against_model
 
 from ensemble_driver.deviation import Deviation

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import driver_command, wait_until
-from tap import KillAtPosdata
+from support.harness import driver_command, wait_until
+from support.paths import IPI_INPUTS, SUPPORT, tool
+from support.tap import KillAtPosdata
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
-
-HERE = Path(__file__).resolve().parent
 
 
 def processes_with(marker: str) -> list[int]:
@@ -127,7 +125,7 @@ def test_server_killed(tmp_path, address, model_paths, moment):
     ncalc = 2 if moment == "waiting" else 3
     with ProcessGroup(tmp_path / "logs") as group:
         server = group.start(
-            "server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, str(ncalc)]
+            "server", [sys.executable, str(SUPPORT / "ase_server.py"), str(structure), address, str(ncalc)]
         )
         # the row of the step being computed must be written within the 5 s the leader
         # waits for rows in flight: with two models on one rank (3 ranks) it took longer
@@ -226,7 +224,7 @@ def test_nan_is_never_sent(tmp_path, address, model_paths):
     with ProcessGroup(tmp_path / "logs") as group:
         server = group.start(
             "server",
-            [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "1"],
+            [sys.executable, str(SUPPORT / "ase_server.py"), str(structure), address, "1"],
             env={**os.environ, "ASE_SERVER_RATTLE": "0"},
         )
         driver = group.start("driver", driver_command(model_paths[:1], structure, address))
@@ -260,7 +258,7 @@ def test_nan_in_rows_is_impossible():
 def test_ipi_with_shipped_settings_survives_a_lost_driver(tmp_path, address, model_paths):
     """The shipped inputs' consolidate_messages=false and <timeout>: a driver killed -9
     with a request in flight, and a new one started, and i-PI finishes the run. The kill
-    comes as i-PI sends the 17th POSDATA (tests/tap.py): at a random time it could land in
+    comes as i-PI sends the 17th POSDATA (tests/support/tap.py): at a random time it could land in
     the window where i-PI 3.3 loses the request itself (docs/failures.md)."""
     prepare_input(
         IPI_INPUTS / "pimd.xml",
@@ -303,7 +301,7 @@ def test_signal_while_computing_answers_first(tmp_path, address, model_paths):
     structure = tmp_path / "big.extxyz"
     big_structure(structure)
     with ProcessGroup(tmp_path / "logs") as group:
-        server = group.start("server", [sys.executable, str(HERE / "ase_server.py"), str(structure), address, "3"])
+        server = group.start("server", [sys.executable, str(SUPPORT / "ase_server.py"), str(structure), address, "3"])
         driver = group.start("driver", driver_command(model_paths[:1], structure, address, "-v"))
         wait_until(
             lambda: "structure received: step 1 " in driver.log_path.read_text(),

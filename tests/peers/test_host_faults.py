@@ -1,4 +1,4 @@
-"""Faults across hosts, on the test bed of tests/netns.py (hosts a, b, c on one switch):
+"""Faults across hosts, on the test bed of tests/support/netns.py (hosts a, b, c on one switch):
 a link cut at the switch (no FIN, no RST reaches anyone) and a host killed.
 
 - The link of i-PI's host c cut mid-run: the driver (rank 0 on a, ranks 1 and 2 on b)
@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import test_faults as faults
 import test_hosts as hosts
-from conftest import tool
-from netns import MPI_OVER_THE_LINKS
+from support.netns import MPI_OVER_THE_LINKS
+from support.paths import tool
 
 from ensemble_driver.demo.launch import ProcessGroup
 

@@ -1,6 +1,6 @@
-"""Across hosts, on the test bed of tests/netns.py: three network namespaces on one switch,
+"""Across hosts, on the test bed of tests/support/netns.py: three network namespaces on one switch,
 each a host with its own name and address. MPICH's mpiexec launches ranks on two of them
-through tests/netns_ssh (its ssh), and i-PI listens on the third over INET.
+through tests/support/netns_ssh (its ssh), and i-PI listens on the third over INET.
 
 The bed itself (names, addresses, removal); that MPI between two hosts of the bed really
 crosses the link (and would not without MPI_OVER_THE_LINKS); then, that a 3-model ensemble with model 0 on host a,
@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IPI_INPUTS, free_port, tool
-from netns import ETC_NETNS, MPI_OVER_THE_LINKS, TestBed, Unavailable, wait_for
+from support.netns import ETC_NETNS, MPI_OVER_THE_LINKS, TestBed, Unavailable, wait_for
+from support.paths import IPI_INPUTS, SUPPORT, tool
+from support.sockets import free_port
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 
-HERE = Path(__file__).resolve().parent
 NBEADS = 4
 STEPS = 6
 OUT_FREQ = 2  # rows at steps 0, 2, 4, 6
@@ -64,7 +64,7 @@ def test_testbed_hosts_and_their_removal():
 
     # a test process killed outright leaves its bed; the next bed removes it
     code = "import os, netns; print(netns.TestBed().create().switch, flush=True); os._exit(0)"
-    left = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=30)
+    left = subprocess.run([sys.executable, "-c", code], cwd=SUPPORT, capture_output=True, text=True, timeout=30)
     stale = left.stdout.strip()
     assert stale in namespaces(), left.stderr
     with TestBed():
@@ -78,7 +78,7 @@ def probe(testbed, workdir: Path, size: int, env: dict[str, str]) -> tuple[list[
         tool("mpiexec"),
         [("a", 1), ("b", 2)],
         workdir / "hosts",
-        [sys.executable, str(HERE / "mpi_probe.py"), str(size)],
+        [sys.executable, str(SUPPORT / "mpi_probe.py"), str(size)],
     )
     before = testbed.link_bytes("b")[0]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=workdir)

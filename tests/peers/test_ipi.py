@@ -13,8 +13,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import driver_command, relative_error, run_ipi
+from support.harness import driver_command, relative_error, run_ipi
+from support.paths import IPI_INPUTS, tool
 
 from ensemble_driver.demo.launch import GroupFailed
 

@@ -18,8 +18,8 @@ import time
 import ase.io
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import deepmd_deviation
+from support.harness import deepmd_deviation
+from support.paths import IPI_INPUTS, tool
 from test_ensemble import mpiexec, read_ipi_binary
 
 from ensemble_driver.demo.launch import ProcessGroup

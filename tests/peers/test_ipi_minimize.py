@@ -16,7 +16,7 @@ import shutil
 import ase.io
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
+from support.paths import IPI_INPUTS, tool
 from test_ensemble import mpiexec, read_ipi_binary
 from test_ipi_input import OUT_FREQ, expected_rows, written_rows
 

@@ -151,7 +151,7 @@ def test_a_non_finite_first_result_defers_the_check(model_paths, structures):
 
 def test_direct_tensorflow_path_equals_deeppot_eval(structures, monkeypatch):
     """The same for a TensorFlow (.pb) model. TensorFlow is not in the test environment:
-    tests/test_tensorflow_models.py runs this test in its own TensorFlow environment with
+    tests/peers/test_tensorflow_models.py runs this test in its own TensorFlow environment with
     ENSEMBLE_DRIVER_TEST_PB=m0.pb; by hand, in .venv-tf (docs/development.md), with
     ENSEMBLE_DRIVER_TEST_PB=path/to/model.pb (a Cu/Au model, e.g. the one
     examples/compare_dp_ipi/compare_dp_ipi.py trains)."""
@@ -191,7 +191,7 @@ def test_direct_path_with_parameters_equals_deeppot_eval(reference, structures, 
     the driver's calls, direct path included, give DeepPot.eval's numbers with the same
     parameters, for one structure and for a batch, and a per-call aparam replaces the
     model's own (devi's per-frame values)."""
-    from conftest import MODELS
+    from support.paths import MODELS
 
     from ensemble_driver.models.deepmd import DeepPotModel, Parameters
 

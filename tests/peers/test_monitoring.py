@@ -11,8 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 import test_faults as faults
-from conftest import IPI_INPUTS
-from harness import driver_command, run_ipi
+from support.harness import driver_command, run_ipi
+from support.paths import IPI_INPUTS
 from test_ensemble import mpiexec
 
 NBEADS = 4

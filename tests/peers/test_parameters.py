@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
-from conftest import IPI_INPUTS, MODELS, tool
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.paths import IPI_INPUTS, MODELS, tool
 from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 from test_ipi import check_run_against_model
 
@@ -86,7 +86,7 @@ def test_forces_ipi_receives_are_deeppot_eval_with_the_parameters(tmp_path, addr
 def expected_rows(run, models, reference, symbols, out_freq: int) -> dict[int, list[str]]:
     """Every bead's rows from i-PI's binary positions (the numbers it sent), each model
     evaluated by DeepPot.eval with the parameters, the deviation by deepmd-kit's
-    calc_model_devi_f / calc_model_devi_v (as tests/test_ensemble.py)."""
+    calc_model_devi_f / calc_model_devi_v (as tests/peers/test_ensemble.py)."""
     from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
 
     rows: dict[int, list[str]] = {}

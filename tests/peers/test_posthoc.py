@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.io import write
-from conftest import tool
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
-from test_devi_ipi_files import expected_rows, reference_frames
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.ipi_files import expected_rows, reference_frames
+from support.paths import tool
 from test_ensemble import bead_file, mpiexec
 
 from ensemble_driver.devi.evaluation import DeviLayout

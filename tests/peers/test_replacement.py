@@ -20,8 +20,8 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import wait_until
+from support.harness import wait_until
+from support.paths import IPI_INPUTS, tool
 from test_ensemble import mpiexec
 from test_ipi_input import ipi_input, system, written_rows
 

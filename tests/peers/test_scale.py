@@ -22,8 +22,9 @@ import subprocess
 import numpy as np
 import pytest
 import test_faults as faults
-from conftest import IPI_INPUTS, free_port
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.paths import IPI_INPUTS
+from support.sockets import free_port
 from test_ensemble import BIN_OUTPUT, bead_file, expected_rows, mpiexec
 from test_ipi import check_run_against_model
 

@@ -12,7 +12,8 @@ import socket
 
 import pytest
 import test_faults as faults
-from conftest import IPI_INPUTS, free_port
+from support.paths import IPI_INPUTS
+from support.sockets import free_port
 
 TIMEOUT = 3  # --server-timeout for these tests, seconds
 

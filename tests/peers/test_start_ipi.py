@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
-from harness import wait_until
+from support.harness import wait_until
+from support.paths import IPI_INPUTS, SUPPORT, tool
 
 from ensemble_driver.run.checkpoint import Start, checkpoint_files, newest_checkpoint, plan_start, read_checkpoint
 from ensemble_driver.run.ipi_process import (
@@ -32,7 +32,6 @@ from ensemble_driver.run.ipi_process import (
 from ensemble_driver.run.progress import Progress, duration, status_line
 from ensemble_driver.wire.ipi_input import Socket
 
-HERE = Path(__file__).resolve().parent
 OUT_FREQ = 2
 STEPS = 100  # long enough that a signal sent at step 9 lands well before the end
 
@@ -287,7 +286,7 @@ def test_a_model_failing_mid_run_leaves_a_restart(tmp_path, address, model_paths
     deviation step): one line naming it, status 5, i-PI ended by its soft exit with a
     RESTART past step 0, nothing left."""
     prepare(tmp_path, address)
-    program = [sys.executable, str(HERE / "failing_model.py")]
+    program = [sys.executable, str(SUPPORT / "failing_model.py")]
     env_command = ["env", f"FAIL_MODEL={model_paths[1]}", "FAIL_AFTER=16", *command(model_paths, program=program)]
     job = run_job(tmp_path, env_command, "job")
     assert job.popen.returncode == 5, job.log()[-4000:]

@@ -4,7 +4,7 @@ rows of the ``.pth`` ensemble.
 TensorFlow is kept out of the test environment (its deepmd-kit is built for PyTorch
 alone), so the ``.pb`` side runs in a virtual environment of its own with
 ``deepmd-kit[cpu]`` from PyPI (TensorFlow, no torch), made once per machine
-(tests/venvs.py), the driver taken from this checkout (``PYTHONPATH``, ``python -m
+(tests/support/venvs.py), the driver taken from this checkout (``PYTHONPATH``, ``python -m
 ensemble_driver``) and launched with that environment's own ``mpiexec``. The ``.pth``
 side, the reference, is ``DeepPot.eval`` here.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, tool
-from harness import driver_command, run_ipi
+from support.harness import driver_command, run_ipi
+from support.paths import ROOT, tool
+from support.venvs import CACHE, venv_with
 from test_ipi import check_run_against_model
-from venvs import CACHE, venv_with
 
 TF_VENV = CACHE / "venv-tf"
 # deepmd-kit[cpu] brings tensorflow-cpu; the rest is what the driver imports at run time
@@ -154,7 +154,7 @@ def test_pb_ensemble_writes_the_rows_of_the_pth_ensemble(
 def test_direct_tensorflow_path_in_the_tensorflow_environment(pb_models, tf_python):
     """test_model.py's TensorFlow test (skipped in the test environment), run there on
     m0.pb: the driver's direct TensorFlow call gives DeepPot.eval's numbers."""
-    test = "tests/test_model.py::test_direct_tensorflow_path_equals_deeppot_eval"
+    test = "tests/peers/test_model.py::test_direct_tensorflow_path_equals_deeppot_eval"
     proc = subprocess.run(
         [tf_python, "-m", "pytest", "-p", "no:cacheprovider", "-q", test],
         cwd=ROOT,

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import test_faults as faults
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
 from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
 from ensemble_driver.outputs.dumps import lammps_box, lammps_frame
@@ -156,7 +156,7 @@ def test_general_cell_is_rotated_into_lammps_box():
 def test_bad_traj_options_are_one_line(tmp_path, address, model_paths, models, extra, message):
     import subprocess
 
-    from conftest import IPI_INPUTS
+    from support.paths import IPI_INPUTS
 
     command = driver_command(model_paths[:models], IPI_INPUTS / "init.xyz", address, *extra)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)

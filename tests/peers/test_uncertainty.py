@@ -87,7 +87,7 @@ def run_biased(tmp_path, unixsocket, models, tau: str, check, extra=()) -> str:
     """The driver (mpiexec -n len(models)) under ASE's server with --bias-uncertainty tau;
     ``check(atoms)`` is called with the server's calculator attached."""
     from ase.calculators.socketio import SocketIOCalculator
-    from conftest import tool
+    from support.paths import tool
     from test_ase import Launcher, alloy
     from test_ensemble import mpiexec
 
@@ -117,7 +117,7 @@ def test_bias_uncertainty_is_the_exact_biased_answer(tmp_path, address, model_pa
     differences of the returned energy in positions and in strain give the returned
     forces and stress."""
     from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
-    from harness import relative_error
+    from support.harness import relative_error
 
     models, tau = model_paths[:3], 0.2
 
@@ -141,7 +141,7 @@ def test_bias_uncertainty_is_the_exact_biased_answer(tmp_path, address, model_pa
 def test_alpha_scales_the_bias(tmp_path, address, model_paths, reference):
     """--bias-uncertainty 0.1 --alpha 2 (the committee's calibration, as i-PI applies it):
     the answer of TAU 0.2 without alpha (1e-6); the row is the unbiased models' own."""
-    from harness import relative_error
+    from support.harness import relative_error
 
     from ensemble_driver.deviation import force_deviation
 
@@ -180,7 +180,7 @@ def test_devi_candidates_carry_devi_f(tmp_path, model_paths):
     import subprocess
 
     from ase.build import bulk
-    from conftest import tool
+    from support.paths import tool
 
     frames = []
     for seed in range(3):

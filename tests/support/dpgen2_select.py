@@ -1,4 +1,4 @@
-"""Run by tests/test_dpgen_readers.py in a separate environment with dpgen2 (and not the driver):
+"""Run by tests/peers/test_dpgen_readers.py in a separate environment with dpgen2 (and not the driver):
 dpgen2's own exploration code on a driver-made PIMD task directory, printed as JSON.
 
     python dpgen2_select.py TASK_DIR NBEADS F_LO F_HI TYPE,MAP WORK_DIR

@@ -1,4 +1,4 @@
-"""Run by tests/test_dpgen_readers.py in a separate environment with DP-GEN (and not the driver):
+"""Run by tests/peers/test_dpgen_readers.py in a separate environment with DP-GEN (and not the driver):
 DP-GEN's own model-deviation reading and candidate selection (``_read_model_devi_file``,
 ``_select_by_model_devi_standard`` in dpgen/generator/run.py) on a driver-made PIMD task
 directory, with the structure of every candidate read as DP-GEN reads it for labelling

@@ -1,4 +1,4 @@
-"""``ensemble-driver`` with one model that fails mid-run, for tests/test_start_ipi.py: the
+"""``ensemble-driver`` with one model that fails mid-run, for tests/peers/test_start_ipi.py: the
 model file named by FAIL_MODEL returns NaN forces from its (FAIL_AFTER + 1)-th evaluation
 on, as a real model does on a structure it cannot handle."""
 

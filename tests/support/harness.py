@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS, tool
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
+from support.paths import IPI_INPUTS, tool
 
 # What the tests need from i-PI, at full precision: per-bead positions and forces in
 # extxyz ('ase' units: Angstrom, eV/Angstrom, with ASE's constants) and, as properties,

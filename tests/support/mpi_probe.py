@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_hosts.py: rank 0 sends SIZE bytes to the last rank;
+"""Run under mpiexec by tests/peers/test_hosts.py: rank 0 sends SIZE bytes to the last rank;
 rank 0 prints, for every rank, its host name and how many ranks share its node (JSON)."""
 
 import json

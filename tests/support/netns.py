@@ -3,7 +3,7 @@
 Each "host" is a network namespace with one interface, ``eth0``, the end of a veth pair
 whose other end is a port of a bridge in a namespace of its own (the "switch"), and an
 address in 10.213.X.0/24 (X picked per test bed). The host name is the namespace's name:
-``tests/netns_ssh HOST COMMAND`` runs COMMAND there in a new UTS namespace whose host name
+``tests/support/netns_ssh HOST COMMAND`` runs COMMAND there in a new UTS namespace whose host name
 is HOST, and with /etc/netns/HOST/hosts (every host of the bed) bind-mounted over
 /etc/hosts by ``ip netns exec``. MPICH's hydra uses the same wrapper as its ssh, so one
 ``mpiexec`` launches ranks on several hosts.

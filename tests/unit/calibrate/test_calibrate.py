@@ -21,7 +21,7 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
-from conftest import ROOT, tool
+from support.paths import ROOT, tool
 from test_ensemble import mpiexec
 
 from ensemble_driver.calibrate.command import CalibrateSettings

@@ -6,111 +6,30 @@ atomic units (i-PI's default) and with ``positions{angstrom} cell{nanometer}``, 
 ``positions{atomic_unit}`` with the cell in atomic units and in Angstrom (the report's
 case), in its default Angstrom, and its extxyz
 (``format='ase'``). The reference reads each file's numbers with i-PI's own raw readers
-(``iter_file_raw``, no conversion) and converts them with this file's table of the words
-(``ase.units.Bohr`` for the atomic unit, as the driver documents). With every ``--format``
-(none, ipi, xyz, extxyz, pdb, proteindatabank) ``devi`` gives the rows of deepmd-kit's
-``calc_model_devi_f`` / ``calc_model_devi_v`` on ``DeepPot.eval`` of those frames (1e-6);
-a unit or quantity it cannot take is one line and exit status 2."""
+(``iter_file_raw``, no conversion) and converts them with the tests' own table of the words
+(tests/support/ipi_files.py; ``ase.units.Bohr`` for the atomic unit, as the driver
+documents). With every ``--format`` (none, ipi, xyz, extxyz, pdb, proteindatabank)
+``devi`` gives the rows of deepmd-kit's ``calc_model_devi_f`` / ``calc_model_devi_v`` on
+``DeepPot.eval`` of those frames (1e-6); a unit or quantity it cannot take is one line and
+exit status 2."""
 
 from __future__ import annotations
 
-import io
 import logging
-import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.units import Bohr
-from conftest import IPI_INPUTS, tool
-from harness import deepmd_deviation
+from support.ipi_files import FILES, FORMATS, STEPS, expected_rows, reference_frames, write_ipi
+from support.paths import tool
 
 from ensemble_driver.devi.command import _warn_bead_order
 from ensemble_driver.devi.frames import Frame, read_frames
 from ensemble_driver.devi.settings import DeviSettings
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.wire import units
-from ensemble_driver.wire.template import read_template
-
-STEPS = (0, 10, 20)
-#: Angstrom per unit, the test's own table of i-PI's words
-ANGSTROM_PER = {"atomic_unit": Bohr, "angstrom": 1.0, "ase": 1.0, "nanometer": 10.0, "picometer": 0.01}
-#: name: (i-PI's mode, quantity, its units, cell units); the bead of each is its place here
-FILES = {
-    "au.xyz": ("xyz", "positions", "automatic", "automatic"),  # i-PI's default: atomic units
-    "mixed.xyz": ("xyz", "positions", "angstrom", "nanometer"),
-    "au.pdb": ("pdb", "positions", "atomic_unit", "atomic_unit"),
-    "report.pdb": ("pdb", "positions", "atomic_unit", "automatic"),  # the report's: the cell in Angstrom
-    "default.pdb": ("pdb", "positions", "automatic", "automatic"),  # pdb's default: Angstrom
-    "ase.extxyz": ("ase", "positions", "automatic", "automatic"),  # ASE's Angstrom
-}
-FORMATS = (None, "ipi", "xyz", "extxyz", "pdb", "proteindatabank")
-
-
-def structures(seed: int = 3):
-    """Three frames (Bohr, i-PI's upper-triangular h) of the shipped 32-atom Cu-Au
-    structure, in a strained triclinic cell, rattled."""
-    import ipi.utils.mathtools as mt
-
-    template = read_template(IPI_INPUTS / "init.xyz")
-    fractional = template.positions @ np.linalg.inv(template.cell)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k, step in enumerate(STEPS):
-        a, b, c = (np.array([7.9, 7.7, 8.0]) + 0.05 * k) / Bohr
-        h = mt.abc2h(a, b, c, *np.radians([88.0, 93.0, 91.5]))
-        q = fractional @ h.T + rng.normal(0, 0.08 / Bohr, fractional.shape)
-        frames.append((step, h, q))
-    return list(template.labels), frames
-
-
-def write_ipi(path: Path, mode: str, key: str, unit: str, cell_unit: str, bead: int, seed: int = 3) -> None:
-    """The frames as i-PI's <trajectory> output writes them (ipi/engine/outputs.py: the title)."""
-    from ipi.engine.atoms import Atoms
-    from ipi.engine.cell import Cell
-    from ipi.utils.io import print_file
-
-    labels, frames = structures(seed)
-    stream = io.StringIO()
-    for step, h, q in frames:
-        atoms = Atoms(len(labels))
-        atoms.names[:] = labels
-        atoms.q[:] = q.ravel()
-        title = "Step:  %10d  Bead:   %5d " % (step, bead)
-        print_file(mode, atoms, Cell(h.copy()), stream, title=title, key=key, dimension="length", units=unit, cell_units=cell_unit)  # fmt: skip
-    path.write_text(stream.getvalue())
-
-
-def reference_frames(path: Path, mode: str) -> list[tuple[int, list[str], np.ndarray, np.ndarray]]:
-    """(step, labels, positions, cell) in Angstrom: the numbers i-PI's raw readers find,
-    converted by the words of each frame's comment (i-PI's read_pdb adds its Angstrom
-    words where a pdb has none); i-PI's extxyz through ASE."""
-    if mode == "ase":
-        import ase.io
-
-        return [
-            (
-                int(re.search(r"Step:\s*(\d+)", a.info["ipi_comment"]).group(1)),
-                a.get_chemical_symbols(),
-                a.positions,
-                a.cell.array,
-            )  # fmt: skip
-            for a in ase.io.read(path, index=":", format="extxyz")
-        ]
-    from ipi.utils.io import iter_file_raw
-
-    frames = []
-    with open(path) as stream:
-        for raw in iter_file_raw(mode, stream):
-            comment = raw["comment"]
-            words = dict(re.findall(r"(\w+)\{(\w+)\}", comment))
-            quantity = next(k for k in words if k != "cell")
-            positions = raw["data"].reshape(-1, 3) * ANGSTROM_PER[words[quantity]]
-            cell = np.asarray(raw["cell"]).T * ANGSTROM_PER[words.get("cell", "atomic_unit")]
-            step = int(re.search(r"Step:\s*(\d+)", comment).group(1))
-            frames.append((step, list(raw["names"]), positions, cell))
-    return frames
 
 
 @pytest.fixture(scope="module")
@@ -235,16 +154,6 @@ def test_beads_out_of_order_are_told(caplog):
 
 
 # with the models: the command line
-
-
-def expected_rows(frames, model_paths, reference) -> np.ndarray:
-    """The rows (step, 6 deviations) of deepmd-kit's calc_model_devi_v / calc_model_devi_f
-    on DeepPot.eval of each (step, labels, positions, cell) frame in Angstrom."""
-    rows = [
-        [step, *deepmd_deviation(reference, model_paths, labels, positions, cell)]
-        for step, labels, positions, cell in frames
-    ]
-    return np.array(rows)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.models import devices
@@ -88,7 +88,7 @@ def test_node_share_under_mpiexec():
 @pytest.mark.timeout(120)
 def test_device_cuda_without_gpu_fails_before_any_model_loads(tmp_path):
     """On this GPU-less machine: one line naming the host, exit 2, no deviation file made."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     if visible_gpus():
         pytest.skip("a GPU is visible here")
     models = [str(root / "examples" / "models" / f"m{k}.pth") for k in range(2)]

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 from ase.io import read
-from conftest import IPI_INPUTS
-from harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.paths import IPI_INPUTS
 from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 
 from ensemble_driver.devi.frames import read_ipi_xyz
@@ -212,7 +212,7 @@ def test_active_learning_example_runs(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from support.paths import ROOT
 
     work = tmp_path / "al"
     proc = subprocess.run(

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
 from ensemble_driver import __version__
 from ensemble_driver.cli import build_parser
 from ensemble_driver.run.settings import SETTINGS
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(
     [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md"]
     + list((ROOT / "docs").glob("*.md"))
@@ -278,10 +278,13 @@ def test_command_checker_catches_mistakes():
     assert check_command(["python", "benchmarks/nope.py"], ROOT)
     assert check_command(["frobnicate"], ROOT)
     assert check_command(["i-pi", "pimd.xml"], ROOT / "ipi_inputs") is None
-    assert check_command(["tests/netns_ssh", "h", "i-pi", "nope.xml"], ROOT)
-    assert check_command(["tests/netns_ssh", "h", "i-pi", "made.xml"], ROOT, frozenset({"made.xml"})) is None
-    assert check_command(["tests/netns_ssh", "-x", "h", "mpiexec", "-n", "2", "ensemble-driver", "run"], ROOT) is None
-    assert check_command(["tests/netns_ssh", "h"], ROOT)
+    assert check_command(["tests/support/netns_ssh", "h", "i-pi", "nope.xml"], ROOT)
+    assert check_command(["tests/support/netns_ssh", "h", "i-pi", "made.xml"], ROOT, frozenset({"made.xml"})) is None
+    assert (
+        check_command(["tests/support/netns_ssh", "-x", "h", "mpiexec", "-n", "2", "ensemble-driver", "run"], ROOT)
+        is None
+    )
+    assert check_command(["tests/support/netns_ssh", "h"], ROOT)
     assert check_command(["mpiexec", "-n", "4", "ensemble-driver", "run", "--models", "a.pth", "b.pth"], ROOT) is None
 
 

@@ -9,7 +9,9 @@ import ast
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "driver" / "ensemble_driver"
+from support.paths import ROOT
+
+PACKAGE = ROOT / "driver" / "ensemble_driver"
 REFERENCE = re.compile(r":(mod|func|class|data|meth|attr):`~?([\w.]+)`")
 
 

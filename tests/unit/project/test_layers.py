@@ -10,7 +10,8 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.paths import ROOT
+
 PACKAGE = ROOT / "driver" / "ensemble_driver"
 BACKENDS = ("models.deepmd", "models.direct", "models.backends")
 ONLY_IN = {"mpi4py": ("ranks",), "deepmd": BACKENDS, "torch": BACKENDS, "tensorflow": BACKENDS}

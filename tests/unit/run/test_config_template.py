@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS
+from support.paths import IPI_INPUTS
 
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.run.command import template_elements

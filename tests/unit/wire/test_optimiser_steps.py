@@ -14,8 +14,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import IPI_INPUTS
 from ipi.utils.mintools import BFGS, L_BFGS, min_brent
+from support.paths import IPI_INPUTS
 
 from ensemble_driver.errors import ConfigError
 from ensemble_driver.run.config import RunConfig
