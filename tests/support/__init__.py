@@ -8,6 +8,8 @@ never imported): ``from support.paths import ROOT``.
 - :mod:`support.netns`: hosts made of network namespaces (``netns_ssh``, their "ssh");
 - :mod:`support.tap`: a tap on one i-PI connection, to kill a driver at a chosen point;
 - :mod:`support.venvs`: virtual environments of their own (DP-GEN, dpgen2, TensorFlow);
+- :mod:`support.ipi_files`, :mod:`support.calibration`, :mod:`support.docs`: the helpers
+  of the modules whose tests are split between tests/unit/ and tests/peers/;
 - scripts the tests run as processes, by path: ``ase_server.py``, ``mpi_probe.py``,
   ``failing_model.py``, ``dpgen_select.py``, ``dpgen2_select.py``, ``netns_ssh``.
 
