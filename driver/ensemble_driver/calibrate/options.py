@@ -1,5 +1,5 @@
 """The parser of ``ensemble-driver calibrate``, each option with its help (docs/options.md
-lists them all, checked by tests/test_docs.py)."""
+lists them all, checked by tests/unit/project/test_docs.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The parsers of ``ensemble-driver devi`` and ``ensemble-driver plot``, each option with
-its help (docs/options.md lists them all, checked by tests/test_docs.py)."""
+its help (docs/options.md lists them all, checked by tests/unit/project/test_docs.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ deviation jobs of the batch's beads go to the ensemble ranks as with one model-0
 
 The slices are the same structures evaluated by the same model, so the forces are model
 0's to the last bits a smaller batch may change (deepmd evaluates the frames of a batch
-together; see tests/test_scale.py for the bound). The messages: see :mod:`messages`.
+together; see tests/peers/test_scale.py for the bound). The messages: see :mod:`messages`.
 """
 
 from __future__ import annotations

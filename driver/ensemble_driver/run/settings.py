@@ -59,7 +59,7 @@ def _strings(value: Any) -> bool:
 
 #: how a JSON value of each setting's type is read: (accepts, converts, what it must be). One
 #: entry per annotation of the settings; a setting whose annotation is not here fails the test
-#: that every field has a JSON type (tests/test_config_template.py).
+#: that every field has a JSON type (tests/unit/run/test_config_template.py).
 JSON_TYPES: dict[str, tuple[Any, Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), bool, "true or false"),
     "bool | None": (lambda v: v is None or isinstance(v, bool), lambda v: v, "true, false or null"),
