@@ -124,17 +124,15 @@ class Recorder:
         return Reply(energy, -request.positions, np.arange(9.0).reshape(3, 3) + request.step)
 
 
-@pytest.fixture
-def session_pair():
-    """(peer, recorder, run_result) where the session runs in a thread until it ends."""
-    server_sock, client_sock = socket.socketpair()
+def serve_in_thread(client_sock: socket.socket, make_session) -> tuple[threading.Thread, dict]:
+    """``make_session(wire).run()`` in a thread on the client end of a socketpair (closed
+    when it ends); its result dict gets "reason" and "stats", or "error"."""
     client_sock.settimeout(10)  # a blocked session fails the test instead of hanging
-    recorder = Recorder()
     result: dict = {}
 
-    def target(init_every_step: bool):
+    def target():
         try:
-            session = Session(Wire(client_sock, NAT), recorder, init_every_step=init_every_step)
+            session = make_session(Wire(client_sock, NAT))
             result["reason"] = session.run()
             result["stats"] = session.stats
         except Exception as exc:  # handed to the test thread
@@ -142,19 +140,33 @@ def session_pair():
         finally:
             client_sock.close()
 
-    threads: list[threading.Thread] = []
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def ended(thread: threading.Thread, result: dict) -> dict:
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "session did not end"
+    return result
+
+
+@pytest.fixture
+def session_pair():
+    """(start, recorder, finish): start() runs a session in a thread and gives the
+    server's end; finish() waits for the session's end and gives its result."""
+    server_sock, client_sock = socket.socketpair()
+    recorder = Recorder()
+    running: list = []
 
     def start(init_every_step: bool = True) -> Peer:
-        t = threading.Thread(target=target, args=(init_every_step,), daemon=True)
-        t.start()
-        threads.append(t)
+        running.append(
+            serve_in_thread(client_sock, lambda wire: Session(wire, recorder, init_every_step=init_every_step))
+        )
         return Peer(server_sock)
 
     def finish() -> dict:
-        for t in threads:
-            t.join(timeout=10)
-            assert not t.is_alive(), "session did not end"
-        return result
+        return ended(*running[0])
 
     yield start, recorder, finish
     server_sock.close()
@@ -243,27 +255,12 @@ def _ended_while_answering(before_close, handler) -> dict:
     """A session whose server, like i-PI's close(), sends EXIT and shuts the socket while
     the driver still answers: ``before_close(peer)`` runs the exchange up to there."""
     server_sock, client_sock = socket.socketpair()
-    client_sock.settimeout(10)
-    result: dict = {}
-
-    def target():
-        try:
-            result["reason"] = Session(Wire(client_sock, NAT), handler).run()
-        except Exception as exc:  # handed to the test thread
-            result["error"] = exc
-        finally:
-            client_sock.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    peer = Peer(server_sock)
-    before_close(peer)
-    peer.send(encode_header("EXIT"))
+    running = serve_in_thread(client_sock, lambda wire: Session(wire, handler))
+    before_close(Peer(server_sock))
+    server_sock.sendall(encode_header("EXIT"))
     server_sock.close()
     handler.closed.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "session did not end"
-    return result
+    return ended(*running)
 
 
 class HeldRecorder(Recorder):
@@ -310,20 +307,8 @@ def test_batched_transport_wire_layout():
     """i-PI 3.3's batched messages (ipi/interfaces/sockets.py dispatch_send_batch and
     _recv_forces_bulk_batch), three structures per message."""
     server_sock, client_sock = socket.socketpair()
-    client_sock.settimeout(10)
     recorder = BatchRecorder()
-    result: dict = {}
-
-    def target():
-        try:
-            result["reason"] = Session(Wire(client_sock, NAT), recorder).run()
-        except Exception as exc:
-            result["error"] = exc
-        finally:
-            client_sock.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    thread, result = serve_in_thread(client_sock, lambda wire: Session(wire, recorder))
     peer = Peer(server_sock)
     batch = 3
     assert peer.status() == "NEEDINIT"
@@ -408,19 +393,7 @@ def test_signal_during_evaluation_still_answers(consolidated):
         return Reply(1.0, np.zeros((NAT, 3)), np.zeros((3, 3)))
 
     server_sock, client_sock = socket.socketpair()
-    client_sock.settimeout(10)
-    result: dict = {}
-
-    def target():
-        try:
-            Session(Wire(client_sock, NAT), evaluate, signals=signals).run()
-        except Exception as exc:
-            result["error"] = exc
-        finally:
-            client_sock.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    thread, result = serve_in_thread(client_sock, lambda wire: Session(wire, evaluate, signals=signals))
     peer = Peer(server_sock)
     assert peer.status() == "NEEDINIT"
     peer.send(init(0))
