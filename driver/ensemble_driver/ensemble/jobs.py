@@ -88,7 +88,7 @@ class JobPipeline:
         self.n_models = layout.n_models
         self.followers = layout.ensemble_ranks
         self.queue: deque[Job] = deque()
-        self._finished: list[Job] = []  # finished while dispatch waited, returned by the next collect
+        self._finished: list[Job] = []  # finished, not yet returned (dispatch's wait finishes jobs too)
         self._seq = 0
         self.fatal: DriverError | None = None
 
@@ -109,7 +109,7 @@ class JobPipeline:
             # the followers are behind: let them catch up before adding work
             self.run_local()
             ranks.wait_for(self._oldest_job_ready_or_failed)
-            self._finished += self.collect()
+            self._finish_head()
         seq = self._seq
         self._seq += 1
         n = self.n_models
@@ -189,32 +189,41 @@ class JobPipeline:
             if (message := self.talk.error_from(rank)) is not None:
                 self._fail(ModelError(f"rank {rank}: {message}"))
 
-    def collect(self) -> list[Job]:
-        """Take in what has arrived; return the finished jobs at the head of the queue."""
-        finished, self._finished = self._finished, []
+    def _finish_head(self) -> None:
+        """Take in what has arrived; move the finished jobs at the head of the queue to
+        the finished ones."""
         self._collect_receives()
         while self.queue and self.queue[0].complete() and self.fatal is None:
-            finished.append(self.queue.popleft())
+            self._finished.append(self.queue.popleft())
+
+    def _take_finished(self) -> list[Job]:
+        finished, self._finished = self._finished, []
         return finished
+
+    def collect(self) -> list[Job]:
+        """Take in what has arrived; return the jobs finished since the last return, in
+        dispatch order."""
+        self._finish_head()
+        return self._take_finished()
 
     def complete_until(self, target: Job | None, deadline: float | None = None) -> list[Job]:
         """Wait for the jobs at the head of the queue, up to and including ``target``
-        (every job if None), and return the finished ones in dispatch order: ``target``
-        is the last when it finished now. Stops early at a failure or when ``deadline``
-        (monotonic) passes; waits for nothing if ``target`` has finished already."""
-        finished, self._finished = self._finished, []
+        (every job if None), and return the jobs finished since the last return, in
+        dispatch order: ``target`` is the last when it finished now. Stops early at a
+        failure or when ``deadline`` (monotonic) passes; waits for nothing if ``target``
+        has finished already."""
         if target is not None and target not in self.queue:
-            return finished
+            return self._take_finished()
         self.run_local()
         while self.queue and self.fatal is None:
             if not ranks.wait_for(self._oldest_job_ready_or_failed, deadline=deadline):
                 break
             if self.fatal is not None:
                 break
-            finished.append(self.queue.popleft())
-            if finished[-1] is target:
+            self._finished.append(self.queue.popleft())
+            if self._finished[-1] is target:
                 break
-        return finished
+        return self._take_finished()
 
     def _oldest_job_ready_or_failed(self) -> bool:
         self._collect_receives()

@@ -154,6 +154,38 @@ def test_rows_are_written_in_step_order(tmp_path):
     assert [r[0] for r in rows(tmp_path)] == ["0", "1", "2"]
 
 
+def test_back_pressure_writes_every_row_once(tmp_path, monkeypatch):
+    """More deviation jobs than MAX_PENDING_JOBS ahead of the follower: the leader waits
+    for the oldest before it dispatches more (the follower catches up while it waits), and
+    every step's row is written once, in step order."""
+    from ensemble_driver import ranks
+    from ensemble_driver.ensemble.jobs import MAX_PENDING_JOBS
+
+    events: list = []
+    leader, comm = make_leader(tmp_path, events, Layout(((0,), (1,))), [(0, 1.0)], out_freq=1)
+
+    def answer_all():
+        for index, (_, _, req) in enumerate(comm.receives):
+            if not req.done:  # one follower, one job per receive, in dispatch order
+                comm.deliver(index, index, [request(index).positions], [np.eye(3)])
+
+    real_wait_for = ranks.wait_for
+
+    def wait_for(condition, deadline=None):
+        answer_all()
+        return real_wait_for(condition, deadline=deadline)
+
+    monkeypatch.setattr(ranks, "wait_for", wait_for)
+    steps = MAX_PENDING_JOBS + 5
+    for step in range(steps):
+        leader(request(step))
+        leader.after_reply()
+    assert len(rows(tmp_path)) >= steps - MAX_PENDING_JOBS  # the leader waited for some
+    answer_all()
+    leader.after_reply()
+    assert [int(r[0]) for r in rows(tmp_path)] == list(range(steps))
+
+
 def test_one_rank_evaluates_the_others_after_replying(tmp_path):
     events: list = []
     leader, _ = make_leader(tmp_path, events, Layout(((0, 1, 2),)), [(0, 1.0), (1, 2.0), (2, 3.0)], out_freq=1)
