@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from support.harness import relative_error
 from support.models import convert_backend
+from support.mpi import mpiexec
 from support.paths import MODELS, tool
 from support.sockets import free_port
 
@@ -186,7 +187,6 @@ def charge_spin_session(tmp_path, unixsocket, models, charge_spin, nranks=1, ext
     """ASE's server on rattled alloys, the driver on ``models`` with --charge-spin: the
     driver's (structures, energies, forces), and its log."""
     from ase.calculators.socketio import SocketIOCalculator
-    from test_ensemble import mpiexec
 
     template = tmp_path / "template.extxyz"
     alloy(8).write(template)

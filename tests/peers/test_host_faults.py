@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import test_faults as faults
 import test_hosts as hosts
+from support.ipi_runs import BIN_OUTPUT, expected_rows
 from support.netns import MPI_OVER_THE_LINKS
 from support.paths import tool
 
@@ -136,7 +137,6 @@ def test_link_of_a_follower_host_cut(tmp_path, testbed, model_paths):
 
 REPLACE_STEPS = 24
 IPI_TIMEOUT = 3  # i-PI's <timeout>: a request unanswered this long goes to another client
-BIN_OUTPUT = "<trajectory filename='bin' stride='1' format='bin'> positions </trajectory>"
 BATCH = "batch of 4 structures received"  # the driver's -v log, on rank 0
 STEP_OUTPUT = "<properties stride='1' filename='out'> [ step ] </properties>"
 
@@ -161,8 +161,6 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
     receives the request i-PI re-queues and the run completes. Per bead, the first
     driver's rows below K and the replacement's rows are the steps 0..N, each once, and
     each row is the models' deviation at that step's structure (i-PI's trajectory)."""
-    import test_ensemble as ens
-
     models = model_paths[:3]
     c = testbed.host("c").name
     ipi_dir = tmp_path / "ipi"
@@ -223,7 +221,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         assert ipi.popen.returncode == 0, ipi.tail() + new.tail()
         assert new.popen.wait(timeout=30) == 0, new.tail()
     print(f"first driver killed at step {k}")
-    expected = ens.expected_rows(
+    expected = expected_rows(
         type("Run", (), {"workdir": ipi_dir, "prefix": "sim", "nbeads": hosts.NBEADS}),
         models,
         reference,

@@ -19,8 +19,9 @@ import ase.io
 import numpy as np
 import pytest
 from support.harness import deepmd_deviation
+from support.ipi_runs import read_ipi_binary
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS, tool
-from test_ensemble import mpiexec, read_ipi_binary
 
 from ensemble_driver.demo.launch import ProcessGroup
 from ensemble_driver.deviation import Deviation

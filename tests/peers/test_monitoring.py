@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import test_faults as faults
 from support.harness import driver_command, run_ipi
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS
-from test_ensemble import mpiexec
 
 NBEADS = 4
 STEPS = 24

@@ -22,11 +22,11 @@ import subprocess
 import numpy as np
 import pytest
 import test_faults as faults
-from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, check_run_against_model, driver_command, run_ipi
+from support.ipi_runs import BIN_OUTPUT, bead_file, expected_rows
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS
 from support.sockets import free_port
-from test_ensemble import BIN_OUTPUT, bead_file, expected_rows, mpiexec
-from test_ipi import check_run_against_model
 
 NBEADS = 4
 STEPS = 6

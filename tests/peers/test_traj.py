@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import test_faults as faults
 from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
-from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
+from support.ipi_runs import BIN_OUTPUT, read_ipi_binary
+from support.mpi import mpiexec
 
 from ensemble_driver.outputs.dumps import lammps_box, lammps_frame
 from ensemble_driver.wire import units
