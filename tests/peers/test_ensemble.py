@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from support.ase_runs import Launcher, alloy, driver_args, structures
 from support.harness import CHECK_OUTPUTS, check_run_against_model, driver_command, run_ipi
 from support.ipi_runs import BIN_OUTPUT, OUT_FREQ, STEPS, bead_file, expected_rows
 from support.mpi import mpiexec
@@ -207,7 +208,6 @@ def test_ase_server_one_series(tmp_path, address, model_paths, reference):
     """ASE's server never sends INIT: one file, every evaluation is a step."""
     from ase.calculators.socketio import SocketIOCalculator
     from deepmd.infer.model_devi import calc_model_devi_f, calc_model_devi_v
-    from test_ase import Launcher, alloy, driver_args, structures
 
     base = alloy(7)
     base.write(tmp_path / "template.extxyz")

@@ -87,9 +87,9 @@ def run_biased(tmp_path, unixsocket, models, tau: str, check, extra=()) -> str:
     """The driver (mpiexec -n len(models)) under ASE's server with --bias-uncertainty tau;
     ``check(atoms)`` is called with the server's calculator attached."""
     from ase.calculators.socketio import SocketIOCalculator
+    from support.ase_runs import Launcher, alloy
     from support.mpi import mpiexec
     from support.paths import tool
-    from test_ase import Launcher, alloy
 
     template = tmp_path / "template.extxyz"
     alloy(11).write(template)
