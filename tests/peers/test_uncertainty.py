@@ -8,7 +8,7 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-from test_ipi_input import OUT_FREQ, STEPS, ipi_input, run, system
+from support.ipi_inputs import OUT_FREQ, STEPS, ipi_input, run, system
 
 EXTRAS = "\n    <trajectory filename='devi' stride='1' extra_type='devi_f_atoms'> extras </trajectory>"
 
