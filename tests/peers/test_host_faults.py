@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_faults as faults
 import test_hosts as hosts
+from support import faults
+from support.harness import wait_until
 from support.ipi_runs import BIN_OUTPUT, expected_rows
 from support.netns import MPI_OVER_THE_LINKS
 from support.paths import tool
@@ -72,9 +73,7 @@ def start_across(bed, group: ProcessGroup, workdir: Path, models) -> tuple:
     mpiexec = bed.mpiexec(tool("mpiexec"), [("a", 1), ("b", 2)], workdir / "hostfile", driver(models, workdir, c))
     run = group.start("driver", mpiexec, cwd=workdir, env=ENV)
     files = [workdir / f"model_devi{bead + 1}.out" for bead in range(hosts.NBEADS)]
-    faults.wait_until(
-        lambda: all(rows_of(f) >= 3 for f in files) or run.popen.poll() is not None, 240, "three rows per bead"
-    )
+    wait_until(lambda: all(rows_of(f) >= 3 for f in files) or run.popen.poll() is not None, 240, "three rows per bead")
     assert run.popen.poll() is None, run.tail()
     return ipi, run, files
 
@@ -194,7 +193,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         second.mkdir()
         ipi = group.start("i-pi", testbed.on("c", [tool("i-pi"), "input.xml"]), cwd=ipi_dir)
         old = group.start("first", testbed.on("a", command(first)), cwd=ipi_dir)
-        faults.wait_until(
+        wait_until(
             lambda: all(rows_of(first / f) >= 5 for f in files) or None not in group.poll().values(), 240, "five rows"
         )
         assert old.popen.poll() is None and ipi.popen.poll() is None, ipi.tail() + old.tail()
@@ -203,9 +202,9 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         # <timeout> covers only a request in hand; a client silent while i-PI asks its
         # STATUS between requests blocks i-PI's polling 60 s at a time, again and again
         batches = old.log_path.read_text().count(BATCH)
-        faults.wait_until(lambda: old.log_path.read_text().count(BATCH) > batches, 30, "a batch to be received")
+        wait_until(lambda: old.log_path.read_text().count(BATCH) > batches, 30, "a batch to be received")
         testbed.set_link("a", False)
-        faults.wait_until(
+        wait_until(
             lambda: (
                 "died or got unresponsive" in ipi.log_path.read_text()
                 or "Couldn't find readable socket" in ipi.log_path.read_text()
@@ -217,7 +216,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         k = last_step(ipi_dir / "sim.out") + 1  # the step whose request i-PI re-queued
         testbed.kill("a")  # no FIN: a's link is down
         new = group.start("second", testbed.on("b", command(second, "--append", "--step-offset", str(k))), cwd=ipi_dir)
-        faults.wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
+        wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
         assert ipi.popen.returncode == 0, ipi.tail() + new.tail()
         assert new.popen.wait(timeout=30) == 0, new.tail()
     print(f"first driver killed at step {k}")
