@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_hosts as hosts
-from support import faults
+from support import faults, hosts
 from support.harness import wait_until
 from support.ipi_runs import BIN_OUTPUT, expected_rows
-from support.netns import MPI_OVER_THE_LINKS
-from support.paths import tool
+from support.netns import MPI_OVER_THE_LINKS, wait_for
+from support.paths import IPI_INPUTS, tool
 
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 
 TIMEOUT = 5  # --server-timeout, s
@@ -45,10 +45,10 @@ ENV = {**os.environ, **MPI_OVER_THE_LINKS}
 
 def ipi_input(workdir: Path, address: str, steps: int, timeout: float | None = None, outputs=hosts.OUTPUTS) -> None:
     workdir.mkdir(exist_ok=True)
-    hosts.prepare_input(
-        hosts.IPI_INPUTS / "pimd.xml",
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
         workdir / "input.xml",
-        socket=hosts.SocketSettings(mode="inet", address=address, port=PORT, timeout=timeout),
+        socket=SocketSettings(mode="inet", address=address, port=PORT, timeout=timeout),
         steps=steps,
         nbeads=hosts.NBEADS,
         prefix="sim",
@@ -96,7 +96,7 @@ def ends_with(run, start: str, deadline: float) -> tuple[float, list[str]]:
 
 def no_rank_left(bed, roles) -> None:
     for role in roles:
-        hosts.wait_for(lambda role=role: not bed.pids(role), 10, f"every process of host {role} to end")
+        wait_for(lambda role=role: not bed.pids(role), 10, f"every process of host {role} to end")
 
 
 @pytest.mark.timeout(400)
@@ -165,10 +165,10 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
     ipi_dir = tmp_path / "ipi"
     first, second = ipi_dir / "first", ipi_dir / "second"  # --out-file, from i-PI's directory
     ipi_dir.mkdir()
-    hosts.prepare_input(
-        hosts.IPI_INPUTS / "pimd.xml",
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
         ipi_dir / "input.xml",
-        socket=hosts.SocketSettings(
+        socket=SocketSettings(
             mode="inet",
             address=c,
             port=PORT,
