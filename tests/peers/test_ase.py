@@ -13,23 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.ase_runs import Launcher, alloy, driver_args, structures
 from support.harness import relative_error
 from support.models import convert_backend
+from support.mpi import mpiexec
 from support.paths import MODELS, tool
 from support.sockets import free_port
 
 TOL = 1e-6
-
-
-def alloy(seed: int):
-    from ase.build import bulk
-
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Cu", "fcc", a=3.87, cubic=True).repeat((2, 2, 2))
-    symbols = np.array(["Au"] * 16 + ["Cu"] * 16)
-    rng.shuffle(symbols)
-    atoms.set_chemical_symbols(list(symbols))
-    return atoms
 
 
 def cluster():
@@ -41,39 +32,6 @@ def cluster():
     atoms.cell[:] = 0.0
     atoms.pbc = False
     return atoms
-
-
-def structures(base, seed: int):
-    """Rattled copies in strained triclinic cells (periodic) or just rattled (cluster)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(4):
-        atoms = base.copy()
-        if atoms.pbc.any():
-            shear = np.eye(3) + rng.normal(scale=0.04, size=(3, 3))
-            atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
-        atoms.rattle(stdev=0.08, seed=int(rng.integers(1 << 30)))
-        out.append(atoms)
-    return out
-
-
-class Launcher:
-    """ASE's launch_client hook: ASE then watches the client while it waits for it.
-
-    ``build(unixsocket, port)`` returns the command line for the socket ASE chose."""
-
-    def __init__(self, build, log_path):
-        self.build, self.log_path = build, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def __call__(self, atoms, properties=None, port=None, unixsocket=None):
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.build(unixsocket, port), stdout=self.log, stderr=subprocess.STDOUT)
-        return self.proc
-
-
-def driver_args(unixsocket, port) -> list[str]:
-    return ["--unix", "--address", unixsocket] if unixsocket else ["--address", "localhost", "--port", str(port)]
 
 
 def run_against_dp(tmp_path, model, base, seed, unixsocket=None, port=None, extra=(), **dp_options):
@@ -186,7 +144,6 @@ def charge_spin_session(tmp_path, unixsocket, models, charge_spin, nranks=1, ext
     """ASE's server on rattled alloys, the driver on ``models`` with --charge-spin: the
     driver's (structures, energies, forces), and its log."""
     from ase.calculators.socketio import SocketIOCalculator
-    from test_ensemble import mpiexec
 
     template = tmp_path / "template.extxyz"
     alloy(8).write(template)

@@ -21,8 +21,8 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from support.calibration import brute_trust_hi, brute_trust_lo, recount
+from support.mpi import mpiexec
 from support.paths import ROOT, tool
-from test_ensemble import mpiexec
 
 sys.path.insert(0, str(ROOT / "examples" / "calibrate"))
 import make_data  # noqa: E402

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support.harness import driver_command, run_ipi
+from support.ipi_runs import BIN_OUTPUT, read_ipi_binary
+from support.mpi import mpiexec
 from support.paths import tool
-from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
 
 from ensemble_driver.deviation import force_deviation
 from ensemble_driver.wire import units

@@ -14,9 +14,9 @@ import ase.io
 import numpy as np
 import pytest
 from support.harness import driver_command, run_ipi
+from support.mpi import mpiexec
 from support.paths import SUPPORT
 from support.venvs import CACHE, venv_with
-from test_ensemble import mpiexec
 
 # made once per machine, outside the checkout (tests/support/venvs.py; a new machine makes them, ~3 min)
 DPGEN2_VENV = CACHE / "venv-dpgen2"

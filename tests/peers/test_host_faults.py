@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_faults as faults
-import test_hosts as hosts
-from support.netns import MPI_OVER_THE_LINKS
-from support.paths import tool
+from support import faults, hosts
+from support.harness import wait_until
+from support.ipi_runs import BIN_OUTPUT, expected_rows
+from support.netns import MPI_OVER_THE_LINKS, wait_for
+from support.paths import IPI_INPUTS, tool
 
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 
 TIMEOUT = 5  # --server-timeout, s
@@ -43,10 +45,10 @@ ENV = {**os.environ, **MPI_OVER_THE_LINKS}
 
 def ipi_input(workdir: Path, address: str, steps: int, timeout: float | None = None, outputs=hosts.OUTPUTS) -> None:
     workdir.mkdir(exist_ok=True)
-    hosts.prepare_input(
-        hosts.IPI_INPUTS / "pimd.xml",
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
         workdir / "input.xml",
-        socket=hosts.SocketSettings(mode="inet", address=address, port=PORT, timeout=timeout),
+        socket=SocketSettings(mode="inet", address=address, port=PORT, timeout=timeout),
         steps=steps,
         nbeads=hosts.NBEADS,
         prefix="sim",
@@ -71,9 +73,7 @@ def start_across(bed, group: ProcessGroup, workdir: Path, models) -> tuple:
     mpiexec = bed.mpiexec(tool("mpiexec"), [("a", 1), ("b", 2)], workdir / "hostfile", driver(models, workdir, c))
     run = group.start("driver", mpiexec, cwd=workdir, env=ENV)
     files = [workdir / f"model_devi{bead + 1}.out" for bead in range(hosts.NBEADS)]
-    faults.wait_until(
-        lambda: all(rows_of(f) >= 3 for f in files) or run.popen.poll() is not None, 240, "three rows per bead"
-    )
+    wait_until(lambda: all(rows_of(f) >= 3 for f in files) or run.popen.poll() is not None, 240, "three rows per bead")
     assert run.popen.poll() is None, run.tail()
     return ipi, run, files
 
@@ -96,7 +96,7 @@ def ends_with(run, start: str, deadline: float) -> tuple[float, list[str]]:
 
 def no_rank_left(bed, roles) -> None:
     for role in roles:
-        hosts.wait_for(lambda role=role: not bed.pids(role), 10, f"every process of host {role} to end")
+        wait_for(lambda role=role: not bed.pids(role), 10, f"every process of host {role} to end")
 
 
 @pytest.mark.timeout(400)
@@ -136,7 +136,6 @@ def test_link_of_a_follower_host_cut(tmp_path, testbed, model_paths):
 
 REPLACE_STEPS = 24
 IPI_TIMEOUT = 3  # i-PI's <timeout>: a request unanswered this long goes to another client
-BIN_OUTPUT = "<trajectory filename='bin' stride='1' format='bin'> positions </trajectory>"
 BATCH = "batch of 4 structures received"  # the driver's -v log, on rank 0
 STEP_OUTPUT = "<properties stride='1' filename='out'> [ step ] </properties>"
 
@@ -161,17 +160,15 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
     receives the request i-PI re-queues and the run completes. Per bead, the first
     driver's rows below K and the replacement's rows are the steps 0..N, each once, and
     each row is the models' deviation at that step's structure (i-PI's trajectory)."""
-    import test_ensemble as ens
-
     models = model_paths[:3]
     c = testbed.host("c").name
     ipi_dir = tmp_path / "ipi"
     first, second = ipi_dir / "first", ipi_dir / "second"  # --out-file, from i-PI's directory
     ipi_dir.mkdir()
-    hosts.prepare_input(
-        hosts.IPI_INPUTS / "pimd.xml",
+    prepare_input(
+        IPI_INPUTS / "pimd.xml",
         ipi_dir / "input.xml",
-        socket=hosts.SocketSettings(
+        socket=SocketSettings(
             mode="inet",
             address=c,
             port=PORT,
@@ -196,7 +193,7 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         second.mkdir()
         ipi = group.start("i-pi", testbed.on("c", [tool("i-pi"), "input.xml"]), cwd=ipi_dir)
         old = group.start("first", testbed.on("a", command(first)), cwd=ipi_dir)
-        faults.wait_until(
+        wait_until(
             lambda: all(rows_of(first / f) >= 5 for f in files) or None not in group.poll().values(), 240, "five rows"
         )
         assert old.popen.poll() is None and ipi.popen.poll() is None, ipi.tail() + old.tail()
@@ -205,9 +202,9 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         # <timeout> covers only a request in hand; a client silent while i-PI asks its
         # STATUS between requests blocks i-PI's polling 60 s at a time, again and again
         batches = old.log_path.read_text().count(BATCH)
-        faults.wait_until(lambda: old.log_path.read_text().count(BATCH) > batches, 30, "a batch to be received")
+        wait_until(lambda: old.log_path.read_text().count(BATCH) > batches, 30, "a batch to be received")
         testbed.set_link("a", False)
-        faults.wait_until(
+        wait_until(
             lambda: (
                 "died or got unresponsive" in ipi.log_path.read_text()
                 or "Couldn't find readable socket" in ipi.log_path.read_text()
@@ -219,11 +216,11 @@ def test_driver_host_dies_and_a_replacement_finishes_the_run(tmp_path, testbed, 
         k = last_step(ipi_dir / "sim.out") + 1  # the step whose request i-PI re-queued
         testbed.kill("a")  # no FIN: a's link is down
         new = group.start("second", testbed.on("b", command(second, "--append", "--step-offset", str(k))), cwd=ipi_dir)
-        faults.wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
+        wait_until(lambda: ipi.popen.poll() is not None or new.popen.poll() not in (None, 0), 300, "the end")
         assert ipi.popen.returncode == 0, ipi.tail() + new.tail()
         assert new.popen.wait(timeout=30) == 0, new.tail()
     print(f"first driver killed at step {k}")
-    expected = ens.expected_rows(
+    expected = expected_rows(
         type("Run", (), {"workdir": ipi_dir, "prefix": "sim", "nbeads": hosts.NBEADS}),
         models,
         reference,

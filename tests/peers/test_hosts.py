@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.hosts import NBEADS, OUT_FREQ, OUTPUTS, PORT, driver
 from support.netns import ETC_NETNS, MPI_OVER_THE_LINKS, TestBed, Unavailable, wait_for
 from support.paths import IPI_INPUTS, SUPPORT, tool
 from support.sockets import free_port
@@ -25,13 +26,8 @@ from support.sockets import free_port
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 
-NBEADS = 4
 STEPS = 6
-OUT_FREQ = 2  # rows at steps 0, 2, 4, 6
-PORT = 31415  # every host has its own ports
 ATOMS = 32  # ipi_inputs/init.xyz
-# i-PI's potential every step: the dynamics of the two runs, compared too
-OUTPUTS = ("<properties stride='1' filename='out'> [ step, potential{electronvolt} ] </properties>",)
 
 
 def namespaces() -> list[str]:
@@ -115,28 +111,6 @@ def ipi_input(workdir: Path, address: str, port: int) -> None:
         prefix="sim",
         outputs=OUTPUTS,
     )
-
-
-def driver(models, workdir: Path, address: str, port: int) -> list[str]:
-    return [
-        tool("ensemble-driver"),
-        "run",
-        "--models",
-        *map(str, models),
-        "--template",
-        str(workdir / "init.xyz"),
-        "--address",
-        address,
-        "--port",
-        str(port),
-        "--connect-timeout",
-        "120",
-        "--nbeads",
-        str(NBEADS),
-        "--out-freq",
-        str(OUT_FREQ),
-        "-v",
-    ]
 
 
 def run(workdir: Path, ipi: list[str], mpiexec: list[str], env: dict[str, str] | None = None) -> str:

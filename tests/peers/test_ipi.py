@@ -13,37 +13,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from support.harness import driver_command, relative_error, run_ipi
+from support.harness import STEPS, check_run_against_model, driver_command, run_ipi
 from support.paths import IPI_INPUTS, tool
 
 from ensemble_driver.demo.launch import GroupFailed
-
-TOL = 1e-6
-STEPS = 4
-
-
-def check_run_against_model(run, model, reference, steps: int = STEPS) -> None:
-    """Every value i-PI received equals the model's own, for every bead and step."""
-    props = run.properties()
-    nbeads = run.nbeads
-    assert props.shape == (steps + 1, 1 + nbeads + 6), props.shape
-    np.testing.assert_array_equal(props[:, 0], np.arange(steps + 1))
-    virial_sum = np.zeros((steps + 1, 3, 3))
-    volumes = np.zeros(steps + 1)
-    for bead in range(nbeads):
-        positions = run.trajectory("pos", bead)
-        forces = run.trajectory("for", bead)
-        assert len(positions) == len(forces) == steps + 1
-        for k, (frame, fframe) in enumerate(zip(positions, forces)):
-            energy, f_ref, v_ref = reference.eval(model, frame)
-            assert relative_error(props[k, 1 + bead], energy) <= TOL, (bead, k)
-            assert relative_error(fframe.get_forces(), f_ref) <= TOL, (bead, k)
-            # i-PI stores the transpose of DeePMD's virial (indexed like its column cell)
-            virial_sum[k] += v_ref.T
-            volumes[k] = frame.get_volume()
-    # virial_md = sum over beads of the upper triangle / V, as [xx, yy, zz, xy, xz, yz]
-    expected = np.array([[v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]] for v in virial_sum]) / volumes[:, None]
-    assert relative_error(props[:, 1 + nbeads :], expected) <= TOL
 
 
 @pytest.mark.parametrize("consolidate", [True, False], ids=["consolidated", "legacy"])

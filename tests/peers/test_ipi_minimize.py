@@ -16,9 +16,10 @@ import shutil
 import ase.io
 import numpy as np
 import pytest
+from support.ipi_inputs import OUT_FREQ, expected_rows, written_rows
+from support.ipi_runs import read_ipi_binary
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS, tool
-from test_ensemble import mpiexec, read_ipi_binary
-from test_ipi_input import OUT_FREQ, expected_rows, written_rows
 
 from ensemble_driver.demo.launch import ProcessGroup
 from ensemble_driver.wire import units

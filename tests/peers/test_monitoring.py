@@ -10,10 +10,12 @@ import subprocess
 
 import numpy as np
 import pytest
-import test_faults as faults
+from support import faults
 from support.harness import driver_command, run_ipi
-from support.paths import IPI_INPUTS
-from test_ensemble import mpiexec
+from support.mpi import mpiexec
+from support.paths import IPI_INPUTS, tool
+
+from ensemble_driver.demo.launch import ProcessGroup
 
 NBEADS = 4
 STEPS = 24
@@ -93,8 +95,8 @@ def test_stop_rule_ends_the_run_by_ipis_soft_exit(tmp_path, address, model_paths
         "--exit-file",
         "EXIT",
     )
-    with faults.ProcessGroup(tmp_path / "logs") as group:
-        ipi = group.start("i-pi", [faults.tool("i-pi"), "input.xml"], cwd=tmp_path)
+    with ProcessGroup(tmp_path / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
         driver = group.start("driver", command, cwd=tmp_path)
         assert ipi.popen.wait(timeout=300) == 0, ipi.tail()
         assert driver.popen.wait(timeout=60) == 0, driver.tail()

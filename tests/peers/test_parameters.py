@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
-from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.harness import CHECK_OUTPUTS, check_run_against_model, driver_command, run_ipi
+from support.ipi_runs import BIN_OUTPUT, bead_file, read_ipi_binary
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS, MODELS, tool
-from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
-from test_ipi import check_run_against_model
 
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup

@@ -13,8 +13,9 @@ from ase.build import bulk
 from ase.io import write
 from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
 from support.ipi_files import expected_rows, reference_frames
+from support.ipi_runs import bead_file
+from support.mpi import mpiexec
 from support.paths import tool
-from test_ensemble import bead_file, mpiexec
 
 from ensemble_driver.devi.frames import read_frames
 from ensemble_driver.outputs.dumps import lammps_frame

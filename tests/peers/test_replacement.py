@@ -21,9 +21,9 @@ import ase.io
 import numpy as np
 import pytest
 from support.harness import wait_until
+from support.ipi_inputs import ipi_input, system, written_rows
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS, tool
-from test_ensemble import mpiexec
-from test_ipi_input import ipi_input, system, written_rows
 
 from ensemble_driver.demo.launch import ProcessGroup
 from ensemble_driver.ensemble.journal import NAME as JOURNAL

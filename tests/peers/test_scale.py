@@ -21,12 +21,15 @@ import subprocess
 
 import numpy as np
 import pytest
-import test_faults as faults
-from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
-from support.paths import IPI_INPUTS
+from support import faults
+from support.harness import CHECK_OUTPUTS, check_run_against_model, driver_command, run_ipi, wait_until
+from support.ipi_runs import BIN_OUTPUT, bead_file, expected_rows
+from support.mpi import mpiexec
+from support.paths import IPI_INPUTS, tool
 from support.sockets import free_port
-from test_ensemble import BIN_OUTPUT, bead_file, expected_rows, mpiexec
-from test_ipi import check_run_against_model
+
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 
 NBEADS = 4
 STEPS = 6
@@ -173,10 +176,10 @@ def test_two_connections_end_together(tmp_path, address, model_paths, fault):
         4, model_paths[:3], "init.xyz", address, "--nbeads", str(NBEADS), "--out-freq", "2", "--connections", "2"
     )
     first = tmp_path / "model_devi1.out"
-    with faults.ProcessGroup(tmp_path / "logs") as group:
-        ipi = group.start("i-pi", [faults.tool("i-pi"), "input.xml"], cwd=tmp_path)
+    with ProcessGroup(tmp_path / "logs") as group:
+        ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
         driver = group.start("driver", command, cwd=tmp_path)
-        faults.wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
+        wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
         if fault == "SIGTERM":
             os.kill(driver.popen.pid, signal.SIGTERM)
         else:
@@ -201,10 +204,10 @@ def test_one_connection_lost_ends_the_job(tmp_path, address, model_paths):
     every rank gone within 10 s, the rows whole and in step order. (i-PI itself never
     closes one client alone without EXIT; a dead link or host does.)"""
     port = free_port()
-    faults.prepare_input(
+    prepare_input(
         IPI_INPUTS / "pimd.xml",
         tmp_path / "input.xml",
-        socket=faults.SocketSettings(address="127.0.0.1", mode="inet", port=port),
+        socket=SocketSettings(address="127.0.0.1", mode="inet", port=port),
         steps=100000,
         nbeads=NBEADS,
         prefix="sim",
@@ -216,10 +219,10 @@ def test_one_connection_lost_ends_the_job(tmp_path, address, model_paths):
     command[command.index("--address") + 1] = "127.0.0.1"
     command.append(f"--sockets-prefix=/tmp/{address}-")  # only to name the processes after the test
     first = tmp_path / "model_devi1.out"
-    with faults.ProcessGroup(tmp_path / "logs") as group:
-        group.start("i-pi", [faults.tool("i-pi"), "input.xml"], cwd=tmp_path)
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
         driver = group.start("driver", command, cwd=tmp_path)
-        faults.wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
+        wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
         rank1 = faults.rank_pid(address, 1)
         assert rank1 is not None
         local = _local_port_of(rank1, port)

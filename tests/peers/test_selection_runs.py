@@ -10,8 +10,9 @@ import json
 import numpy as np
 from ase.io import read
 from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
+from support.ipi_runs import BIN_OUTPUT, bead_file, read_ipi_binary
+from support.mpi import mpiexec
 from support.paths import IPI_INPUTS
-from test_ensemble import BIN_OUTPUT, bead_file, mpiexec, read_ipi_binary
 
 from ensemble_driver.devi.frames import read_ipi_xyz
 from ensemble_driver.deviation import model_deviation

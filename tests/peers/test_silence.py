@@ -11,21 +11,25 @@ import signal
 import socket
 
 import pytest
-import test_faults as faults
-from support.paths import IPI_INPUTS
+from support import faults
+from support.harness import wait_until
+from support.paths import IPI_INPUTS, tool
 from support.sockets import free_port
+
+from ensemble_driver.demo.inputs import SocketSettings, prepare_input
+from ensemble_driver.demo.launch import ProcessGroup
 
 TIMEOUT = 3  # --server-timeout for these tests, seconds
 
 
 def _start(tmp_path, address, model_paths, group, mode: str):
     """i-PI (the shipped PIMD input, 2 beads) and a 3-rank driver with --server-timeout."""
-    settings = faults.SocketSettings(address=address)
+    settings = SocketSettings(address=address)
     extra = ["--nbeads", "2", "--out-freq", "2", "--server-timeout", str(TIMEOUT)]
     if mode == "inet":
         port = free_port()
-        settings = faults.SocketSettings(address="127.0.0.1", mode="inet", port=port)
-    faults.prepare_input(
+        settings = SocketSettings(address="127.0.0.1", mode="inet", port=port)
+    prepare_input(
         IPI_INPUTS / "pimd.xml", tmp_path / "input.xml", socket=settings, steps=100000, nbeads=2, prefix="sim"
     )
     command = faults.mpi_driver(3, model_paths[:3], "init.xyz", address, *extra)
@@ -33,10 +37,10 @@ def _start(tmp_path, address, model_paths, group, mode: str):
         command[command.index("--unix")] = f"--port={port}"
         command[command.index("--address") + 1] = "127.0.0.1"
         command.append(f"--sockets-prefix=/tmp/{address}-")  # names the processes after the test
-    ipi = group.start("i-pi", [faults.tool("i-pi"), "input.xml"], cwd=tmp_path)
+    ipi = group.start("i-pi", [tool("i-pi"), "input.xml"], cwd=tmp_path)
     driver = group.start("driver", command, cwd=tmp_path)
     first = tmp_path / "model_devi1.out"
-    faults.wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
+    wait_until(lambda: first.exists() and first.read_text().count("\n") >= 4, 300, "three rows")
     return ipi, driver
 
 
@@ -50,7 +54,7 @@ def _ends_with(driver, start: str) -> None:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("mode", ["unix", "inet"])
 def test_stopped_server_ends_the_run(tmp_path, address, model_paths, mode):
-    with faults.ProcessGroup(tmp_path / "logs") as group:
+    with ProcessGroup(tmp_path / "logs") as group:
         ipi, driver = _start(tmp_path, address, model_paths, group, mode)
         os.kill(ipi.popen.pid, signal.SIGSTOP)
         try:
@@ -66,7 +70,7 @@ def test_stopped_server_ends_the_run(tmp_path, address, model_paths, mode):
 def test_silent_rank_is_named(tmp_path, address, model_paths):
     """Rank 2 (model 2) stopped: rank 0 goes on answering i-PI until the oldest deviation
     job has waited --server-timeout for rank 2, then ends the job naming rank 2 and its host."""
-    with faults.ProcessGroup(tmp_path / "logs") as group:
+    with ProcessGroup(tmp_path / "logs") as group:
         ipi, driver = _start(tmp_path, address, model_paths, group, "unix")
         victim = faults.rank_pid(address, 2)
         assert victim is not None

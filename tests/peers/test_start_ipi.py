@@ -201,8 +201,8 @@ def test_one_command_runs_then_leaves_a_finished_run_alone(tmp_path, address, mo
     named, status lines with the step and the deviation, every row equal to deepmd-kit's
     on i-PI's own positions; then the same command says the run is complete, exits 0 and
     writes nothing."""
-    from test_ipi_input import STEPS as steps
-    from test_ipi_input import bead_frames, expected_rows
+    from support.ipi_inputs import STEPS as steps
+    from support.ipi_inputs import bead_frames, expected_rows
 
     prepare(tmp_path, address, steps)
     job = run_job(tmp_path, command(model_paths, "--status-every", "0.01", "-v"), "job")

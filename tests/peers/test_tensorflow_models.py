@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.harness import driver_command, run_ipi
+from support.harness import check_run_against_model, driver_command, run_ipi
 from support.paths import ROOT, tool
 from support.venvs import CACHE, venv_with
-from test_ipi import check_run_against_model
 
 TF_VENV = CACHE / "venv-tf"
 # deepmd-kit[cpu] brings tensorflow-cpu; the rest is what the driver imports at run time

@@ -9,9 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
-import test_faults as faults
 from support.harness import CHECK_OUTPUTS, driver_command, run_ipi
-from test_ensemble import BIN_OUTPUT, mpiexec, read_ipi_binary
+from support.ipi_runs import BIN_OUTPUT, read_ipi_binary
+from support.mpi import mpiexec
+from support.paths import tool
 
 from ensemble_driver.outputs.dumps import lammps_box, lammps_frame
 from ensemble_driver.wire import units
@@ -101,7 +102,7 @@ def devi_rereads_the_task(task, models):
     out.mkdir()
     dumps = [str(task / f"traj.{b + 1}.dump") for b in range(NBEADS)]
     proc = subprocess.run(
-        [faults.tool("ensemble-driver"), "devi", *dumps, "--models", *map(str, models)]
+        [tool("ensemble-driver"), "devi", *dumps, "--models", *map(str, models)]
         + ["--format", "lammps-dump-text", "--bead-files", "dpgen2", "--traj-files", "dpgen2"]
         + ["--out-file", str(out / "model_devi.out")],
         capture_output=True,

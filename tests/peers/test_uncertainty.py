@@ -8,7 +8,7 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-from test_ipi_input import OUT_FREQ, STEPS, ipi_input, run, system
+from support.ipi_inputs import OUT_FREQ, STEPS, ipi_input, run, system
 
 EXTRAS = "\n    <trajectory filename='devi' stride='1' extra_type='devi_f_atoms'> extras </trajectory>"
 
@@ -87,9 +87,9 @@ def run_biased(tmp_path, unixsocket, models, tau: str, check, extra=()) -> str:
     """The driver (mpiexec -n len(models)) under ASE's server with --bias-uncertainty tau;
     ``check(atoms)`` is called with the server's calculator attached."""
     from ase.calculators.socketio import SocketIOCalculator
+    from support.ase_runs import Launcher, alloy
+    from support.mpi import mpiexec
     from support.paths import tool
-    from test_ase import Launcher, alloy
-    from test_ensemble import mpiexec
 
     template = tmp_path / "template.extxyz"
     alloy(11).write(template)

@@ -24,6 +24,11 @@ CHECK_OUTPUTS = (
     "<trajectory filename='pos' stride='1' format='ase'> positions{ase} </trajectory>",
     "<trajectory filename='for' stride='1' format='ase'> forces{ase} </trajectory>",
 )
+#: check_run_against_model's bound on each array's relative error (max |difference| / max
+#: |reference|; the codes' unit constants differ by ~1e-7)
+TOL = 1e-6
+#: the steps of a run check_run_against_model checks unless told (tests/peers/test_ipi.py's runs)
+STEPS = 4
 
 
 @dataclass
@@ -129,6 +134,30 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = np.abs(expected).max()
     return float(np.abs(actual - expected).max() / scale) if scale else float(np.abs(actual).max())
+
+
+def check_run_against_model(run, model, reference, steps: int = STEPS) -> None:
+    """Every value i-PI received equals the model's own, for every bead and step."""
+    props = run.properties()
+    nbeads = run.nbeads
+    assert props.shape == (steps + 1, 1 + nbeads + 6), props.shape
+    np.testing.assert_array_equal(props[:, 0], np.arange(steps + 1))
+    virial_sum = np.zeros((steps + 1, 3, 3))
+    volumes = np.zeros(steps + 1)
+    for bead in range(nbeads):
+        positions = run.trajectory("pos", bead)
+        forces = run.trajectory("for", bead)
+        assert len(positions) == len(forces) == steps + 1
+        for k, (frame, fframe) in enumerate(zip(positions, forces)):
+            energy, f_ref, v_ref = reference.eval(model, frame)
+            assert relative_error(props[k, 1 + bead], energy) <= TOL, (bead, k)
+            assert relative_error(fframe.get_forces(), f_ref) <= TOL, (bead, k)
+            # i-PI stores the transpose of DeePMD's virial (indexed like its column cell)
+            virial_sum[k] += v_ref.T
+            volumes[k] = frame.get_volume()
+    # virial_md = sum over beads of the upper triangle / V, as [xx, yy, zz, xy, xz, yz]
+    expected = np.array([[v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]] for v in virial_sum]) / volumes[:, None]
+    assert relative_error(props[:, 1 + nbeads :], expected) <= TOL
 
 
 def deepmd_deviation(reference, model_paths, labels, positions, cell) -> tuple[float, ...]:
