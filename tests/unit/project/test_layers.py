@@ -175,3 +175,18 @@ def test_a_group_of_settings_is_declared_in_one_record():
             # the commands' settings records (RunConfig, DeviSettings, ...) hold the record, not the setting
             again = [c for c in declared[setting] if c != record and c.endswith(("Settings", "Config", "Options"))]
             assert not again, (setting, again)
+
+
+def test_the_tests_are_laid_out_like_the_code():
+    """tests/unit/<wing>/ for a wing of the package (or foundation, project), tests/peers/,
+    tests/support/; no test module imports conftest or another test module (what they
+    share is in tests/support/)."""
+    tests = ROOT / "tests"
+    wings = {g.rstrip("/") for g in groups() if g.endswith("/")} | {"foundation", "project"}
+    for path in tests.rglob("test_*.py"):
+        parts = path.relative_to(tests).parts
+        assert parts[0] in ("unit", "peers"), f"{path}: outside tests/unit/<wing>/ and tests/peers/"
+        if parts[0] == "unit":
+            assert len(parts) == 3 and parts[1] in wings, f"{path}: tests/unit/<wing>/ with a wing of {sorted(wings)}"
+        for target, line in imports(path.stem, path):
+            assert target != "conftest" and not target.startswith("test_"), f"{path}:{line} imports {target}"
