@@ -24,6 +24,7 @@ from support.harness import wait_until
 from support.ipi_inputs import ipi_input, system, written_rows
 from support.mpi import mpiexec
 from support.paths import IPI_INPUTS, tool
+from support.waiting import poll_until
 
 from ensemble_driver.demo.launch import ProcessGroup
 from ensemble_driver.ensemble.journal import NAME as JOURNAL
@@ -82,10 +83,7 @@ def kill_job(member) -> None:
             return True
         return False
 
-    deadline = time.monotonic() + 60
-    while not gone() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not gone():
+    if not poll_until(gone, 60, 0.1):
         os.killpg(pgid, signal.SIGKILL)
         wait_until(gone, 30, f"the ranks of {member.name} to end")
 

@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.harness import wait_until
 from support.paths import IPI_INPUTS, SUPPORT, tool
+from support.waiting import poll_until
 
 from ensemble_driver.run.checkpoint import read_checkpoint
 from ensemble_driver.run.ipi_process import EXIT_IPI_FAILED, EXIT_RESTARTABLE, probe_unix_socket
@@ -110,17 +110,14 @@ def processes_in(directory: Path) -> list[str]:
 
 
 def assert_none_left(directory: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while processes_in(directory):
-        if time.monotonic() > deadline:
-            left = processes_in(directory)
-            for line in left:  # leave nothing behind for the next test
-                try:
-                    os.kill(int(line.split()[0]), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            pytest.fail(f"processes of the run left after {timeout} s: {left}")
-        time.sleep(0.1)
+    if not poll_until(lambda: not processes_in(directory), timeout, 0.1):
+        left = processes_in(directory)
+        for line in left:  # leave nothing behind for the next test
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"processes of the run left after {timeout} s: {left}")
 
 
 class Job:

@@ -4,6 +4,9 @@ never imported): ``from support.paths import ROOT``.
 - :mod:`support.paths`: the checkout's folders and files, and :func:`support.paths.tool`;
 - :mod:`support.models`: deepmd-kit's own evaluation (the reference) and its conversions;
 - :mod:`support.sockets`: a free TCP port;
+- :mod:`support.waiting`: the one polling loop, a condition with a deadline (not for
+  :mod:`support.netns`, which a test imports in a process of its own, without tests/ on
+  its path);
 - :mod:`support.harness`: a real i-PI with real drivers, what it wrote, and the check of
   what it received against the model's own answers;
 - :mod:`support.mpi`: a command under ``mpiexec``;

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import pytest
 from ensemble_driver.demo.inputs import SocketSettings, prepare_input
 from ensemble_driver.demo.launch import ProcessGroup
 from support.paths import IPI_INPUTS, tool
+from support.waiting import poll_until
 
 # What the tests need from i-PI, at full precision: per-bead positions and forces in
 # extxyz ('ase' units: Angstrom, eV/Angstrom, with ASE's constants) and, as properties,
@@ -181,8 +181,5 @@ def deepmd_deviation(reference, model_paths, labels, positions, cell) -> tuple[f
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.02) -> None:
     """Wait for ``condition`` with a deadline: a test fails, naming ``what``, past it."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    if not poll_until(condition, timeout, interval):
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")

@@ -237,12 +237,10 @@ class IpiProcess:
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s for i-PI to end; its status, None if it has not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.popen.poll()
-            if code is not None or time.monotonic() >= deadline:
-                return code
-            time.sleep(0.05)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, timeout: float = STOP_WAIT_S) -> int:
         """End i-PI restartably: its soft exit, then a kill if it takes longer than
