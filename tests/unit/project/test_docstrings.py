@@ -64,3 +64,14 @@ def test_every_docstring_reference_resolves():
                 if not resolves(kind, target, module, known, names):
                     broken.append(f"{path.relative_to(PACKAGE)}:{number}: :{kind}:`{target}`")
     assert not broken, "references to nothing:\n" + "\n".join(broken)
+
+
+def test_the_glossary_defines_the_words_of_the_house():
+    """docs/development.md's "Words": one meaning for each rank role and for the words the
+    code, its docstrings and the pages share."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    section = re.search(r"^## Words\n(.*?)^## ", text, re.S | re.M)
+    assert section, 'docs/development.md has no "## Words" section'
+    defined = set(re.findall(r"^\| \*\*(.+?)\*\* \|", section.group(1), re.M))
+    wanted = {"run", "system", "series", "bead", "step", "row", "sink", "connection rank", "leader", "follower"}
+    assert wanted <= defined, wanted - defined
